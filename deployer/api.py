@@ -1,0 +1,95 @@
+"""deployer as Python functions: what the CLI calls and what tests call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deployer import config as configuration
+
+if TYPE_CHECKING:
+    from deployer.hosts import Host
+    from deployer.lock import LockInfo
+    from deployer.plan import Plan
+    from deployer.runner import Outcome
+
+
+def load(config_path: Path | None = None, *, cwd: Path | None = None) -> configuration.Config:
+    """Load and validate deploy.toml (explicit path, or found from ``cwd`` upwards)."""
+    return configuration.load_config(config_path, cwd=cwd)
+
+
+def show_config(env: str, *, config_path: Path | None = None) -> dict[str, Any]:
+    """The resolved configuration of one environment, secrets redacted."""
+    cfg = load(config_path)
+    cfg.environment(env)  # an unknown environment is a ConfigError listing the known ones
+    return configuration.show_config(cfg, env)
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def release(
+    env: str,
+    *,
+    config_path: Path | None = None,
+    ref: str | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    playbook: str | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    log: Callable[[str], None] = _noop,
+    host: Host | None = None,
+) -> Outcome | Plan:
+    """Release the configured branch (or ``ref``) to ``env``; with ``dry_run``, only plan it."""
+    from deployer.playbook import load_playbook
+    from deployer.plan import build_plan
+    from deployer.release import STEPS, Options, Run
+    from deployer.runner import execute
+    from deployer.target import open_target
+
+    cfg = load(config_path)
+    environment = cfg.environment(env)
+    book = load_playbook(playbook or environment.playbook, cfg.root)
+    target = open_target(cfg, env, host=host)
+    try:
+        run = Run(target=target, playbook=book, options=Options(ref=ref, yes=yes, dry_run=dry_run, confirm=confirm), log=log)
+        if dry_run:
+            preflight = next(step for step in book.steps if step.name == "preflight")
+            STEPS["preflight"](run, preflight)
+            return build_plan(run)
+        return execute(run)
+    finally:
+        if host is None:
+            target.host.close()
+
+
+def lock_status(env: str, *, config_path: Path | None = None) -> LockInfo | None:
+    """Who holds the environment's deploy lock, or None."""
+    from deployer.lock import read_lock
+    from deployer.target import open_target
+
+    cfg = load(config_path)
+    target = open_target(cfg, env)
+    try:
+        return read_lock(target.host, target.state_dir)
+    finally:
+        target.host.close()
+
+
+def lock_release(env: str, *, config_path: Path | None = None) -> LockInfo | None:
+    """Break the environment's deploy lock (after a crashed run); returns who held it."""
+    from deployer.lock import read_lock
+    from deployer.lock import release as release_lock
+    from deployer.target import open_target
+
+    cfg = load(config_path)
+    target = open_target(cfg, env)
+    try:
+        holder = read_lock(target.host, target.state_dir)
+        release_lock(target.host, target.state_dir)
+        return holder
+    finally:
+        target.host.close()

@@ -1,0 +1,184 @@
+"""The ``deployer`` command: parse options, call the API, render, map errors to exit codes.
+
+No deployment logic lives here. Heavy modules are imported inside the commands so that
+``deployer --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deployer import __version__
+from deployer.errors import DeployerError, ExitCode
+
+app = typer.Typer(
+    name="deployer",
+    help=(
+        "Ship a docker compose Flask + SQLAlchemy app to production safely: sync the code, build,\n"
+        "back up the database, migrate once, recreate, verify the schema, check health, record.\n\n"
+        "Example:  deployer config show production"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect and validate deploy.toml.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        "-c",
+        help="Path to deploy.toml (default: found by walking up from the current directory).",
+        envvar="DEPLOYER_CONFIG",
+        dir_okay=False,
+    ),
+]
+EnvArgument = Annotated[str, typer.Argument(help="Environment name from deploy.toml, e.g. production.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deployer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Root options."""
+
+
+@config_app.command("show")
+def config_show(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Print the resolved configuration of ENV, secrets redacted.
+
+    Example:  deployer config show production --json
+    """
+    from deployer import api
+
+    shown = api.show_config(env, config_path=config)
+    if as_json:
+        typer.echo(json.dumps(shown, indent=2, sort_keys=False))
+        return
+    from deployer.render import render_mapping
+
+    render_mapping(shown)
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate deploy.toml and list its environments; exit 2 when it is broken.
+
+    Example:  deployer config check --config deploy.toml
+    """
+    from deployer import api
+
+    cfg = api.load(config)
+    names = ", ".join(cfg.environments) or "none"
+    typer.echo(f"{cfg.path}: valid (app {cfg.app.name}; environments: {names})")
+
+
+@app.command("release")
+def release_cmd(
+    env: EnvArgument,
+    config: ConfigOption = None,
+    ref: Annotated[Optional[str], typer.Option("--ref", help="Branch, tag or commit to ship (default: the configured branch).")] = None,
+    playbook: Annotated[Optional[str], typer.Option("--playbook", help="Playbook name (default: the environment's).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (destructive migrations).")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Ship the branch tip (or --ref) to ENV: sync, build, back up, migrate, up, verify, health, record.
+
+    On failure the previous release is put back and the exit code is 1 (5 if that could
+    not be finished; the message says what is left to do).
+
+    Example:  deployer release production --ref v1.4.0 --dry-run
+    """
+    from deployer import api
+    from deployer.render import progress_printer, render_plan
+
+    log = progress_printer()
+    result = api.release(
+        env,
+        config_path=config,
+        ref=ref,
+        yes=yes,
+        dry_run=dry_run,
+        playbook=playbook,
+        confirm=_confirmer(),
+        log=log,
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    elif dry_run:
+        render_plan(result)  # type: ignore[arg-type]
+    else:
+        typer.echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s")  # type: ignore[union-attr]
+
+
+lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)
+app.add_typer(lock_app, name="lock")
+
+
+@lock_app.command("status")
+def lock_status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Say whether ENV's deploy lock is held, by whom and since when.
+
+    Example:  deployer lock status production
+    """
+    from dataclasses import asdict
+
+    from deployer import api
+
+    holder = api.lock_status(env, config_path=config)
+    if as_json:
+        typer.echo(json.dumps({"held": holder is not None, "holder": asdict(holder) if holder else None}))
+    elif holder is None:
+        typer.echo(f"{env}: lock free")
+    else:
+        typer.echo(f"{env}: lock {holder.describe()}")
+
+
+@lock_app.command("release")
+def lock_release_cmd(env: EnvArgument, config: ConfigOption = None) -> None:
+    """Break ENV's deploy lock, e.g. after a run was killed. Make sure nobody is releasing.
+
+    Example:  deployer lock release production
+    """
+    from deployer import api
+
+    holder = api.lock_release(env, config_path=config)
+    typer.echo(f"{env}: lock released (was {holder.describe()})" if holder else f"{env}: lock was free")
+
+
+def _confirmer():  # noqa: ANN202
+    """A yes/no prompt on the terminal, or None when there is none (CI): then --yes is needed."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+    return lambda question: typer.confirm(question, default=False, err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app and turn foreseen failures into one message + exit code."""
+    try:
+        app(args=argv, prog_name="deployer")
+    except DeployerError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(int(error.exit_code))
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))

@@ -1,0 +1,460 @@
+"""``deploy.toml``: found, parsed, interpolated and validated once, then frozen typed objects.
+
+Validation happens in private pydantic models that mirror the file (strict types: TOML has
+its own, so ``"10"`` is not an integer and ``true`` is not a number). Every problem becomes
+one line ``FILE: key.path: expected ..., got ...`` of a single :class:`ConfigError`. The rest
+of deployer only sees the frozen dataclasses below.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import posixpath
+import re
+import shlex
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from deployer.errors import ConfigError
+from deployer.hostspec import HostSpec, parse_host
+from deployer.interpolate import (
+    REDACTED,
+    InterpolationError,
+    interpolate_tree,
+    looks_secret,
+    mask_url_password,
+    redact,
+    url_password,
+)
+
+__all__ = ["AppConfig", "Config", "Environment", "find_config", "load_config", "redact", "show_config"]
+
+CONFIG_FILENAME = "deploy.toml"
+_HINT = f"create a {CONFIG_FILENAME} at the repository root (see docs/configuration.md), or pass --config PATH"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The ``[app]`` table: what is deployed, the same in every environment."""
+
+    name: str
+    compose_file: str
+    web_service: str
+    db_service: str
+    migrations_dir: str
+    migrate_command: tuple[str, ...]
+    migrate_timeout: float
+    branch: str
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One ``[environments.NAME]`` table, defaults filled in (``branch`` falls back to the app's)."""
+
+    name: str
+    host: HostSpec
+    path: str
+    healthcheck_url: str | None
+    backup_dir: str
+    keep_backups: int
+    playbook: str
+    health_timeout: float
+    branch: str
+    remote: str | None
+    env: Mapping[str, str] = field(repr=False)  # may hold secrets: kept out of repr
+    database_url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded deploy.toml. ``root`` is the directory holding it: the repository root.
+
+    ``environments`` holds the usable environments; one that needs an environment variable
+    that is not set is in ``unresolved`` (name -> error) instead, so that a missing secret of
+    production does not stop a local release. :meth:`environment` raises that error.
+    """
+
+    path: Path
+    root: Path
+    app: AppConfig
+    environments: Mapping[str, Environment]
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    unresolved: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+
+    @property
+    def environment_names(self) -> tuple[str, ...]:
+        """Every environment in the file, usable or not, sorted."""
+        return tuple(sorted({*self.environments, *self.unresolved}))
+
+    @property
+    def migrations_path(self) -> Path:
+        """The local migrations directory (``app.migrations_dir`` under the repository root)."""
+        return self.root / self.app.migrations_dir
+
+    def environment(self, name: str) -> Environment:
+        """The environment called ``name``; a ConfigError if it is unknown or unresolved."""
+        if name in self.environments:
+            return self.environments[name]
+        if name in self.unresolved:
+            raise ConfigError(self.unresolved[name])
+        names = self.environment_names
+        raise ConfigError(
+            f"{_display(self.path)}: unknown environment {json.dumps(name)}; "
+            f"known environments: {', '.join(names)}{_suggest(name, names)}",
+            hint=f"use one of them, or add an [environments.{name}] table",
+        )
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret of this configuration replaced by ``***``."""
+        return redact(text, self.secrets)
+
+
+def find_config(start: Path) -> Path:
+    """The nearest ``deploy.toml`` in ``start`` or one of its parents."""
+    start = Path(os.path.abspath(start))
+    for directory in (start, *start.parents):
+        candidate = directory / CONFIG_FILENAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no {CONFIG_FILENAME} found in {start} or any parent directory", hint=_HINT)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Load and validate ``path`` (relative to ``cwd``), or the deploy.toml found from ``cwd`` up.
+
+    ``${VAR}`` references are resolved from ``environ`` (default: the process environment).
+    Raises one :class:`ConfigError` describing every problem found in the file.
+    """
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    file = Path(os.path.abspath(base / path)) if path is not None else find_config(base)
+    shown = _display(file, base)
+    raw = _read_toml(file, shown)
+    environ = os.environ if environ is None else environ
+    try:
+        # A missing variable inside an environment only matters when that environment is used.
+        resolved = interpolate_tree(raw, environ, defer=lambda path: path[0] == "environments" and len(path) > 2)
+    except InterpolationError as error:
+        raise ConfigError(f"{shown}: {_key_path(error.path)}: {error.message}") from None
+    try:
+        _File.model_validate(resolved.data)
+    except ValidationError as error:
+        problems = [f"{shown}: {_describe_error(e)}" for e in error.errors()
+                    if tuple(map(str, e["loc"])) not in resolved.deferred]
+        if problems:
+            raise ConfigError(redact("\n".join(problems), resolved.secrets, 1),
+                              hint="every key is described in docs/configuration.md") from None
+    unresolved: dict[str, str] = {}
+    for where, problem in resolved.deferred.items():
+        line, name = f"{shown}: {_key_path(where)}: {problem.message}", where[1]
+        unresolved[name] = f"{unresolved[name]}\n{line}" if name in unresolved else line
+    # The whole file is valid but for deferred strings: each usable part validates alone.
+    app = _App.model_validate(resolved.data["app"])
+    environments = {name: _Environment.model_validate(table)
+                    for name, table in resolved.data["environments"].items() if name not in unresolved}
+    return _build(file, app, environments, resolved.secrets, unresolved)
+
+
+def show_config(config: Config, env_name: str) -> dict[str, Any]:
+    """The resolved app + environment ``env_name``, shaped like deploy.toml, secrets as ``***``.
+
+    Unset optional keys are left out. Hidden: every value that came from a ``${VAR}``, the
+    value of any env key that looks like a password/secret/token, and passwords in URLs.
+    """
+    environment = config.environment(env_name)
+    body = {k: v for k, v in _plain(environment).items() if k != "name" and v is not None}
+    body["env"] = {k: REDACTED if looks_secret(k) else v for k, v in environment.env.items()}
+    body.update({k: mask_url_password(body[k]) for k in ("database_url", "remote") if k in body})
+    shown = {"app": _plain(config.app), "environments": {env_name: body}}
+    return {key: _redact_tree(value, config.secrets) for key, value in shown.items()}
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _read_toml(file: Path, shown: str) -> dict[str, Any]:
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: no such file", hint=_HINT) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{shown}: not UTF-8 text (invalid byte at offset {error.start})",
+                          hint="TOML files are UTF-8; re-save it with that encoding") from None
+    except OSError as error:
+        raise ConfigError(f"{shown}: cannot read the file: {error.strerror or error}",
+                          hint="check that the path names a readable file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(_toml_syntax_message(shown, text, str(error)),
+                          hint="TOML syntax: https://toml.io/en/v1.0.0") from None
+
+
+def _toml_syntax_message(shown: str, text: str, reason: str) -> str:
+    """``FILE:LINE:COL: invalid TOML: reason`` plus the line and a caret under the column."""
+    where = re.search(r" \(at line (\d+), column (\d+)\)$", reason)
+    if where is None:
+        return f"{shown}: invalid TOML: {reason}"
+    line, column = int(where.group(1)), int(where.group(2))
+    source = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
+    return (f"{shown}:{line}:{column}: invalid TOML: {reason[: where.start()]}\n"
+            f"    {source}\n    {' ' * (column - 1)}^")
+
+
+# --- the schema (private: the file's shape, with strict types) ---------------------------
+
+
+class _Invalid(ValueError):
+    """A value of the right type that breaks a rule; reported as ``expected ..., got ... (why)``."""
+
+
+def _check_relative(value: str) -> str:
+    pure = PurePosixPath(value)
+    if not value or pure.is_absolute() or ".." in pure.parts:
+        raise _Invalid("it must stay inside the repository: not absolute, no '..'")
+    return value
+
+
+def _check_absolute(value: str) -> str:
+    pure = PurePosixPath(value)
+    if not pure.is_absolute() or ".." in pure.parts:
+        raise _Invalid("it must start with '/' and contain no '..'")
+    return posixpath.normpath(value)
+
+
+def _check_branch(value: str) -> str:
+    if (not re.fullmatch(r"[A-Za-z0-9._/-]+", value) or value.startswith(("-", "/", "."))
+            or value.endswith(("/", ".lock", ".")) or ".." in value or "//" in value):
+        raise _Invalid("not a valid git branch name")
+    return value
+
+
+def _check_host(value: str) -> str:
+    parse_host(value)  # its ValueError is already a full sentence
+    return value
+
+
+def _check_command(value: str) -> str:
+    try:
+        argv = shlex.split(value)
+    except ValueError as error:  # shlex: "No closing quotation" / "No escaped character"
+        raise _Invalid(str(error).lower()) from None
+    if not argv:
+        raise _Invalid("it is empty")
+    return value
+
+
+def _check_single_line(value: str) -> str:
+    if "\n" in value or "\r" in value:  # compose env files hold one variable per line
+        raise _Invalid("it holds a line break, which a compose env file cannot carry")
+    return value
+
+
+def _check_remote(value: str) -> str:
+    # The value ends up in git's argv: a leading "-" would be read as an option.
+    if not value or value.startswith("-") or re.search(r"\s", value):
+        raise _Invalid("it is empty, starts with '-' or contains whitespace")
+    return value
+
+
+def _check_url(value: str, *, http_only: bool) -> str:
+    parts = urlsplit(value)
+    if http_only and parts.scheme not in ("http", "https"):
+        raise _Invalid("the scheme must be http or https")
+    if not http_only and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://.*", value, re.DOTALL):
+        raise _Invalid("a database URL starts with dialect:// (e.g. postgresql://)")
+    if http_only and not parts.hostname:
+        raise _Invalid("it has no host")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        raise _Invalid("its port is not a number from 1 to 65535")
+    return value
+
+
+_RelativePath = Annotated[str, AfterValidator(_check_relative)]
+_AbsolutePath = Annotated[str, AfterValidator(_check_absolute)]
+_Branch = Annotated[str, AfterValidator(_check_branch)]
+_EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
+_VarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+_KEY_DESCRIPTIONS = {  # by the length of the key path of a table key that breaks its pattern
+    2: 'an environment name: letters, digits, "_" and "-"',
+    4: 'an environment variable name: letters, digits and "_", not starting with a digit',
+}
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+_SERVICE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_SECONDS = "a number of seconds > 0"
+_ABSOLUTE = 'an absolute path (e.g. "/srv/recipes")'
+_BRANCH = 'a git branch name (e.g. "main")'
+
+
+class _App(BaseModel):
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description=(
+        'a compose project name: lowercase letters, digits, "_" and "-", starting with a letter or digit'))
+    compose_file: _RelativePath = Field("docker-compose.yml", description="a path relative to the repository root")
+    web_service: str = Field("web", pattern=_SERVICE, description='a compose service name (e.g. "web")')
+    db_service: str = Field("db", pattern=_SERVICE, description='a compose service name (e.g. "db")')
+    migrations_dir: _RelativePath = Field("migrations", description="a path relative to the repository root")
+    migrate_command: Annotated[str, AfterValidator(_check_command)] = Field(
+        "flask db upgrade", description='a command line (e.g. "flask db upgrade")')
+    migrate_timeout: float = Field(600.0, gt=0, description=_SECONDS)
+    branch: _Branch = Field("main", description=_BRANCH)
+
+
+class _Environment(BaseModel):
+    model_config = _STRICT
+    host: Annotated[str, AfterValidator(_check_host)] = Field(
+        description='"local" or "[user@]host[:port]" (e.g. "deploy@203.0.113.10")')
+    path: _AbsolutePath = Field(description=_ABSOLUTE)
+    healthcheck_url: Annotated[str, AfterValidator(partial(_check_url, http_only=True))] | None = Field(
+        None, description='an http(s) URL (e.g. "http://127.0.0.1:8000/health")')
+    backup_dir: _AbsolutePath | None = Field(None, description=_ABSOLUTE)
+    keep_backups: int = Field(10, ge=1, description="an integer >= 1")
+    playbook: str = Field("release", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description=(
+        'a playbook name: letters, digits, "_" and "-" (e.g. "release", "classic")'))
+    health_timeout: float = Field(60.0, gt=0, description=_SECONDS)
+    branch: _Branch | None = Field(None, description=_BRANCH)
+    remote: Annotated[str, AfterValidator(_check_remote)] | None = Field(
+        None, description='a git remote URL (e.g. "git@example.com:team/app.git")')
+    env: dict[_VarName, Annotated[str, AfterValidator(_check_single_line)]] = Field(
+        default_factory=dict, description='a table of NAME = "value" strings')
+    database_url: Annotated[str, AfterValidator(partial(_check_url, http_only=False))] | None = Field(
+        None, description='a database URL (e.g. "postgresql://user:pw@db:5432/app")')
+
+
+class _File(BaseModel):
+    model_config = _STRICT
+    app: _App = Field(description="a table [app]")
+    environments: dict[_EnvName, _Environment] = Field(
+        default_factory=dict, min_length=1, validate_default=True, description="a table of [environments.NAME] tables")
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``key.path: what is expected, got what``."""
+    loc = tuple(str(part) for part in error["loc"])
+    kind, given = error["type"], error.get("input")
+    if loc and loc[-1] == "[key]":  # an environment or variable name that breaks the pattern
+        loc = loc[:-1]
+        return f"{_key_path(loc)}: expected {_KEY_DESCRIPTIONS[len(loc)]}, got {_show(loc[-1])}"
+    where = _key_path(loc)
+    cause = (error.get("ctx") or {}).get("error")
+    if kind == "extra_forbidden":
+        noun = "table" if isinstance(given, dict) else "key"
+        return f"{where}: unknown {noun}{_suggest(loc[-1], _model(loc[:-1]).model_fields)}"
+    if kind == "missing":
+        if loc == ("app",):
+            return "app: missing required table [app] (at least: name = \"...\")"
+        return f"{where}: missing required key: expected {_expectation(loc)}"
+    if kind == "too_short":
+        return f"{where}: no environments: add at least one [environments.NAME] table with host and path"
+    if isinstance(cause, _Invalid):
+        return f"{where}: expected {_expectation(loc)}, got {_show(given)}: {cause}"
+    if cause is not None:
+        return f"{where}: {cause}"
+    return f"{where}: expected {_expectation(loc)}, got {_show(given)}"
+
+
+def _expectation(loc: tuple[str, ...]) -> str:
+    if loc[0] == "environments" and len(loc) in (2, 4):  # an environment; a value in its env table
+        return f"a table [environments.{loc[1]}] with at least host and path" if len(loc) == 2 else "a string"
+    info = _model(loc[:-1]).model_fields.get(loc[-1])
+    return info.description if info and info.description else "a valid value"
+
+
+def _model(table: tuple[str, ...]) -> type[BaseModel]:
+    """The schema of the table at key path ``table`` (the file, [app] or an environment)."""
+    return _File if not table else _App if table[0] == "app" else _Environment
+
+
+def _suggest(word: str, known: Iterable[str]) -> str:
+    """``; did you mean X?`` for a close spelling or the only name ``word`` abbreviates."""
+    known = list(known)
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    prefixed = [name for name in known if name.startswith(word)] if word else []
+    close = close or (prefixed if len(prefixed) == 1 else [])
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _show(value: Any) -> str:
+    """A value the way it is written in TOML."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, (str, bool, int, float)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _key_path(loc: Iterable[str]) -> str:
+    return ".".join(p if re.fullmatch(r"[A-Za-z0-9_-]+|\[\d+\]", p) else json.dumps(p) for p in loc)
+
+
+def _display(file: Path, cwd: Path | None = None) -> str:
+    """``file`` relative to ``cwd`` when it is below it (how users name it), else absolute."""
+    try:
+        return str(file.relative_to(Path(os.path.abspath(cwd or Path.cwd()))))
+    except ValueError:
+        return str(file)
+
+
+# --- building the public objects and showing them ---------------------------------------
+
+
+def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
+           interpolated: frozenset[str], unresolved: Mapping[str, str]) -> Config:
+    app = AppConfig(**{**app_schema.model_dump(), "migrate_command": tuple(shlex.split(app_schema.migrate_command))})
+    environments: dict[str, Environment] = {}
+    secrets = set(interpolated)
+    for name, raw in schemas.items():
+        environments[name] = Environment(**{
+            **raw.model_dump(), "name": name, "host": parse_host(raw.host), "env": MappingProxyType(dict(raw.env)),
+            "backup_dir": raw.backup_dir or posixpath.join(raw.path, "backups"), "branch": raw.branch or app.branch,
+        })
+        secrets.update(value for key, value in raw.env.items() if looks_secret(key))
+        passwords = [url_password(url) for url in (raw.database_url, raw.remote) if url]
+        secrets.update(form for p in passwords if p for form in (p, unquote(p)))
+    secrets.discard("")
+    return Config(file, file.parent, app, MappingProxyType(environments), frozenset(secrets),
+                  MappingProxyType(dict(unresolved)))
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A dataclass as TOML-like plain values (host as text, the command line re-joined)."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, HostSpec):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = shlex.join(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[f.name] = value
+    return out
+
+
+def _redact_tree(node: Any, secrets: frozenset[str]) -> Any:
+    if isinstance(node, dict):
+        return {key: _redact_tree(value, secrets) for key, value in node.items()}
+    return redact(node, secrets, 1) if isinstance(node, str) else node

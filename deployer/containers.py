@@ -1,0 +1,73 @@
+"""Facts about a compose project's containers, read with ``docker inspect`` (pure parsing)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+
+
+@dataclass(frozen=True)
+class Container:
+    """One container as the engine describes it."""
+
+    id: str
+    name: str
+    service: str
+    image_id: str  # sha256:...
+    image: str  # the name it was created from, e.g. recipes-web
+    state: str  # running, exited, restarting, created, ...
+    health: str  # healthy, unhealthy, starting, or "" without a healthcheck
+    restart_count: int
+    started_at: str
+    ips: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    oneoff: bool = False
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.state == "running" and self.health in ("", "healthy")
+
+
+def inspect_argv(ids: Sequence[str]) -> list[str]:
+    return ["docker", "inspect", "--type", "container", *ids]
+
+
+def parse_inspect(stdout: str) -> list[Container]:
+    """Parse ``docker inspect`` JSON for containers."""
+    rows = json.loads(stdout or "[]")
+    containers = []
+    for row in rows:
+        state = row.get("State") or {}
+        config = row.get("Config") or {}
+        labels = config.get("Labels") or {}
+        networks = (row.get("NetworkSettings") or {}).get("Networks") or {}
+        env = {}
+        for item in config.get("Env") or []:
+            key, _, value = item.partition("=")
+            env[key] = value
+        containers.append(
+            Container(
+                id=row.get("Id", ""),
+                name=str(row.get("Name", "")).lstrip("/"),
+                service=labels.get(SERVICE_LABEL, ""),
+                image_id=row.get("Image", ""),
+                image=config.get("Image", ""),
+                state=str(state.get("Status", "")),
+                health=str((state.get("Health") or {}).get("Status", "")),
+                restart_count=int(row.get("RestartCount") or 0),
+                started_at=str(state.get("StartedAt", "")),
+                ips=tuple(net.get("IPAddress") for net in networks.values() if net.get("IPAddress")),
+                env=env,
+                oneoff=labels.get(ONEOFF_LABEL, "False") == "True",
+            )
+        )
+    return containers
+
+
+def parse_ids(stdout: str) -> list[str]:
+    """Container ids from ``compose ps -q``."""
+    return [line.strip() for line in stdout.splitlines() if line.strip()]

@@ -1,0 +1,115 @@
+"""The release journal: one JSON object per line, on the target host, next to the app.
+
+Every release and rollback appends one record, whatever its outcome, so ``history`` and
+``status`` can tell what ran when, by whom, and how it ended. Writes go through
+``Host.write_text`` (temporary file + rename), so a lost connection never leaves a torn
+journal; they happen under the deploy lock, so read-modify-write is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from deployer.hosts import Host
+
+JOURNAL_FILE = "journal.jsonl"
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"  # failed and recovered to the previous release
+RECOVERY_FAILED = "recovery-failed"  # failed, and recovery could not finish: see `error`
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    name: str
+    status: str  # ok, skipped, failed
+    seconds: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Record:
+    """What one release or rollback did."""
+
+    id: str
+    kind: str  # release | rollback
+    environment: str
+    outcome: str
+    commit: str | None
+    previous_commit: str | None
+    revision_before: tuple[str, ...]
+    revision_after: tuple[str, ...]
+    started_at: str
+    finished_at: str
+    seconds: float
+    user: str
+    backup: str | None = None
+    images: dict[str, str] = field(default_factory=dict)  # service -> saved image tag
+    steps: tuple[StepTiming, ...] = ()
+    error: str | None = None
+    recovery: str | None = None
+    previous_release: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        known = {name for name in cls.__dataclass_fields__}
+        values = {key: value for key, value in data.items() if key in known}
+        values["revision_before"] = tuple(values.get("revision_before") or ())
+        values["revision_after"] = tuple(values.get("revision_after") or ())
+        values["steps"] = tuple(StepTiming(**step) for step in values.get("steps") or ())
+        return cls(**values)
+
+
+def journal_path(state_dir: str) -> str:
+    return posixpath.join(state_dir, JOURNAL_FILE)
+
+
+def read(host: Host, state_dir: str) -> list[Record]:
+    """All records, oldest first; an absent journal is an empty one."""
+    path = journal_path(state_dir)
+    result = host.run(["cat", path])
+    if not result.ok:
+        if not host.run(["test", "-e", path]).ok:
+            return []
+        result.check(f"read the journal {path}")
+    return parse(result.stdout)
+
+
+def parse(text: str) -> list[Record]:
+    """Parse journal lines; a line that is not a record is skipped, never fatal."""
+    records = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(Record.from_dict(json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+    return records
+
+
+def append(host: Host, state_dir: str, record: Record) -> None:
+    """Add one record (call under the deploy lock)."""
+    host.run(["mkdir", "-p", state_dir], check=True)
+    path = journal_path(state_dir)
+    existing = host.run(["cat", path])
+    text = existing.stdout if existing.ok else ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    host.write_text(path, text + record.to_json() + "\n", mode=0o600)
+
+
+def last_succeeded(records: Sequence[Record]) -> Record | None:
+    """The newest record whose outcome is success: the release that runs now."""
+    for record in reversed(records):
+        if record.outcome == SUCCEEDED:
+            return record
+    return None

@@ -1,0 +1,819 @@
+"""What alembic knows about an app's migrations, and what its database says.
+
+Migration scripts are read with :mod:`ast`, never imported: a release plans its
+migrations from the files of the commit it ships (see :func:`scripts_from_sources`),
+on a machine that has neither the app nor its dependencies installed, and a revision
+module that imports the app would otherwise fail to load or, worse, run its code.
+The revision graph itself is alembic's own :class:`~alembic.script.revision.RevisionMap`,
+so heads, branches, merges and paths behave exactly as ``flask db upgrade`` sees them.
+
+Layout read: Flask-Migrate's ``migrations/`` directory — ``alembic.ini``, ``env.py`` and
+``versions/*.py``. Only ``versions/`` matters here; ``env.py`` is never loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import TYPE_CHECKING, TypeAlias
+
+from alembic.script.revision import (
+    MultipleHeads,
+    RangeNotAncestorError,
+    ResolutionError,
+    Revision,
+    RevisionError,
+    RevisionMap,
+)
+
+from deployer.errors import DeployerError, HostError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+__all__ = [
+    "MigrationError",
+    "MigrationScripts",
+    "MigrationStep",
+    "RevisionInfo",
+    "Scripts",
+    "Verdict",
+    "VerdictKind",
+    "database_revisions",
+    "downgrade_path",
+    "load_scripts",
+    "redact_url",
+    "script_heads",
+    "scripts_from_sources",
+    "upgrade_path",
+    "verdict",
+    "version_files",
+]
+
+VERSIONS_DIR = "versions"
+
+# Which files alembic treats as revision scripts (alembic.script.base._only_source_rev_file):
+# any *.py except __init__.py and editor lock files.
+_REVISION_FILE = re.compile(r"(?!\.\#|__init__)(.*\.py)$")
+# Files named after their revision, from before scripts declared ``revision = ...``.
+_LEGACY_REVISION_FILE = re.compile(r"([a-f0-9]+)\.py$")
+
+# alembic operations that throw data away. Index and constraint drops are left out on
+# purpose: they lose no rows and are rebuilt by the opposite migration.
+_DESTRUCTIVE_CALLS = {"drop_table": "drop table", "drop_column": "drop column"}
+_SQL_CALLS = frozenset({"execute", "exec_driver_sql"})
+_DESTRUCTIVE_SQL = re.compile(
+    r"\b(?:DROP\s+(?:TABLE|COLUMN|SCHEMA|DATABASE)"
+    r"|TRUNCATE"
+    r"|DELETE\s+FROM"
+    r"|ALTER\s+TABLE\s+(?:ONLY\s+)?[\w.\"]+\s+DROP\s+(?!CONSTRAINT|DEFAULT|NOT\s+NULL|EXPRESSION|IDENTITY))\b",
+    re.IGNORECASE,
+)
+_SQL_SHOWN = 80
+
+
+class MigrationError(DeployerError):
+    """The app's migration scripts cannot be read, or ask for something unsafe or impossible."""
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    """One migration script, as read from its source."""
+
+    revision: str
+    down_revision: str | tuple[str, ...] | None
+    message: str
+    path: str
+    upgrade_destructive_ops: tuple[str, ...]
+    downgrade_destructive_ops: tuple[str, ...]
+    has_downgrade: bool
+    branch_labels: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MigrationStep:
+    """One migration to run, in a path returned by :func:`upgrade_path` or :func:`downgrade_path`.
+
+    ``destructive_ops`` are those of the direction the path runs: the ``upgrade()`` ops
+    in an upgrade path, the ``downgrade()`` ops in a downgrade path — what running this
+    step would throw away. ``down_revision`` is as in the script: ``None`` for a base, a
+    tuple for a merge.
+    """
+
+    revision: str
+    down_revision: str | tuple[str, ...] | None
+    message: str
+    destructive_ops: tuple[str, ...]
+    has_downgrade: bool
+
+
+@dataclass(frozen=True)
+class MigrationScripts:
+    """The revision scripts of one migrations directory (or of one commit's copy of it)."""
+
+    location: str
+    revisions: Mapping[str, RevisionInfo]
+    _map: RevisionMap = field(repr=False, compare=False)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """Head revisions, sorted; more than one means unmerged branches."""
+        return tuple(sorted(self._map.heads))
+
+    def get(self, revision: str) -> RevisionInfo | None:
+        """The script of ``revision`` (a full id), or None when no script has that id."""
+        return self.revisions.get(revision)
+
+    def describe(self, revision: str) -> str:
+        """``"abc123 (add users table)"`` for messages; the bare id when unknown."""
+        info = self.revisions.get(revision)
+        return f"{revision} ({info.message})" if info and info.message else revision
+
+
+Scripts: TypeAlias = "MigrationScripts | str | os.PathLike[str]"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_scripts(migrations_dir: str | os.PathLike[str]) -> MigrationScripts:
+    """Read the revision scripts of a Flask-Migrate ``migrations/`` directory.
+
+    Nothing is imported: neither ``env.py`` (which imports the Flask app) nor the
+    revision modules. Raises :class:`MigrationError` when the directory or its
+    ``versions/`` folder is missing, or a script cannot be understood.
+    """
+    root = Path(migrations_dir)
+    versions = root / VERSIONS_DIR
+    if not root.is_dir():
+        raise MigrationError(
+            f"the migrations directory {root} does not exist",
+            hint="set app.migrations_dir in deploy.toml to the folder `flask db init` created",
+        )
+    if not versions.is_dir():
+        raise MigrationError(
+            f"{root} has no {VERSIONS_DIR}/ folder, so it is not a Flask-Migrate migrations directory",
+            hint="set app.migrations_dir in deploy.toml to the folder `flask db init` created",
+        )
+    sources: dict[str, str] = {}
+    for entry in sorted(versions.iterdir()):
+        if entry.is_file() and _REVISION_FILE.match(entry.name):
+            sources[entry.name] = entry.read_text(encoding="utf-8")
+    return scripts_from_sources(sources, location=str(root))
+
+
+def version_files(paths: Iterable[str], migrations_dir: str) -> list[str]:
+    """Pick the revision scripts out of a commit's file list (``git ls-tree -r --name-only``).
+
+    ``migrations_dir`` is relative to the repository root, as in deploy.toml. Like
+    alembic, only files directly in ``versions/`` count, not those of sub-folders.
+    """
+    versions = PurePosixPath(migrations_dir.strip("/") or ".") / VERSIONS_DIR
+    picked = []
+    for path in paths:
+        candidate = PurePosixPath(path)
+        if candidate.parent == versions and _REVISION_FILE.match(candidate.name):
+            picked.append(path)
+    return sorted(picked)
+
+
+def scripts_from_sources(sources: Mapping[str, str], *, location: str) -> MigrationScripts:
+    """Build :class:`MigrationScripts` from revision files held in memory.
+
+    ``sources`` maps a file's path (only its name is used to filter, like alembic) to
+    its text, e.g. the files :func:`version_files` picked, read with
+    ``git cat-file blob SHA:PATH``. ``location`` names where they came from in messages
+    (``"migrations at 1a2b3c4"``).
+    """
+    infos: dict[str, RevisionInfo] = {}
+    for path in sorted(sources):
+        name = PurePosixPath(path).name
+        if not _REVISION_FILE.match(name):
+            continue
+        info = _read_revision(name, path, sources[path])
+        if info.revision in infos:
+            raise MigrationError(
+                f"revision {info.revision} is defined twice in {location}: "
+                f"{infos[info.revision].path} and {path}",
+                hint="give one of them a new revision id (and fix the down_revision that points at it)",
+            )
+        infos[info.revision] = info
+    for info in infos.values():
+        for down in _as_tuple(info.down_revision) + info.depends_on:
+            if down not in infos and not _is_branch_label(down, infos):
+                raise MigrationError(
+                    f"{info.path} (revision {info.revision}) revises {down}, "
+                    f"which no migration script in {location} defines",
+                    hint="a migration file is missing from the code; restore it from version control",
+                )
+    revision_map = RevisionMap(
+        lambda: [
+            Revision(
+                i.revision,
+                i.down_revision,
+                dependencies=i.depends_on or None,
+                branch_labels=i.branch_labels or None,
+            )
+            for i in infos.values()
+        ]
+    )
+    try:
+        revision_map.heads  # noqa: B018 - builds the graph now, so cycles surface here
+    except RevisionError as exc:
+        raise MigrationError(f"the migration scripts in {location} do not form a valid history: {exc}") from exc
+    return MigrationScripts(location=location, revisions=MappingProxyType(infos), _map=revision_map)
+
+
+def _is_branch_label(name: str, infos: Mapping[str, RevisionInfo]) -> bool:
+    return any(name in i.branch_labels for i in infos.values())
+
+
+def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _read_revision(name: str, path: str, source: str) -> RevisionInfo:
+    try:
+        module = ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        raise MigrationError(
+            f"migration script {path} is not valid Python (line {exc.lineno}: {exc.msg})",
+            hint="fix the script; `flask db upgrade` would fail on it too",
+        ) from exc
+    values = _module_literals(module, path, ("revision", "down_revision", "branch_labels", "depends_on"))
+    if "revision" in values:
+        revision = values["revision"]
+    else:
+        legacy = _LEGACY_REVISION_FILE.match(name)
+        if not legacy:
+            raise MigrationError(
+                f"migration script {path} declares no `revision = ...`",
+                hint="every file in versions/ must be an alembic revision script",
+            )
+        revision = legacy.group(1)
+    if "down_revision" not in values:
+        raise MigrationError(
+            f"migration script {path} declares no `down_revision = ...`",
+            hint="use `down_revision = None` for the first migration",
+        )
+    down = values["down_revision"]
+    if not isinstance(revision, str) or not revision:
+        raise MigrationError(f"migration script {path}: `revision` must be a non-empty string")
+    if not (down is None or isinstance(down, str) or _is_str_tuple(down)):
+        raise MigrationError(f"migration script {path}: `down_revision` must be None, a string or a tuple of strings")
+    down_revision: str | tuple[str, ...] | None
+    if isinstance(down, (list, tuple)):
+        down_revision = tuple(down) if len(down) > 1 else (down[0] if down else None)
+    else:
+        down_revision = down or None
+
+    functions = {n.name: n for n in module.body if isinstance(n, ast.FunctionDef)}
+    upgrade = functions.get("upgrade")
+    downgrade = functions.get("downgrade")
+    upgrade_is_noop = upgrade is None or not _effective_body(upgrade)
+    if downgrade is None:
+        has_downgrade = False
+    elif not _effective_body(downgrade):
+        # An empty downgrade undoes an empty upgrade (merge revisions, `flask db merge`)
+        # perfectly; after a real upgrade it is a downgrade that was never written.
+        has_downgrade = upgrade_is_noop
+    else:
+        has_downgrade = not any(isinstance(stmt, ast.Raise) for stmt in downgrade.body)
+    return RevisionInfo(
+        revision=revision,
+        down_revision=down_revision,
+        message=_message(module),
+        path=path,
+        upgrade_destructive_ops=_destructive_ops(upgrade, functions),
+        downgrade_destructive_ops=_destructive_ops(downgrade, functions),
+        has_downgrade=has_downgrade,
+        branch_labels=_label_tuple(values.get("branch_labels"), path, "branch_labels"),
+        depends_on=_label_tuple(values.get("depends_on"), path, "depends_on"),
+    )
+
+
+def _is_str_tuple(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+def _label_tuple(value: object, path: str, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if _is_str_tuple(value):
+        return tuple(value)  # type: ignore[arg-type]
+    raise MigrationError(f"migration script {path}: `{name}` must be None, a string or a tuple of strings")
+
+
+def _module_literals(module: ast.Module, path: str, names: Sequence[str]) -> dict[str, object]:
+    """Module-level ``name = <literal>`` (annotated or not) for the given names."""
+    found: dict[str, object] = {}
+    for node in module.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in names:
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except ValueError as exc:
+                raise MigrationError(
+                    f"migration script {path}: `{target.id}` must be written as a literal "
+                    f"(found `{ast.unparse(value)}`)",
+                    hint="deployer reads migration scripts without running them",
+                ) from exc
+    return found
+
+
+def _message(module: ast.Module) -> str:
+    # As alembic's Script.doc: the first paragraph of the module docstring.
+    doc = ast.get_docstring(module, clean=False) or ""
+    return re.split("\n\n", doc.strip())[0].strip()
+
+
+def _effective_body(function: ast.FunctionDef) -> list[ast.stmt]:
+    """The statements of a function that do something (no docstring, ``pass`` or ``...``)."""
+    return [
+        stmt
+        for stmt in function.body
+        if not isinstance(stmt, ast.Pass)
+        and not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))
+    ]
+
+
+def _destructive_ops(
+    function: ast.FunctionDef | None, module_functions: Mapping[str, ast.FunctionDef]
+) -> tuple[str, ...]:
+    """Data-losing operations in ``function`` and in the module-level functions it calls by name."""
+    if function is None:
+        return ()
+    ops: list[str] = []
+    seen = {function.name}
+    pending = [function]
+    while pending:
+        current = pending.pop(0)
+        batch_tables = _batch_tables(current)
+        for node in ast.walk(current):
+            if not isinstance(node, ast.Call):
+                continue
+            if isinstance(node.func, ast.Name):
+                callee = module_functions.get(node.func.id)
+                if callee is not None and callee.name not in seen:
+                    seen.add(callee.name)
+                    pending.append(callee)
+                continue
+            if not isinstance(node.func, ast.Attribute):
+                continue
+            method = node.func.attr
+            if method in _DESTRUCTIVE_CALLS:
+                described = _describe_drop(node, batch_tables)
+                if described:
+                    ops.append(described)
+            elif method in _SQL_CALLS:
+                for text in _string_constants(node):
+                    if _DESTRUCTIVE_SQL.search(text):
+                        sql = " ".join(text.split())
+                        if len(sql) > _SQL_SHOWN:
+                            sql = sql[: _SQL_SHOWN - 1] + "…"
+                        ops.append(f"execute {sql}")
+                        break
+    return tuple(ops)
+
+
+def _batch_tables(function: ast.FunctionDef) -> dict[str, str]:
+    """``with op.batch_alter_table("users") as batch_op`` -> {"batch_op": "users"}."""
+    tables: dict[str, str] = {}
+    for node in ast.walk(function):
+        if not isinstance(node, (ast.With, ast.AsyncWith)):
+            continue
+        for item in node.items:
+            call = item.context_expr
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr == "batch_alter_table"
+                and isinstance(item.optional_vars, ast.Name)
+            ):
+                table = _argument(call, 0, "table_name")
+                tables[item.optional_vars.id] = _shown(table) if table is not None else "?"
+    return tables
+
+
+def _describe_drop(call: ast.Call, batch_tables: Mapping[str, str]) -> str | None:
+    method = call.func.attr  # type: ignore[union-attr]
+    receiver = call.func.value  # type: ignore[union-attr]
+    label = _DESTRUCTIVE_CALLS[method]
+    batch_table = batch_tables.get(receiver.id) if isinstance(receiver, ast.Name) else None
+    if method == "drop_table":
+        table = _argument(call, 0, "table_name")
+        return f"{label} {_shown(table) if table is not None else '?'}"
+    if batch_table is not None:
+        column = _argument(call, 0, "column_name")
+        return f"{label} {batch_table}.{_shown(column) if column is not None else '?'}"
+    table = _argument(call, 0, "table_name")
+    column = _argument(call, 1, "column_name")
+    if table is None and column is None:
+        return None
+    return f"{label} {_shown(table) if table is not None else '?'}.{_shown(column) if column is not None else '?'}"
+
+
+def _argument(call: ast.Call, position: int, keyword: str) -> ast.expr | None:
+    if len(call.args) > position and not isinstance(call.args[position], ast.Starred):
+        return call.args[position]
+    for kw in call.keywords:
+        if kw.arg == keyword:
+            return kw.value
+    return None
+
+
+def _shown(node: ast.expr) -> str:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return ast.unparse(node)
+
+
+def _string_constants(node: ast.AST) -> list[str]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _as_scripts(scripts: Scripts) -> MigrationScripts:
+    if isinstance(scripts, MigrationScripts):
+        return scripts
+    return load_scripts(scripts)
+
+
+def script_heads(migrations_dir: Scripts) -> tuple[str, ...]:
+    """The head revisions of the scripts (sorted); normally exactly one."""
+    return _as_scripts(migrations_dir).heads
+
+
+def _current_tuple(current: str | Sequence[str] | None) -> tuple[str, ...]:
+    return tuple(r for r in _as_tuple(current) if r)
+
+
+def _check_known(scripts: MigrationScripts, current: tuple[str, ...]) -> None:
+    unknown = [r for r in current if r not in scripts.revisions]
+    if unknown:
+        raise MigrationError(
+            f"the database is at {', '.join(unknown)}, which no migration script in {scripts.location} "
+            f"knows — is the database ahead of this code?",
+            hint="deploy the code that contains that revision (a newer release), "
+            "or check that app.migrations_dir points at this app's migrations",
+        )
+
+
+def _refuse_multiple_heads(scripts: MigrationScripts) -> None:
+    heads = scripts.heads
+    if len(heads) > 1:
+        listed = "; ".join(scripts.describe(h) for h in heads)
+        raise MigrationError(
+            f"the migrations in {scripts.location} have {len(heads)} heads: {listed}",
+            hint="merge them with `flask db merge heads -m \"merge heads\"`, commit the new script and release again",
+        )
+
+
+def _resolve_target(scripts: MigrationScripts, target: str) -> str | tuple[str, ...]:
+    if target in ("head", "heads"):
+        _refuse_multiple_heads(scripts)
+        return scripts.heads
+    return target
+
+
+def _step(info: RevisionInfo, *, upgrade: bool) -> MigrationStep:
+    return MigrationStep(
+        revision=info.revision,
+        down_revision=info.down_revision,
+        message=info.message,
+        destructive_ops=info.upgrade_destructive_ops if upgrade else info.downgrade_destructive_ops,
+        has_downgrade=info.has_downgrade,
+    )
+
+
+def upgrade_path(
+    migrations_dir: Scripts, current: str | Sequence[str] | None, target: str = "heads"
+) -> list[MigrationStep]:
+    """The migrations ``alembic upgrade target`` would run from ``current``, in apply order.
+
+    ``current`` is the database's revision(s) (None or ``()`` for an empty database);
+    ``target`` is ``"heads"``/``"head"`` (refused when the scripts have several heads)
+    or a revision id. Raises :class:`MigrationError` for an unknown current or target
+    revision, multiple heads, or a target that is not ahead of ``current``.
+    """
+    scripts = _as_scripts(migrations_dir)
+    currents = _current_tuple(current)
+    _check_known(scripts, currents)
+    destination = _resolve_target(scripts, target)
+    if not destination:  # no scripts at all: nothing to run
+        return []
+    try:
+        revisions = list(scripts._map.iterate_revisions(destination, currents or None, implicit_base=True))
+    except RangeNotAncestorError as exc:
+        raise MigrationError(
+            f"{_shown_revs(destination)} is not ahead of the database's {_shown_revs(currents)}; "
+            "reaching it needs a downgrade",
+            hint="use a rollback to go back to an older revision",
+        ) from exc
+    except MultipleHeads as exc:  # a branch-label target with several heads
+        raise MigrationError(f"{target} names more than one head in {scripts.location}: {exc}") from exc
+    except RevisionError as exc:
+        raise _revision_error(scripts, target, exc) from exc
+    if not revisions and currents and _is_behind(scripts, _as_tuple(destination), currents):
+        # alembic treats "upgrade to an older revision" as nothing to do; for a release
+        # plan that silently keeps a newer schema, so say it.
+        raise MigrationError(
+            f"{_shown_revs(destination)} is not ahead of the database's {_shown_revs(currents)}; "
+            "reaching it needs a downgrade",
+            hint="use a rollback to go back to an older revision",
+        )
+    return [_step(scripts.revisions[r.revision], upgrade=True) for r in reversed(revisions)]
+
+
+def _is_behind(scripts: MigrationScripts, target: tuple[str, ...], currents: tuple[str, ...]) -> bool:
+    """True when reaching ``target`` from ``currents`` means undoing migrations."""
+    if set(target) == set(currents) or len(target) != 1:
+        return False
+    try:
+        return bool(list(scripts._map.iterate_revisions(currents, target[0], select_for_downgrade=True)))
+    except RevisionError:
+        return False
+
+
+def downgrade_path(
+    migrations_dir: Scripts, current: str | Sequence[str] | None, target: str | None
+) -> list[MigrationStep]:
+    """The migrations ``alembic downgrade target`` would undo from ``current``, in apply order.
+
+    The first step is the newest revision. ``target`` is a revision id, ``"base"`` or
+    None (both mean: undo everything), or a relative ``"-N"``. Each step's
+    ``destructive_ops`` are those of its ``downgrade()``; check ``has_downgrade`` before
+    running a path. Raises :class:`MigrationError` for unknown revisions or a target that
+    is not behind ``current``.
+    """
+    scripts = _as_scripts(migrations_dir)
+    currents = _current_tuple(current)
+    _check_known(scripts, currents)
+    if not currents:
+        if target in (None, "base"):
+            return []
+        raise MigrationError(f"the database has no migration applied, so it cannot go down to {target}")
+    destination = target or "base"
+    try:
+        revisions = list(scripts._map.iterate_revisions(currents, destination, select_for_downgrade=True))
+    except RangeNotAncestorError as exc:
+        raise MigrationError(
+            f"{destination} is not behind the database's {_shown_revs(currents)}; reaching it needs an upgrade",
+            hint="release the code instead of rolling back",
+        ) from exc
+    except RevisionError as exc:
+        raise _revision_error(scripts, destination, exc) from exc
+    return [_step(scripts.revisions[r.revision], upgrade=False) for r in revisions]
+
+
+def _revision_error(scripts: MigrationScripts, target: str, exc: RevisionError) -> MigrationError:
+    if isinstance(exc, ResolutionError):
+        return MigrationError(
+            f"no migration script in {scripts.location} has revision {target}",
+            hint=f"known heads: {', '.join(scripts.describe(h) for h in scripts.heads) or 'none'}",
+        )
+    return MigrationError(f"cannot plan migrations to {target} in {scripts.location}: {exc}")
+
+
+def _shown_revs(revisions: str | Sequence[str]) -> str:
+    revs = _as_tuple(revisions)
+    return ", ".join(revs) if revs else "base (no migration applied)"
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+class VerdictKind(Enum):
+    """Where a database stands against the migration scripts of some code."""
+
+    UP_TO_DATE = "up to date"
+    PENDING = "pending"
+    NOT_INITIALISED = "not initialised"
+    AHEAD = "ahead"
+    UNKNOWN_REVISION = "unknown revision"
+    MULTIPLE_HEADS = "multiple heads"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The result of :func:`verdict`.
+
+    ``steps`` are the upgrades still to run (PENDING, NOT_INITIALISED) or the downgrades
+    that would bring the database back to the target (AHEAD), in apply order.
+    ``unknown`` lists database revisions no script knows (UNKNOWN_REVISION).
+    """
+
+    kind: VerdictKind
+    database: tuple[str, ...]
+    heads: tuple[str, ...]
+    steps: tuple[MigrationStep, ...] = ()
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """One sentence for a status line."""
+        db = ", ".join(self.database) or "no revision"
+        heads = ", ".join(self.heads) or "none"
+        if self.kind is VerdictKind.UP_TO_DATE:
+            return f"up to date at {heads}" if self.heads else "up to date (no migrations)"
+        if self.kind is VerdictKind.PENDING:
+            return f"{len(self.steps)} migration(s) pending: {db} -> {heads}"
+        if self.kind is VerdictKind.NOT_INITIALISED:
+            return f"not initialised (no alembic revision); {len(self.steps)} migration(s) to run up to {heads}"
+        if self.kind is VerdictKind.AHEAD:
+            return f"database at {db} is {len(self.steps)} migration(s) ahead of {heads}"
+        if self.kind is VerdictKind.UNKNOWN_REVISION:
+            return f"database at {', '.join(self.unknown)}, unknown to this code (is the database ahead of it?)"
+        return f"the code has {len(self.heads)} heads ({heads}); merge them before releasing"
+
+
+def verdict(
+    db_revisions: Sequence[str], scripts: Scripts, *, target: str | None = None
+) -> Verdict:
+    """Compare a database's revisions with migration scripts.
+
+    Pure, and every database state is a verdict, not an exception; only a ``target``
+    no script knows raises :class:`MigrationError`. ``target`` defaults to the scripts'
+    head(s). Passing an older revision (e.g. the head of the deployed commit, with the
+    scripts of a newer one) lets AHEAD be told apart from PENDING: a database beyond the
+    target says which downgrades reach it.
+    """
+    loaded = _as_scripts(scripts)
+    database = tuple(sorted(r for r in db_revisions if r))
+    unknown = tuple(r for r in database if r not in loaded.revisions)
+    if target in (None, "head", "heads"):
+        heads = loaded.heads
+        if len(heads) > 1:
+            return Verdict(VerdictKind.MULTIPLE_HEADS, database, heads)
+    else:
+        try:
+            resolved = loaded._map.get_revisions(target)
+        except RevisionError as exc:
+            raise _revision_error(loaded, target, exc) from exc
+        heads = tuple(sorted(r.revision for r in resolved if r))
+    if unknown:
+        return Verdict(VerdictKind.UNKNOWN_REVISION, database, heads, unknown=unknown)
+    if not database:
+        steps = tuple(upgrade_path(loaded, None, heads[0] if len(heads) == 1 else "heads")) if heads else ()
+        if not steps:
+            return Verdict(VerdictKind.UP_TO_DATE, database, heads)
+        return Verdict(VerdictKind.NOT_INITIALISED, database, heads, steps=steps)
+    if set(database) == set(heads):
+        return Verdict(VerdictKind.UP_TO_DATE, database, heads)
+    try:
+        ups = tuple(
+            _step(loaded.revisions[r.revision], upgrade=True)
+            for r in reversed(list(loaded._map.iterate_revisions(heads, database, implicit_base=True)))
+        )
+        if ups:
+            return Verdict(VerdictKind.PENDING, database, heads, steps=ups)
+    except RevisionError:
+        pass
+    if len(heads) == 1:
+        try:
+            downs = tuple(
+                _step(loaded.revisions[r.revision], upgrade=False)
+                for r in loaded._map.iterate_revisions(database, heads[0], select_for_downgrade=True)
+            )
+            if downs:
+                return Verdict(VerdictKind.AHEAD, database, heads, steps=downs)
+        except RevisionError:
+            pass
+    # alembic would do nothing in either direction (e.g. the database also holds another
+    # branch's head): as far as reaching the target goes, it is there.
+    return Verdict(VerdictKind.UP_TO_DATE, database, heads)
+
+
+# --------------------------------------------------------------------------- database
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for messages and logs."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        # Unparseable: still never echo something that may hold a password.
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _engine_url(url: str) -> URL:
+    """The URL deployer connects with: a PostgreSQL URL without a driver gets psycopg2.
+
+    Apps' ``DATABASE_URL`` is often ``postgres://`` (Heroku style, a scheme SQLAlchemy
+    no longer accepts) or ``postgresql://`` (whose default driver is psycopg 3 since
+    SQLAlchemy 2.1); deployer ships psycopg2, so that is the driver it uses.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed
+
+
+def database_revisions(
+    url: str,
+    *,
+    connect_timeout: int = 10,
+    version_table: str = "alembic_version",
+    version_table_schema: str | None = None,
+) -> tuple[str, ...]:
+    """The revision(s) alembic recorded in the database at ``url``, sorted.
+
+    An empty tuple means no migration was applied (no ``alembic_version`` table, or an
+    empty one). Raises :class:`~deployer.errors.HostError` when the database cannot be
+    reached or refuses us, :class:`~deployer.errors.ConfigError` for a malformed URL;
+    the password never appears in a message.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    from deployer.errors import ConfigError
+
+    shown = redact_url(url)
+    try:
+        parsed = _engine_url(url)
+        connect_args: dict[str, object] = {}
+        if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb"):
+            connect_args["connect_timeout"] = max(1, int(connect_timeout))
+        if parsed.get_backend_name() == "postgresql":
+            # A server that accepts the connection but hangs (a lock held by a running
+            # migration) must not hang us: bound every statement too.
+            connect_args["options"] = f"-c statement_timeout={max(1, int(connect_timeout)) * 1000}"
+        engine = create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError(
+            f"the database URL {shown} is not valid: {exc}",
+            hint="use a SQLAlchemy URL such as postgresql+psycopg2://user:password@host:5432/dbname",
+        ) from exc
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection,
+                opts={"version_table": version_table, "version_table_schema": version_table_schema},
+            )
+            heads = context.get_current_heads()
+        return tuple(sorted(heads))
+    except DBAPIError as exc:
+        reason = _driver_reason(exc)
+        if exc.connection_invalidated or _is_connection_failure(exc):
+            raise HostError(
+                f"cannot read the migration state of the database {shown}: {reason}",
+                hint=_connection_hint(reason),
+            ) from exc
+        raise DeployerError(
+            f"reading {version_table} from the database {shown} failed: {reason}",
+            hint="check that the database user may read the alembic version table",
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise HostError(f"cannot read the migration state of the database {shown}: {exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def _driver_reason(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
+    return " ".join(lines) or type(orig).__name__
+
+
+def _is_connection_failure(exc: Exception) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def _connection_hint(reason: str) -> str:
+    lowered = reason.lower()
+    if "password" in lowered or "authentication" in lowered:
+        return "check the user and password of the database URL"
+    if "timeout" in lowered or "timed out" in lowered:
+        return "the database did not answer in time: is it up, and is the port reachable (firewall, tunnel)?"
+    if "does not exist" in lowered:
+        return "check the database name of the database URL"
+    return "is the database running, and is its port published or forwarded where deployer connects?"

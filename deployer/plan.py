@@ -1,0 +1,110 @@
+"""A release plan as data: what each step would run, printed by ``--dry-run``."""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import asdict, dataclass
+
+from deployer.playbook import Step
+from deployer.release import Run
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step: str
+    label: str
+    commands: tuple[str, ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    environment: str
+    host: str
+    playbook: str
+    commit: str
+    ref: str
+    previous_commit: str | None
+    database_revision: tuple[str, ...] | None
+    heads: tuple[str, ...]
+    pending: tuple[dict, ...]
+    steps: tuple[PlannedStep, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _j(argv: list[str]) -> str:
+    return shlex.join(argv)
+
+
+def describe(run: Run, step: Step) -> PlannedStep:
+    """The commands one step would run on the host, given what preflight found."""
+    compose = run.compose
+    app = run.target.config.app
+    env = run.env
+    sha = run.commit.sha if run.commit else "?"
+    commands: list[str] = []
+    note = ""
+    name = step.name
+    if name == "preflight":
+        note = "read-only: resolve the commit on the remote, read the checkout and the database revision"
+    elif name == "lock":
+        commands = [_j(["mkdir", posixpath.join(run.target.state_dir, "lock")])]
+    elif name == "snapshot":
+        note = "tag the running containers' images so they can be put back without a rebuild"
+        commands = [_j(["docker", "tag", "IMAGE_ID", "IMAGE:deployer-PREVIOUS_RELEASE"])]
+    elif name == "sync":
+        commands = [
+            _j(["git", "-C", env.path, "fetch", "--prune", "--tags", "--force", "origin", "+refs/heads/*:refs/remotes/origin/*"]),
+            _j(["git", "-C", env.path, "checkout", "--quiet", "--force", "--detach", sha]),
+        ]
+        if run.previous_commit is None:
+            commands.insert(0, _j(["git", "-C", env.path, "init", "--quiet"]))
+    elif name == "stop":
+        commands = [_j(compose.stop(list(step.params.get("services") or [])))]
+    elif name == "build":
+        commands = [_j(compose.build(pull=bool(step.params.get("pull"))))]
+    elif name == "database_up":
+        commands = [_j(compose.up([app.db_service], no_deps=True))]
+    elif name == "backup":
+        if run.pending and run.revision_before:
+            commands = [_j(compose.exec(app.db_service, ["pg_dump", "--format=custom", "..."])) + f" > {env.backup_dir}/ID.dump"]
+        else:
+            note = "skipped: " + ("no migration pending" if not run.pending else "the database has no migration applied yet")
+    elif name == "migrate":
+        if run.pending:
+            commands = [_j(compose.run(app.web_service, list(app.migrate_command)))]
+        else:
+            note = "skipped: no migration pending"
+    elif name == "up":
+        commands = [_j(compose.up(list(step.params.get("services") or [])))]
+    elif name == "verify":
+        note = f"read alembic_version; expect {', '.join(run.heads) or 'no revision'}"
+    elif name == "health":
+        note = f"GET {env.healthcheck_url or '(no URL)'} until 2xx; containers running and healthy"
+    elif name == "record":
+        note = f"append the release to {posixpath.join(run.target.state_dir, 'journal.jsonl')}"
+    elif name == "run":
+        argv = step.argv()
+        if step.params.get("service"):
+            commands = [_j(compose.run(str(step.params["service"]), argv))]
+        else:
+            commands = [f"cd {shlex.quote(env.path)} && {_j(argv)}"]
+    return PlannedStep(step=name, label=step.label, commands=tuple(commands), note=note)
+
+
+def build_plan(run: Run) -> Plan:
+    return Plan(
+        environment=run.env.name,
+        host=str(run.env.host),
+        playbook=run.playbook.name,
+        commit=run.commit.sha if run.commit else "",
+        ref=run.commit.ref if run.commit else "",
+        previous_commit=run.previous_commit,
+        database_revision=run.revision_before,
+        heads=run.heads,
+        pending=tuple({"revision": m.revision, "message": m.message, "destructive": list(m.destructive_ops)} for m in run.pending),
+        steps=tuple(describe(run, step) for step in run.playbook.steps),
+    )

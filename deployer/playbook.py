@@ -1,0 +1,185 @@
+"""Playbooks: declarative step sequences in TOML, checked once when loaded.
+
+A playbook names built-in steps in order, each with optional parameters, plus ``run``
+steps (a command on the host, or in a one-off container of a service's new image)::
+
+    [[steps]]
+    step = "health"
+    timeout = 120
+
+    [[steps]]
+    step = "run"
+    command = "flask seed-cache"
+    service = "web"
+"""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployer.errors import ConfigError
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "playbooks"
+
+# name -> {parameter: (type, description)}
+STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "preflight": {},
+    "lock": {},
+    "snapshot": {},
+    "sync": {},
+    "stop": {"services": (list, "services to stop (default: all but the db service)"), "timeout": (int, "seconds")},
+    "build": {"pull": (bool, "also pull newer base images")},
+    "database_up": {"timeout": (int, "seconds to wait until the database accepts connections")},
+    "backup": {"always": (bool, "back up even when no migration is pending")},
+    "migrate": {"timeout": (int, "seconds before the migration is killed")},
+    "up": {"services": (list, "services to recreate (default: all)"), "timeout": (int, "seconds")},
+    "verify": {},
+    "health": {"timeout": (int, "seconds to wait for health"), "settle": ((int, float), "seconds containers must stay up")},
+    "record": {},
+    "run": {
+        "command": ((str, list), "the command, a string (split like a shell) or a list"),
+        "service": (str, "run in a one-off container of this service's new image instead of on the host"),
+        "timeout": (int, "seconds"),
+        "name": (str, "a label for the output"),
+    },
+}
+REQUIRED = {"run": ("command",)}
+# Steps that change the server: the lock must be held before any of them.
+CHANGING = {"snapshot", "sync", "stop", "build", "database_up", "backup", "migrate", "up", "run", "record"}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return str(self.params.get("name") or self.name)
+
+    def argv(self) -> list[str]:
+        """For ``run`` steps: the command as an argv."""
+        command = self.params["command"]
+        return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+@dataclass(frozen=True)
+class Playbook:
+    name: str
+    path: Path
+    description: str
+    steps: tuple[Step, ...]
+
+    def names(self) -> list[str]:
+        return [step.name for step in self.steps]
+
+
+def find_playbook(name: str, root: Path) -> Path:
+    """``playbooks/NAME.toml`` next to deploy.toml, else the built-in one."""
+    for directory in (root / "playbooks", BUILTIN_DIR):
+        candidate = directory / f"{name}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for d in (root / "playbooks", BUILTIN_DIR) if d.is_dir() for p in d.glob("*.toml")})
+    raise ConfigError(
+        f"playbook {name!r} not found in {root / 'playbooks'} or the built-in playbooks",
+        hint=f"known playbooks: {', '.join(known) or 'none'}",
+    )
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def parse_playbook(data: Mapping[str, Any], *, name: str, path: Path) -> Playbook:
+    """Check every step name and parameter; raise one ConfigError naming the first mistake."""
+    where = str(path)
+    unknown_top = set(data) - {"description", "steps"}
+    if unknown_top:
+        key = sorted(unknown_top)[0]
+        raise ConfigError(f"{where}: unknown key {key!r}: a playbook has `description` and `[[steps]]`")
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise ConfigError(f"{where}: no steps: add `[[steps]]` tables, each with `step = \"NAME\"`")
+    steps = []
+    for index, raw in enumerate(raw_steps, start=1):
+        at = f"{where}: steps[{index}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{at}: expected a table with `step = \"NAME\"`")
+        step_name = raw.get("step")
+        if not isinstance(step_name, str):
+            raise ConfigError(f"{at}: missing `step = \"NAME\"`; known steps: {', '.join(STEPS)}")
+        if step_name not in STEPS:
+            raise ConfigError(f"{at}: unknown step {step_name!r}{_suggest(step_name, STEPS)}; known steps: {', '.join(STEPS)}")
+        params = {key: value for key, value in raw.items() if key != "step"}
+        allowed = STEPS[step_name]
+        for key, value in params.items():
+            if key not in allowed:
+                accepted = ", ".join(allowed) or "none"
+                raise ConfigError(f"{at} ({step_name}): unknown parameter {key!r}{_suggest(key, allowed)}; accepted: {accepted}")
+            kind = allowed[key][0]
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                raise ConfigError(f"{at} ({step_name}).{key}: expected {_type_name(kind)}, got {value!r}")
+            if kind is int and value <= 0:
+                raise ConfigError(f"{at} ({step_name}).{key}: expected a positive number of seconds, got {value}")
+        for key in REQUIRED.get(step_name, ()):
+            if key not in params:
+                raise ConfigError(f"{at} ({step_name}): missing parameter {key!r}")
+        step = Step(step_name, params)
+        if step_name == "run":
+            try:
+                if not step.argv():
+                    raise ValueError("empty command")
+            except ValueError as error:
+                raise ConfigError(f"{at} (run).command: not a usable command ({error})") from None
+        steps.append(step)
+    playbook = Playbook(name=name, path=path, description=str(data.get("description", "")), steps=tuple(steps))
+    _check_order(playbook)
+    return playbook
+
+
+def _check_order(playbook: Playbook) -> None:
+    names = playbook.names()
+    where = str(playbook.path)
+    for required in ("preflight", "lock"):
+        if required not in names:
+            raise ConfigError(f"{where}: the `{required}` step is required")
+    if names[0] != "preflight":
+        raise ConfigError(f"{where}: `preflight` must be the first step (it changes nothing and refuses early)")
+    lock_at = names.index("lock")
+    changing_before = [n for n in names[:lock_at] if n in CHANGING]
+    if changing_before:
+        raise ConfigError(f"{where}: step `{changing_before[0]}` changes the server and must come after `lock`")
+    for name in ("preflight", "lock", "snapshot", "sync", "record"):
+        if names.count(name) > 1:
+            raise ConfigError(f"{where}: step `{name}` appears more than once")
+    if "migrate" in names and "backup" in names and names.index("backup") > names.index("migrate"):
+        raise ConfigError(f"{where}: `backup` must come before `migrate`: the backup is what makes the migration undoable")
+    if "record" in names and names[-1] != "record":
+        raise ConfigError(f"{where}: `record` must be the last step")
+
+
+def load_playbook(name: str, root: Path) -> Playbook:
+    """Find and load a playbook by name (``release``, ``classic``, or your own)."""
+    path = find_playbook(name, root)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it: {error.strerror}") from None
+    return parse_playbook(data, name=name, path=path)

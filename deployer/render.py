@@ -1,0 +1,74 @@
+"""Text rendering for the terminal (rich), kept apart from the logic that produces the data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, rows)
+    elif isinstance(value, (list, tuple)):
+        rows.append((prefix, " ".join(str(v) for v in value)))
+    else:
+        rows.append((prefix, "" if value is None else str(value)))
+
+
+def render_mapping(data: Mapping[str, Any]) -> None:
+    """Print a nested mapping as a two-column table of dotted keys and values."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows: list[tuple[str, str]] = []
+    _flatten("", data, rows)
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(soft_wrap=True).print(table)
+
+
+def progress_printer():  # noqa: ANN201 - Callable[[str], None]
+    """Step progress on stderr (stdout stays clean for --json)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def log(line: str) -> None:
+        style = None
+        if line.startswith("✓"):
+            style = "green"
+        elif line.startswith("x ") or line.startswith("warning"):
+            style = "red"
+        elif line.startswith("  |"):
+            style = "dim"
+        console.print(line, style=style, markup=False)
+
+    return log
+
+
+def render_plan(plan) -> None:  # noqa: ANN001 - deployer.plan.Plan
+    """The dry-run plan: what would ship, the pending migrations, each step's commands."""
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    out = lambda text="": console.print(text, markup=False)  # noqa: E731
+    out(f"plan for {plan.environment} on {plan.host} (playbook {plan.playbook}) — nothing will change")
+    out(f"  commit   {plan.commit} ({plan.ref}); deployed now: {plan.previous_commit or 'nothing'}")
+    db = "not running" if plan.database_revision is None else (", ".join(plan.database_revision) or "no revision")
+    out(f"  database {db} -> {', '.join(plan.heads) or 'no migrations'}")
+    if plan.pending:
+        out("  pending migrations, in order:")
+        for item in plan.pending:
+            flag = f"  [destructive: {'; '.join(item['destructive'])}]" if item["destructive"] else ""
+            out(f"    {item['revision']}  {item['message']}{flag}")
+    else:
+        out("  pending migrations: none")
+    out("")
+    for number, step in enumerate(plan.steps, start=1):
+        out(f"{number:2d}. {step.label}" + (f"  ({step.note})" if step.note else ""))
+        for command in step.commands:
+            out(f"      $ {command}")
