@@ -38,6 +38,7 @@ def release(
     ref: str | None = None,
     yes: bool = False,
     dry_run: bool = False,
+    verbose: bool = False,
     playbook: str | None = None,
     confirm: Callable[[str], bool] | None = None,
     log: Callable[[str], None] = _noop,
@@ -55,7 +56,7 @@ def release(
     book = load_playbook(playbook or environment.playbook, cfg.root)
     target = open_target(cfg, env, host=host)
     try:
-        run = Run(target=target, playbook=book, options=Options(ref=ref, yes=yes, dry_run=dry_run, confirm=confirm), log=log)
+        run = Run(target=target, playbook=book, options=Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm), log=log)
         if dry_run:
             preflight = next(step for step in book.steps if step.name == "preflight")
             STEPS["preflight"](run, preflight)

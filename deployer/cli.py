@@ -99,6 +99,7 @@ def release_cmd(
     playbook: Annotated[Optional[str], typer.Option("--playbook", help="Playbook name (default: the environment's).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (destructive migrations).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the output of build, migrate and run steps.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Ship the branch tip (or --ref) to ENV: sync, build, back up, migrate, up, verify, health, record.
@@ -118,6 +119,7 @@ def release_cmd(
         ref=ref,
         yes=yes,
         dry_run=dry_run,
+        verbose=verbose,
         playbook=playbook,
         confirm=_confirmer(),
         log=log,

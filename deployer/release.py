@@ -35,6 +35,7 @@ class Options:
     ref: str | None = None
     yes: bool = False
     dry_run: bool = False
+    verbose: bool = False
     # Asks the user a yes/no question; None when there is no terminal to ask on.
     confirm: Callable[[str], bool] | None = None
 
@@ -313,8 +314,8 @@ def step_migrate(run: Run, step: Step) -> str:
             hint="a running web process or an open session may hold a lock the migration waits for",
         ) from None
     if not result.ok:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise DeployerError(f"the migration `{' '.join(app.migrate_command)}` exited {result.exit_code}:\n{tail}")
+        tail = "\n".join("    " + line for line in (result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise DeployerError(f"the migration `{' '.join(app.migrate_command)}` exited {result.exit_code}; its last output:\n{tail}")
     return f"applied {len(run.pending)} migration(s): " + ", ".join(m.revision for m in run.pending)
 
 
@@ -395,7 +396,10 @@ STEPS: dict[str, Callable[[Run, Step], str]] = {
 }
 
 
-def _verbose(run: Run) -> Callable[[str], None]:
+def _verbose(run: Run) -> Callable[[str], None] | None:
+    """Stream a command's output into the log with ``--verbose``."""
+    if not run.options.verbose:
+        return None
     return lambda line: run.log("  | " + line.rstrip())
 
 

@@ -1,0 +1,225 @@
+"""``deployer release`` end to end: the real command, engine, compose, sshd and PostgreSQL.
+
+The same story runs over SSH (host alias from ~/.ssh/config) and with ``host = "local"``:
+first release to an empty server; a commit with a migration (rows kept, journal has both);
+a commit without one (backup and migrate skipped); a migration that raises; a health check
+that never passes; a concurrent release refused by the lock; a dry run that changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tests.bench.deployment import EXAMPLE_HEAD, Deployment, add_migration
+from tests.bench.gitrepos import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+R_RATINGS = "a1b2c3d4e5f6"
+R_BROKEN = "b2c3d4e5f6a7"
+R_TAGS = "c3d4e5f6a7b8"
+
+BROKEN_HEALTH_WSGI = '''"""WSGI entry point (this release's /health is broken on purpose)."""
+from flask import request
+
+from recipes import create_app
+
+app = create_app()
+
+
+@app.before_request
+def _broken_health():
+    if request.path == "/health":
+        return "broken on purpose", 503
+    return None
+'''
+
+
+@pytest.fixture(scope="module", params=["ssh", "local"])
+def deployment(request: pytest.FixtureRequest, deployment_factory) -> Deployment:
+    return deployment_factory(request.param, health_timeout=25)
+
+
+def state(d: Deployment) -> dict:
+    """What a user would compare before and after: code, containers, schema, rows, journal."""
+    return {
+        "head": d.server_head(),
+        "containers": d.containers(),
+        "revision": d.revision(),
+        "users": d.sql("SELECT id, email, name FROM users ORDER BY id"),
+        "recipes": d.sql("SELECT * FROM recipes ORDER BY id"),
+        "journal": len(d.journal()),
+        "lock": d.lock_held(),
+    }
+
+
+def project_images(d: Deployment) -> list[str]:
+    """Every tag of the app's web image, with the image it names."""
+    out = subprocess.run(
+        ["docker", "images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", f"{d.name}-web"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return sorted(out.splitlines())
+
+
+def test_first_release_to_an_empty_server(deployment: Deployment) -> None:
+    d = deployment
+    result = d.release()
+    assert result["outcome"] == "succeeded"
+    assert d.server_head() == result["commit"] == d.origin.head()
+    assert d.revision() == (EXAMPLE_HEAD,)
+    status, body = d.get("/health")
+    assert status == 200 and EXAMPLE_HEAD in body
+    assert d.get("/")[0] == 200
+    (record,) = d.journal()
+    assert record["outcome"] == "succeeded" and record["revision_after"] == [EXAMPLE_HEAD]
+    assert record["revision_before"] == [] and record["backup"] is None
+    assert not d.lock_held()
+    # the secret went to the host in a 0600 env file, never into the journal
+    env_file = d.server_path / ".deployer" / "compose.env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert d.password not in (d.server_path / ".deployer" / "journal.jsonl").read_text()
+
+
+def test_release_with_a_migration_keeps_every_row(deployment: Deployment) -> None:
+    d = deployment
+    d.sql("INSERT INTO users (email, name) VALUES ('ana@example.com', 'Ana'), ('bo@example.com', 'Bø')")
+    d.sql(
+        "INSERT INTO recipes (recipe_title, recipe_description, is_public, user_id, inspiration) "
+        "SELECT 'Crème brûlée 🍮', 'custard', true, id, 'Paris' FROM users"
+    )
+    before = state(d)
+    sha = d.commit(
+        add_migration(R_RATINGS, EXAMPLE_HEAD, "Add ratings to recipes",
+                      ["op.add_column('recipes', sa.Column('rating', sa.Integer(), nullable=True))"],
+                      ["op.drop_column('recipes', 'rating')"]),
+        "add a rating column",
+    )
+    result = d.release()
+    assert result["commit"] == sha and d.server_head() == sha
+    assert result["revision_before"] == [EXAMPLE_HEAD] and result["revision_after"] == [R_RATINGS]
+    assert d.revision() == (R_RATINGS,)
+    assert d.sql("SELECT id, email, name FROM users ORDER BY id") == before["users"]
+    rows = d.sql("SELECT id, recipe_title, recipe_description, is_public, user_id, inspiration, rating FROM recipes ORDER BY id")
+    assert [row[:6] for row in rows] == [tuple(r[:6]) for r in before["recipes"]] and len(rows) == 2
+    assert all(row[6] is None for row in rows)
+    assert "Crème brûlée 🍮" in d.get("/")[1]
+    journal = d.journal()
+    assert [r["outcome"] for r in journal] == ["succeeded", "succeeded"]
+    steps = {s["name"]: s["status"] for s in journal[-1]["steps"]}
+    assert steps["backup"] == "ok" and steps["migrate"] == "ok"
+    # the pre-migration backup exists, with its description, readable only by its owner
+    backup_id = journal[-1]["backup"]
+    dump = d.server_path / "backups" / f"{backup_id}.dump"
+    assert dump.stat().st_size > 0 and dump.stat().st_mode & 0o777 == 0o600
+    assert json.loads((d.server_path / "backups" / f"{backup_id}.json").read_text())["revision"] == [EXAMPLE_HEAD]
+
+
+def test_release_without_migration_skips_backup_and_migrate(deployment: Deployment) -> None:
+    d = deployment
+    sha = d.commit({"example/CHANGES.txt": "a code-only change\n"}, "code only")
+    result = d.release()
+    steps = {s["name"]: s["status"] for s in result["steps"]}
+    assert steps["backup"] == "skipped" and steps["migrate"] == "skipped"
+    assert result["backup"] is None
+    assert d.server_head() == sha and d.revision() == (R_RATINGS,)
+    assert d.get("/health")[0] == 200
+
+
+def test_failing_migration_is_recovered(deployment: Deployment) -> None:
+    d = deployment
+    before = state(d)
+    d.commit(
+        add_migration(R_BROKEN, R_RATINGS, "Broken migration",
+                      ["op.add_column('recipes', sa.Column('broken', sa.Integer()))", "op.execute('SELECT 1/0')"],
+                      ["op.drop_column('recipes', 'broken')"]),
+        "a migration that raises",
+    )
+    result = d.release(expect=1)
+    assert "failed at step `migrate`" in result["stderr"] and "recovered" in result["stderr"]
+    after = state(d)
+    assert after["revision"] == before["revision"] == (R_RATINGS,)
+    assert after["users"] == before["users"] and after["recipes"] == before["recipes"]
+    assert after["head"] == before["head"]
+    assert not after["lock"]
+    assert d.get("/health")[0] == 200
+    assert d.journal()[-1]["outcome"] == "failed" and "migration" in d.journal()[-1]["error"]
+    # put the history back to a releasable state for the next tests
+    d.commit({f"example/migrations/versions/{R_BROKEN}_broken_migration.py": None}, "drop the broken migration")
+
+
+def test_health_that_never_passes_is_recovered(deployment: Deployment) -> None:
+    d = deployment
+    before = state(d)
+    d.commit(
+        {
+            "example/wsgi.py": BROKEN_HEALTH_WSGI,
+            **add_migration(R_TAGS, R_RATINGS, "Add tags to recipes",
+                            ["op.add_column('recipes', sa.Column('tags', sa.String(), nullable=True))"],
+                            ["op.drop_column('recipes', 'tags')"]),
+        },
+        "break /health and add a migration",
+    )
+    result = d.release(expect=1)
+    assert "failed at step `health`" in result["stderr"], result["stderr"]
+    assert "downgraded" in result["stderr"]
+    after = state(d)
+    # the migration ran and was undone with the new image; the old code answers again
+    assert after["revision"] == (R_RATINGS,)
+    assert after["users"] == before["users"] and after["recipes"] == before["recipes"]
+    assert after["head"] == before["head"]
+    assert not after["lock"]
+    assert d.wait_answer("/health")[0] == 200
+    assert d.get("/")[0] == 200
+    record = d.journal()[-1]
+    assert record["outcome"] == "failed" and "previous release answers" in record["recovery"]
+    # mend /health; the next release ships it together with the tags migration
+    d.commit({"example/wsgi.py": (REPO_ROOT / "example" / "wsgi.py").read_text()}, "mend /health")
+
+
+def test_second_release_while_one_runs_is_refused(deployment: Deployment) -> None:
+    d = deployment
+    first = subprocess.Popen(
+        d.deployer_argv("release", d.env_name, "--yes"), cwd=d.laptop, env=d.environ(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not d.lock_held() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.lock_held(), "the first release never took the lock"
+        second = d.deployer("release", d.env_name, "--yes")
+        assert second.returncode == 4, second.stderr
+        assert "locked" in second.stderr and "held by" in second.stderr and "deployer lock release" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    assert not d.lock_held()
+    assert d.revision() == (R_TAGS,) and d.get("/health")[0] == 200
+
+
+def test_dry_run_changes_nothing(deployment: Deployment) -> None:
+    d = deployment
+    d.commit(
+        add_migration("d4e5f6a7b8c9", R_TAGS, "Add servings",
+                      ["op.add_column('recipes', sa.Column('servings', sa.Integer(), nullable=True))"],
+                      ["op.drop_column('recipes', 'servings')"]),
+        "add servings",
+    )
+    before = state(d)
+    images = project_images(d)
+    result = d.deployer("release", d.env_name, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "d4e5f6a7b8c9" in result.stdout and "Add servings" in result.stdout
+    assert "nothing will change" in result.stdout and "flask db upgrade" in result.stdout
+    assert state(d) == before
+    assert project_images(d) == images
+    # JSON plan, same facts
+    plan = json.loads(d.deployer("release", d.env_name, "--dry-run", "--json").stdout)
+    assert [p["revision"] for p in plan["pending"]] == ["d4e5f6a7b8c9"]
+    assert state(d) == before
