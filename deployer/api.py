@@ -67,6 +67,42 @@ def release(
             target.host.close()
 
 
+def rollback(
+    env: str,
+    target: str = "previous",
+    *,
+    config_path: Path | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    restore_backup: bool = False,
+    verbose: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+    log: Callable[[str], None] = _noop,
+    host: Host | None = None,
+) -> Outcome | Plan:
+    """Roll ``env`` back to a release, an alembic revision, or ``previous``; schema, code and images together."""
+    from deployer import rollback as rollbacks
+    from deployer.plan import build_plan
+    from deployer.release import Options, Run
+    from deployer.runner import execute
+    from deployer.target import open_target
+
+    cfg = load(config_path)
+    cfg.environment(env)
+    target_ = open_target(cfg, env, host=host)
+    try:
+        options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm)
+        run = Run(target=target_, playbook=rollbacks.playbook(), options=options, log=log, kind="rollback")
+        steps = rollbacks.step_functions()
+        if dry_run:
+            steps["preflight"](run, run.playbook.steps[0])
+            return build_plan(run)
+        return execute(run, steps)
+    finally:
+        if host is None:
+            target_.host.close()
+
+
 def lock_status(env: str, *, config_path: Path | None = None) -> LockInfo | None:
     """Who holds the environment's deploy lock, or None."""
     from deployer.lock import read_lock

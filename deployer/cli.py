@@ -132,6 +132,48 @@ def release_cmd(
         typer.echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s")  # type: ignore[union-attr]
 
 
+@app.command("rollback")
+def rollback_cmd(
+    env: EnvArgument,
+    target: Annotated[str, typer.Argument(help="An alembic revision (id or unique prefix), a release id, or `previous`.")] = "previous",
+    config: ConfigOption = None,
+    restore_backup: Annotated[
+        bool, typer.Option("--restore-backup", help="Restore the dump taken when the target release was replaced, instead of downgrading.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (data-dropping downgrades, restores).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the output of the commands run.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Move ENV back to TARGET: schema (downgraded with the current image, or restored), code and images.
+
+    Refused before touching anything when the target is unknown, ambiguous or newer, or a
+    downgrade on the way is missing (then --restore-backup is the way back).
+
+    Example:  deployer rollback production 56b67 --dry-run
+    """
+    from deployer import api
+    from deployer.render import progress_printer, render_plan
+
+    result = api.rollback(
+        env,
+        target,
+        config_path=config,
+        yes=yes,
+        dry_run=dry_run,
+        restore_backup=restore_backup,
+        verbose=verbose,
+        confirm=_confirmer(),
+        log=progress_printer(),
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    elif dry_run:
+        render_plan(result)  # type: ignore[arg-type]
+    else:
+        typer.echo(f"rolled {env} back to commit {result.commit} as {result.id} in {result.seconds:.1f}s")  # type: ignore[union-attr]
+
+
 lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
 

@@ -48,11 +48,12 @@ class Record:
     seconds: float
     user: str
     backup: str | None = None
-    images: dict[str, str] = field(default_factory=dict)  # service -> saved image tag
+    images: dict[str, str] = field(default_factory=dict)  # image name -> tag saved for this release
     steps: tuple[StepTiming, ...] = ()
     error: str | None = None
     recovery: str | None = None
     previous_release: str | None = None
+    target_release: str | None = None  # rollbacks: the release they brought back
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)
@@ -108,8 +109,16 @@ def append(host: Host, state_dir: str, record: Record) -> None:
 
 
 def last_succeeded(records: Sequence[Record]) -> Record | None:
-    """The newest record whose outcome is success: the release that runs now."""
+    """The newest successful release or rollback: what runs now."""
     for record in reversed(records):
         if record.outcome == SUCCEEDED:
             return record
     return None
+
+
+def running_release(records: Sequence[Record]) -> Record | None:
+    """The release record whose code runs now (a rollback points back at one)."""
+    last = last_succeeded(records)
+    if last is None or last.kind == "release":
+        return last
+    return next((r for r in records if r.id == last.target_release and r.kind == "release"), None)

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import asdict, dataclass
 
 from deployer.playbook import Step
-from deployer.release import Run
+from deployer.release import Run, downgrade_argv
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Plan:
     heads: tuple[str, ...]
     pending: tuple[dict, ...]
     steps: tuple[PlannedStep, ...]
+    kind: str = "release"
+    target_release: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +71,7 @@ def describe(run: Run, step: Step) -> PlannedStep:
     elif name == "database_up":
         commands = [_j(compose.up([app.db_service], no_deps=True))]
     elif name == "backup":
-        if run.pending and run.revision_before:
+        if run.kind == "rollback" or (run.pending and run.revision_before):
             commands = [_j(compose.exec(app.db_service, ["pg_dump", "--format=custom", "..."])) + f" > {env.backup_dir}/ID.dump"]
         else:
             note = "skipped: " + ("no migration pending" if not run.pending else "the database has no migration applied yet")
@@ -80,6 +82,20 @@ def describe(run: Run, step: Step) -> PlannedStep:
             note = "skipped: no migration pending"
     elif name == "up":
         commands = [_j(compose.up(list(step.params.get("services") or [])))]
+    elif name == "schema":
+        if run.options.restore_backup and run.restore_from is not None:
+            commands = [_j(compose.stop([app.web_service])), f"restore {run.restore_from.path} into the database"]
+        elif run.pending:
+            target = run.heads[0] if run.heads else "base"
+            commands = [_j(compose.run(app.web_service, downgrade_argv(app.migrate_command, target)))]
+            note = "with the CURRENT image: only it has the newer scripts"
+        else:
+            note = "skipped: the schema is already at the target revision"
+    elif name == "switch":
+        chosen = run.target_release
+        commands = [_j(["git", "-C", env.path, "checkout", "--force", "--detach", sha])]
+        if chosen is not None:
+            commands += [_j(["docker", "tag", tag, image]) for image, tag in chosen.images.items()]
     elif name == "verify":
         note = f"read alembic_version; expect {', '.join(run.heads) or 'no revision'}"
     elif name == "health":
@@ -105,6 +121,11 @@ def build_plan(run: Run) -> Plan:
         previous_commit=run.previous_commit,
         database_revision=run.revision_before,
         heads=run.heads,
-        pending=tuple({"revision": m.revision, "message": m.message, "destructive": list(m.destructive_ops)} for m in run.pending),
+        pending=tuple(
+            {"revision": m.revision, "message": m.message, "destructive": list(m.destructive_ops), "has_downgrade": m.has_downgrade}
+            for m in run.pending
+        ),
+        kind=run.kind,
+        target_release=run.target_release.id if run.target_release else None,
         steps=tuple(describe(run, step) for step in run.playbook.steps),
     )

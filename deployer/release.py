@@ -36,6 +36,7 @@ class Options:
     yes: bool = False
     dry_run: bool = False
     verbose: bool = False
+    restore_backup: bool = False  # rollbacks: restore the pre-upgrade dump instead of downgrading
     # Asks the user a yes/no question; None when there is no terminal to ask on.
     confirm: Callable[[str], bool] | None = None
 
@@ -59,7 +60,10 @@ class Run:
     previous_release: journal.Record | None = None
     revision_before: tuple[str, ...] | None = None  # None: the database was not running
     revision_after: tuple[str, ...] = ()
-    saved_images: dict[str, str] = field(default_factory=dict)  # image name -> saved tag
+    saved_images: dict[str, str] = field(default_factory=dict)  # image name -> tag of what ran before
+    release_images: dict[str, str] = field(default_factory=dict)  # image name -> tag of this release
+    target_release: journal.Record | None = None  # rollbacks: the release to bring back
+    restore_from: backups.Backup | None = None  # rollbacks: the dump taken when that release was replaced
     backup: backups.Backup | None = None
     started_at: str = ""
     # What has been changed so far: recovery undoes exactly these.
@@ -164,7 +168,11 @@ def restore_images(run: Run) -> None:
 
 
 def confirm(run: Run, question: str, refusal: str) -> None:
+    """Ask, or take --yes; refuse without a terminal. A dry run only shows the question."""
     if run.options.yes:
+        return
+    if run.options.dry_run:
+        run.log(f"(would ask: {question})")
         return
     if run.options.confirm is None:
         raise RefusedError(refusal, hint="rerun with --yes to confirm (no terminal to ask on)")
@@ -358,11 +366,11 @@ def step_health(run: Run, step: Step) -> str:
 
 
 def step_record(run: Run, step: Step) -> str:
-    saved = save_images(run, run.id)
+    run.release_images = save_images(run, run.target_release.id if run.target_release else run.id)
     if not run.revision_after:
         run.revision_after = project.read_revisions(run.target) or ()
     journal.append(run.host, run.target.state_dir, make_record(run, journal.SUCCEEDED))
-    return f"release {run.id} recorded; images saved as {', '.join(saved.values()) or 'none'}"
+    return f"{run.kind} {run.id} recorded; images saved as {', '.join(run.release_images.values()) or 'none'}"
 
 
 def step_run(run: Run, step: Step) -> str:
@@ -406,13 +414,24 @@ def _verbose(run: Run) -> Callable[[str], None] | None:
 # --------------------------------------------------------------------------- recovery
 
 
-def downgrade_argv(migrate_command: tuple[str, ...], revision: str) -> list[str]:
-    """``flask db upgrade`` -> ``flask db downgrade REV``; ``alembic upgrade head`` -> ``alembic downgrade REV``."""
+def migration_argv(migrate_command: tuple[str, ...], verb: str, revision: str) -> list[str]:
+    """From the configured upgrade command, the command that moves to ``revision``.
+
+    ``flask db upgrade`` -> ``flask db downgrade REV``; ``alembic upgrade head`` ->
+    ``alembic upgrade REV``. ``verb`` is ``upgrade`` or ``downgrade``.
+    """
     argv = list(migrate_command)
     if "upgrade" in argv:
         index = argv.index("upgrade")
-        return [*argv[:index], "downgrade", revision]
-    raise DeployerError(f"cannot derive a downgrade command from `{' '.join(migrate_command)}`")
+        return [*argv[:index], verb, revision]
+    raise DeployerError(
+        f"cannot derive a {verb} command from `{' '.join(migrate_command)}`",
+        hint="use a migrate_command of the form `flask db upgrade` or `alembic upgrade head`",
+    )
+
+
+def downgrade_argv(migrate_command: tuple[str, ...], revision: str) -> list[str]:
+    return migration_argv(migrate_command, "downgrade", revision)
 
 
 def recover(run: Run, failure: BaseException) -> str:
@@ -428,6 +447,14 @@ def recover(run: Run, failure: BaseException) -> str:
     left: list[str] = []
     app = run.target.config.app
     before = run.revision_before or ()
+    if run.kind == "rollback" and run.saved_images:
+        # A rollback went DOWN: only the images it started from know the newer scripts,
+        # so they come back first and migrate the schema up again.
+        try:
+            restore_images(run)
+            done.append("previous images re-tagged")
+        except DeployerError as error:
+            left.append(f"re-tag the saved images {', '.join(run.saved_images.values())} ({error.message})")
     if run.migrated:
         try:
             now = project.read_revisions(run.target) or ()
@@ -436,25 +463,26 @@ def recover(run: Run, failure: BaseException) -> str:
             left.append(f"read the database revision ({error.message})")
         if now is not None and set(now) != set(before):
             target_rev = before[0] if len(before) == 1 else "base" if not before else None
-            downgraded = False
-            if target_rev is not None:
-                run.log(f"recovery: downgrading the database {', '.join(now)} -> {target_rev} with the new image")
+            verb = "upgrade" if run.kind == "rollback" else "downgrade"
+            moved = False
+            if target_rev is not None and not left:
+                run.log(f"recovery: {verb} of the database {', '.join(now) or 'base'} -> {target_rev}")
                 result = run.host.run(
-                    run.compose.run(app.web_service, downgrade_argv(app.migrate_command, target_rev)),
+                    run.compose.run(app.web_service, migration_argv(app.migrate_command, verb, target_rev)),
                     timeout=float(app.migrate_timeout),
                 )
                 after = project.read_revisions(run.target) or ()
-                downgraded = result.ok and set(after) == set(before)
-                if downgraded:
-                    done.append(f"database downgraded to {target_rev}")
-            if not downgraded and run.backup is not None:
-                run.log(f"recovery: restoring the pre-release backup {run.backup.id}")
+                moved = result.ok and set(after) == set(before)
+                if moved:
+                    done.append(f"database {verb}d to {target_rev}")
+            if not moved and run.backup is not None:
+                run.log(f"recovery: restoring the backup {run.backup.id} taken at the start")
                 try:
                     backups.restore(run.target, run.backup)
                     done.append(f"database restored from backup {run.backup.id}")
                 except DeployerError as error:
                     left.append(f"restore the database from {run.backup.path} ({error.message})")
-            elif not downgraded:
+            elif not moved:
                 left.append(f"bring the database from {', '.join(now)} back to {', '.join(before) or 'empty'}")
         elif now is not None:
             done.append(f"database still at {', '.join(before) or 'no revision'} (the migration changed nothing)")
@@ -464,7 +492,7 @@ def recover(run: Run, failure: BaseException) -> str:
             done.append(f"checkout back at {run.previous_commit[:12]}")
         except DeployerError as error:
             left.append(f"check out {run.previous_commit} in {run.env.path} ({error.message})")
-    if run.saved_images:
+    if run.saved_images and run.kind != "rollback":
         try:
             restore_images(run)
             done.append("previous images re-tagged")
@@ -519,9 +547,10 @@ def make_record(run: Run, outcome: str, *, error: str | None = None, recovery: s
         seconds=round((finished - started).total_seconds(), 3),
         user=whoami(),
         backup=run.backup.id if run.backup else None,
-        images=dict(run.saved_images),
+        images=dict(run.release_images),
         steps=tuple(run.timings),
         error=error,
         recovery=recovery,
         previous_release=run.previous_release.id if run.previous_release else None,
+        target_release=run.target_release.id if run.target_release else None,
     )

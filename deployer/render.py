@@ -56,17 +56,24 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.plan.Plan
 
     console = Console(highlight=False, soft_wrap=True)
     out = lambda text="": console.print(text, markup=False)  # noqa: E731
-    out(f"plan for {plan.environment} on {plan.host} (playbook {plan.playbook}) — nothing will change")
+    what = f"rollback to {plan.target_release}" if plan.kind == "rollback" else f"playbook {plan.playbook}"
+    out(f"{plan.kind} plan for {plan.environment} on {plan.host} ({what}) — nothing will change")
     out(f"  commit   {plan.commit} ({plan.ref}); deployed now: {plan.previous_commit or 'nothing'}")
     db = "not running" if plan.database_revision is None else (", ".join(plan.database_revision) or "no revision")
     out(f"  database {db} -> {', '.join(plan.heads) or 'no migrations'}")
+    label = "downgrades" if plan.kind == "rollback" else "pending migrations"
     if plan.pending:
-        out("  pending migrations, in order:")
+        out(f"  {label}, in order:")
         for item in plan.pending:
-            flag = f"  [destructive: {'; '.join(item['destructive'])}]" if item["destructive"] else ""
+            flags = []
+            if item["destructive"]:
+                flags.append(f"drops data: {'; '.join(item['destructive'])}")
+            if plan.kind == "rollback" and not item["has_downgrade"]:
+                flags.append("NO working downgrade")
+            flag = f"  [{' | '.join(flags)}]" if flags else ""
             out(f"    {item['revision']}  {item['message']}{flag}")
     else:
-        out("  pending migrations: none")
+        out(f"  {label}: none")
     out("")
     for number, step in enumerate(plan.steps, start=1):
         out(f"{number:2d}. {step.label}" + (f"  ({step.note})" if step.note else ""))

@@ -4,12 +4,14 @@ journal the outcome, and recover when a step fails after the server was changed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from deployer import journal, lock
 from deployer.errors import DeployerError, ExitCode, RecoveryFailed
+from deployer.playbook import Step
 from deployer.release import STEPS, Run, Skip, make_record, recover
 
 
@@ -43,7 +45,7 @@ def _changed(run: Run) -> bool:
     return run.synced or run.stopped or run.migrated or run.recreated
 
 
-def execute(run: Run) -> Outcome:
+def execute(run: Run, steps: Mapping[str, Callable[[Run, Step], str]] = STEPS) -> Outcome:
     """Run every step of the playbook; on failure recover, journal, and raise.
 
     Raises :class:`ReleaseFailed` (recovered), :class:`RecoveryFailed` (not fully), or the
@@ -58,7 +60,7 @@ def execute(run: Run) -> Outcome:
             started = time.monotonic()
             run.log(f"> {step.label}")
             try:
-                detail = STEPS[step.name](run, step)
+                detail = steps[step.name](run, step)
                 status = "ok"
             except Skip as skipped:
                 detail, status = str(skipped), "skipped"

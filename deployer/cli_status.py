@@ -1,0 +1,74 @@
+"""``deployer status`` and ``deployer history`` (typer commands; the lead wires them into cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deployer.errors import DeployerError
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        "-c",
+        help="Path to deploy.toml (default: found by walking up from the current directory).",
+        envvar="DEPLOYER_CONFIG",
+        dir_okay=False,
+    ),
+]
+EnvArgument = Annotated[str, typer.Argument(help="Environment name from deploy.toml, e.g. production.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Show whether ENV runs what you think: commit vs branch tip, database revision vs the
+    code's migrations, containers, lock, last release and newest backup.
+
+    Exit 0 when in sync; 10 migrations pending, 11 database ahead of the code, 12 unknown
+    revision, 13 multiple heads, 14 not initialised / nothing deployed, 15 code not at the
+    branch tip or a service not healthy, 3 host or database unreachable (docs/status.md).
+
+    Example:  deployer status production --json
+    """
+    from deployer import status as status_mod
+
+    try:
+        report = status_mod.status(config, env)
+    except DeployerError as error:
+        if as_json:
+            # A monitor still gets one JSON object, with the same exit code.
+            typer.echo(json.dumps({
+                "schema": status_mod.SCHEMA_VERSION, "environment": env, "error": error.message,
+                "hint": error.hint, "exit_code": int(error.exit_code), "in_sync": False,
+            }, indent=2))
+        raise
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(status_mod.render_status(report))
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def history_cmd(
+    env: EnvArgument,
+    config: ConfigOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most N records.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """List ENV's releases and rollbacks, newest first: commit, revisions before -> after,
+    outcome, duration and who ran it.
+
+    Example:  deployer history production --limit 5
+    """
+    from deployer import status as status_mod
+
+    journal = status_mod.history(config, env, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(journal.to_dict(), indent=2))
+    else:
+        typer.echo(status_mod.render_history(journal))

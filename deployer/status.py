@@ -1,0 +1,752 @@
+"""``deployer status`` and ``deployer history``: what runs on an environment, read in one go.
+
+Status answers "is production where I think it is?" without starting a container: the
+deployed commit against the branch tip on the remote, the database's alembic revision
+(read over SQLAlchemy, through the SSH connection's tunnel) against the migrations of
+both, the compose services, the deploy lock, the last release and the newest backup.
+
+Speed matters (a monitor polls it), so everything goes over ONE SSH connection, and the
+independent reads run at once in threads: local git (ls-remote + fetch), and on the host
+the checkout's HEAD, the containers, the lock, the journal and the backups. Containers are
+read with one ``docker ps | docker inspect`` command on that connection rather than with
+``docker compose ps`` (which parses the compose file first) or the Docker SDK (a second
+SSH connection, and importing it alone costs about as much as everything else).
+
+The assessment itself (:func:`assess`, :func:`exit_code_for`, :func:`render_status`) is
+pure, so every verdict and exit code is unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from deployer.errors import DeployerError, ExitCode
+
+if TYPE_CHECKING:
+    from deployer.config import Config
+    from deployer.containers import Container
+    from deployer.hosts import Host
+    from deployer.migrations import MigrationScripts
+    from deployer.target import Target
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+
+class StatusCode(IntEnum):
+    """Exit codes of ``deployer status`` (0 and 3 are shared with :class:`ExitCode`)."""
+
+    IN_SYNC = 0
+    UNREACHABLE = int(ExitCode.UNREACHABLE)  # the host, or the database on it, did not answer
+    PENDING = 10  # the database is behind the deployed code: migrations not run
+    AHEAD = 11  # the database is ahead of the deployed code: old code on a newer schema
+    UNKNOWN_REVISION = 12  # the database names a revision no script knows
+    MULTIPLE_HEADS = 13  # the deployed code or the branch tip has unmerged migration heads
+    NOT_INITIALISED = 14  # no migration applied yet, or nothing deployed at all
+    DRIFT = 15  # schema fine, but the code is not the branch tip or a service is not healthy
+
+
+# Verdict names as they appear in text and JSON (migrations.VerdictKind values, plus two).
+UP_TO_DATE = "up to date"
+PENDING = "pending"
+AHEAD = "ahead"
+UNKNOWN_REVISION = "unknown revision"
+MULTIPLE_HEADS = "multiple heads"
+NOT_INITIALISED = "not initialised"
+NOT_DEPLOYED = "not deployed"
+DATABASE_UNREACHABLE = "database unreachable"
+
+_VERDICT_CODES = {
+    UP_TO_DATE: StatusCode.IN_SYNC,
+    PENDING: StatusCode.PENDING,
+    AHEAD: StatusCode.AHEAD,
+    UNKNOWN_REVISION: StatusCode.UNKNOWN_REVISION,
+    MULTIPLE_HEADS: StatusCode.MULTIPLE_HEADS,
+    NOT_INITIALISED: StatusCode.NOT_INITIALISED,
+    NOT_DEPLOYED: StatusCode.NOT_INITIALISED,
+    DATABASE_UNREACHABLE: StatusCode.UNREACHABLE,
+}
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class Migration:
+    revision: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CodeState:
+    """The deployed commit against the tip of the configured branch on the remote."""
+
+    branch: str
+    deployed: str | None  # None: no checkout on the host yet
+    deployed_subject: str | None
+    tip: str | None  # None: the remote could not be read (see error)
+    tip_subject: str | None
+    ahead: int | None  # commits in deployed not in tip
+    behind: int | None  # commits in tip not in deployed
+    error: str | None = None
+
+    @property
+    def at_tip(self) -> bool:
+        return self.deployed is not None and self.deployed == self.tip
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """The database's alembic revision(s) against the migration heads of the code."""
+
+    reachable: bool
+    revisions: tuple[str, ...] | None  # None when unreachable
+    deployed_heads: tuple[str, ...]
+    tip_heads: tuple[str, ...]
+    verdict: str
+    summary: str
+    pending: tuple[Migration, ...] = ()  # upgrades the deployed code still needs, in order
+    ahead: tuple[Migration, ...] = ()  # revisions the database has beyond the deployed code
+    unknown: tuple[str, ...] = ()  # revisions no script knows
+    tip_pending: tuple[Migration, ...] = ()  # what releasing the tip would run
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    service: str
+    container: str
+    state: str
+    health: str
+    image: str
+    started_at: str
+    restart_count: int
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class LockState:
+    held: bool
+    holder: str | None = None
+    command: str | None = None
+    acquired_at: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseSummary:
+    id: str
+    kind: str
+    outcome: str
+    commit: str | None
+    finished_at: str
+    user: str
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    id: str
+    created_at: str
+    size: int
+    revision: tuple[str, ...]
+    release: str | None
+    path: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """Everything ``deployer status`` reports; ``to_dict()`` is the ``--json`` document."""
+
+    environment: str
+    host: str
+    path: str
+    checked_at: str
+    seconds: float
+    code: CodeState
+    database: DatabaseState
+    services: tuple[Service, ...]
+    lock: LockState
+    last_release: ReleaseSummary | None
+    last_backup: BackupSummary | None
+    problems: tuple[str, ...]
+    exit_code: int
+
+    @property
+    def in_sync(self) -> bool:
+        return self.exit_code == StatusCode.IN_SYNC
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data = {"schema": SCHEMA_VERSION, **data, "in_sync": self.in_sync}
+        data["verdict"] = self.database.verdict
+        return _jsonable(data)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: str
+    kind: str
+    outcome: str
+    commit: str | None
+    previous_commit: str | None
+    revision_before: tuple[str, ...]
+    revision_after: tuple[str, ...]
+    started_at: str
+    finished_at: str
+    seconds: float
+    user: str
+    backup: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class History:
+    """The journal of an environment, newest first; ``to_dict()`` is the ``--json`` document."""
+
+    environment: str
+    host: str
+    total: int
+    entries: tuple[HistoryEntry, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable({"schema": SCHEMA_VERSION, **asdict(self)})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+# --------------------------------------------------------------------------- pure assessment
+
+
+def _migrations(steps: Sequence[Any]) -> tuple[Migration, ...]:
+    return tuple(Migration(step.revision, step.message) for step in steps)
+
+
+def assess(
+    revisions: Sequence[str] | None,
+    deployed: MigrationScripts | None,
+    tip: MigrationScripts | None,
+    *,
+    error: str | None = None,
+) -> DatabaseState:
+    """Judge the database against the deployed code's migrations (and the tip's).
+
+    ``revisions`` None means the database could not be read (``error`` says why);
+    ``deployed`` None means nothing is deployed. A revision the deployed scripts do not
+    know but the tip's do is a database AHEAD of the deployed code (old code on a newer
+    schema); known to neither, it is UNKNOWN. The tip's heads only decide the verdict
+    when the database is otherwise up to date: unmerged heads there block the next release.
+    """
+    from deployer.migrations import VerdictKind, verdict
+
+    deployed_heads = deployed.heads if deployed else ()
+    tip_heads = tip.heads if tip else ()
+    if deployed is None:
+        shown = "not read" if revisions is None else (", ".join(revisions) or "no revision")
+        return DatabaseState(
+            reachable=revisions is not None, revisions=tuple(revisions) if revisions is not None else None,
+            deployed_heads=(), tip_heads=tip_heads, verdict=NOT_DEPLOYED,
+            summary=f"nothing deployed yet (database: {shown})", error=error,
+        )
+    if revisions is None:
+        return DatabaseState(
+            reachable=False, revisions=None, deployed_heads=deployed_heads, tip_heads=tip_heads,
+            verdict=DATABASE_UNREACHABLE, summary=f"cannot read the database: {error or 'unknown error'}", error=error,
+        )
+    current = tuple(sorted(revisions))
+    found = verdict(current, deployed)
+    if found.kind is VerdictKind.UNKNOWN_REVISION and tip is not None and len(deployed_heads) == 1:
+        if all(r in tip.revisions for r in current) and deployed_heads[0] in tip.revisions:
+            beyond = verdict(current, tip, target=deployed_heads[0])
+            if beyond.kind is VerdictKind.AHEAD:
+                found = beyond
+    tip_pending: tuple[Migration, ...] = ()
+    tip_split = len(tip_heads) > 1
+    if tip is not None and not tip_split and all(r in tip.revisions for r in current):
+        ahead_of_tip = verdict(current, tip)
+        if ahead_of_tip.kind in (VerdictKind.PENDING, VerdictKind.NOT_INITIALISED):
+            tip_pending = _migrations(ahead_of_tip.steps)
+    kind = found.kind.value
+    summary = found.summary
+    if found.kind is VerdictKind.MULTIPLE_HEADS:
+        summary = f"the deployed code has {len(deployed_heads)} migration heads ({', '.join(deployed_heads)})"
+    elif found.kind is VerdictKind.UP_TO_DATE and tip_split:
+        kind = MULTIPLE_HEADS
+        summary = (
+            f"database up to date with the deployed code, but the branch tip has {len(tip_heads)} migration heads "
+            f"({', '.join(tip_heads)}): merge them before the next release"
+        )
+    elif found.kind is VerdictKind.AHEAD:
+        summary = (
+            f"database at {', '.join(current)} is {len(found.steps)} migration(s) ahead of the deployed code "
+            f"(head {', '.join(deployed_heads)}): old code runs on a newer schema"
+        )
+    elif found.kind is VerdictKind.UNKNOWN_REVISION:
+        summary = f"database at {', '.join(found.unknown)}, a revision no migration script knows (deployed or on the branch)"
+    return DatabaseState(
+        reachable=True,
+        revisions=current,
+        deployed_heads=deployed_heads,
+        tip_heads=tip_heads,
+        verdict=kind,
+        summary=summary,
+        pending=_migrations(found.steps) if found.kind in (VerdictKind.PENDING, VerdictKind.NOT_INITIALISED) else (),
+        ahead=_migrations(found.steps) if found.kind is VerdictKind.AHEAD else (),
+        unknown=found.unknown,
+        tip_pending=tip_pending,
+    )
+
+
+def service_problems(services: Sequence[Service], expected: Sequence[str]) -> list[str]:
+    """Sentences for services that are missing, stopped or unhealthy."""
+    problems = []
+    present = {s.service for s in services}
+    for name in expected:
+        if name not in present:
+            problems.append(f"service {name} has no container")
+    for s in services:
+        if not s.healthy:
+            state = s.state + (f", {s.health}" if s.health else "")
+            problems.append(f"service {s.service} is not healthy ({state})")
+    return problems
+
+
+def code_problems(code: CodeState) -> list[str]:
+    if code.deployed is None or code.tip is None:
+        return [code.error] if code.error else []
+    if code.deployed == code.tip:
+        return []
+    if code.behind and not code.ahead:
+        return [f"the deployed commit {code.deployed[:12]} is {code.behind} commit(s) behind {code.branch}"]
+    if code.ahead and not code.behind:
+        return [f"the deployed commit {code.deployed[:12]} is {code.ahead} commit(s) ahead of {code.branch}"]
+    if code.ahead is not None and code.behind is not None:
+        return [f"the deployed commit {code.deployed[:12]} has diverged from {code.branch} ({code.ahead} ahead, {code.behind} behind)"]
+    return [f"the deployed commit {code.deployed[:12]} is not the tip of {code.branch} ({code.tip[:12]})"]
+
+
+def exit_code_for(database: DatabaseState, problems: Sequence[str]) -> int:
+    """The schema verdict decides first; otherwise any other problem is drift (15)."""
+    code = _VERDICT_CODES.get(database.verdict, StatusCode.DRIFT)
+    if code != StatusCode.IN_SYNC:
+        return int(code)
+    return int(StatusCode.DRIFT) if problems else int(StatusCode.IN_SYNC)
+
+
+# --------------------------------------------------------------------------- reading a host
+
+
+# Lists the compose project's containers and inspects them, in ONE round trip. A constant
+# script: the project name arrives as $1, never formatted into the shell text.
+_CONTAINERS_SCRIPT = (
+    'ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1" '
+    '--filter "label=com.docker.compose.oneoff=False") || exit $?; '
+    '[ -z "$ids" ] && echo "[]" && exit 0; exec docker inspect --type container $ids'
+)
+
+
+def containers_argv(project: str) -> list[str]:
+    """argv listing and inspecting a compose project's (non one-off) containers."""
+    return ["sh", "-c", _CONTAINERS_SCRIPT, "sh", project]
+
+
+def read_containers(host: Host, project: str) -> list[Container]:
+    from deployer import containers as facts
+
+    result = host.run(containers_argv(project), timeout=30)
+    if not result.ok:
+        raise DeployerError(
+            f"cannot list the containers on {host.name}: {(result.stderr or result.stdout).strip()[-300:]}",
+            hint="the user deployer logs in as must be able to run `docker ps`",
+        )
+    return [c for c in facts.parse_inspect(result.stdout) if not c.oneoff]
+
+
+def _service(c: Container) -> Service:
+    return Service(
+        service=c.service, container=c.name, state=c.state, health=c.health, image=c.image,
+        started_at=c.started_at, restart_count=c.restart_count, healthy=c.is_healthy,
+    )
+
+
+def read_newest_backup(host: Host, backup_dir: str) -> BackupSummary | None:
+    """The newest backup's description (ids sort by time), read alone rather than all of them."""
+    import json
+
+    from deployer.backups import META_SUFFIX
+
+    listing = host.run(["find", backup_dir, "-maxdepth", "1", "-name", "*" + META_SUFFIX, "-type", "f"], timeout=30)
+    paths = sorted(listing.stdout.split()) if listing.ok else []
+    for path in reversed(paths):
+        result = host.run(["cat", path], timeout=30)
+        try:
+            data = json.loads(result.stdout) if result.ok else None
+            if not isinstance(data, dict):
+                continue
+            return BackupSummary(
+                id=str(data["id"]), created_at=str(data.get("created_at", "")), size=int(data.get("size", 0)),
+                revision=tuple(data.get("revision") or ()), release=data.get("release"), path=str(data.get("path", "")),
+            )
+        except (ValueError, TypeError, KeyError):
+            continue
+    return None
+
+
+def _host_scripts(host: Host, path: str, sha: str, migrations_dir: str) -> MigrationScripts:
+    """Migration scripts of ``sha`` read from the host's checkout (when the local repo lacks it)."""
+    from deployer import gitops
+    from deployer.migrations import scripts_from_sources, version_files
+
+    listing = host.run(gitops.list_files(path, sha, migrations_dir), timeout=30).check("list the migrations on the host")
+    files = version_files(gitops.parse_file_list(listing.stdout), migrations_dir)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        texts = pool.map(lambda f: host.run(gitops.show_file(path, sha, f), timeout=30).check(f"read {f}").stdout, files)
+        sources = dict(zip(files, texts))
+    return scripts_from_sources(sources, location=f"{migrations_dir} at {sha[:12]} on {host.name}")
+
+
+@dataclass(frozen=True)
+class _Tip:
+    sha: str
+    subject: str
+    scripts: MigrationScripts
+
+
+def _load(cfg_or_path: Config | str | Path | None) -> Config:
+    from deployer.config import Config, load_config
+
+    if isinstance(cfg_or_path, Config):
+        return cfg_or_path
+    return load_config(cfg_or_path)
+
+
+def _warm_imports() -> None:
+    """Import the slow modules (SQLAlchemy, alembic, psycopg2, GitPython) in one thread.
+
+    They load while the main thread waits on the SSH handshake instead of after it. One
+    thread only, and every other user waits for it: SQLAlchemy is not safe to import from
+    two threads at once (partially initialised modules).
+    """
+    import alembic.runtime.migration  # noqa: F401
+    import git  # noqa: F401
+    import psycopg2  # noqa: F401
+    import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
+
+    import deployer.migrations  # noqa: F401
+    import deployer.project  # noqa: F401
+    import deployer.source  # noqa: F401
+
+
+def _target(cfg: Config, env_name: str, host: Host) -> Target:
+    """A Target without probing compose: status runs no compose command."""
+    from deployer import compose as compose_cmds
+    from deployer.target import ENV_FILE, STATE_DIR, Target
+
+    env = cfg.environment(env_name)
+    compose = compose_cmds.Compose(
+        program=compose_cmds.V2, project=cfg.app.name, project_dir=env.path,
+        files=(posixpath.join(env.path, cfg.app.compose_file),),
+        env_file=posixpath.join(env.path, STATE_DIR, ENV_FILE) if env.env else None,
+    )
+    return Target(config=cfg, env=env, host=host, compose=compose)
+
+
+def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | None = None) -> Status:
+    """Read the state of environment ``env`` (see the module docstring).
+
+    Raises :class:`~deployer.errors.HostError` (exit 3) when the host cannot be reached;
+    an unreachable database is a verdict in the report, not an exception.
+    """
+    started = time.monotonic()
+    checked_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    cfg = _load(cfg_or_path)
+    environment = cfg.environment(env)
+    branch = environment.branch or cfg.app.branch
+    # Light modules first, in this thread, so no two threads import the same module.
+    from deployer import backups, containers, gitops, journal, lock, target as _  # noqa: F401
+    from deployer.hosts import connect
+
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="status")
+    own_host = host is None
+    try:
+        warm = pool.submit(_warm_imports)
+        repo_future = pool.submit(_after, warm, _open_repo_and_tip, cfg, environment.remote, branch)
+        if host is None:
+            host = connect(environment.host)
+        target = _target(cfg, env, host)
+        state_dir = target.state_dir
+
+        head_f = pool.submit(host.run, gitops.rev_parse_head(environment.path), timeout=30)
+        containers_f = pool.submit(read_containers, host, cfg.app.name)
+        lock_f = pool.submit(lock.read_lock, host, state_dir)
+        journal_f = pool.submit(journal.read, host, state_dir)
+        backup_f = pool.submit(read_newest_backup, host, environment.backup_dir)
+
+        containers = containers_f.result()
+        db_error: str | None = None
+        db_revisions: tuple[str, ...] | None = None
+        db = next((c for c in containers if c.service == cfg.app.db_service and c.state == "running"), None)
+        if db is None:
+            states = [c.state for c in containers if c.service == cfg.app.db_service]
+            db_error = f"the {cfg.app.db_service} container is " + (states[0] if states else "missing")
+        else:
+            warm.result()
+            db_revisions, db_error = _read_db(target, db)
+
+        head = head_f.result()
+        deployed_sha = gitops.parse_sha(head.stdout) if head.ok else None
+        repo, tip, tip_error = repo_future.result()
+        deployed_scripts, deployed_subject, ahead, behind = None, None, None, None
+        if deployed_sha is not None:
+            deployed_scripts, deployed_subject, ahead, behind = _deployed_code(
+                repo, host, environment.path, deployed_sha, tip.sha if tip else None, cfg.app.migrations_dir
+            )
+        code = CodeState(
+            branch=branch, deployed=deployed_sha, deployed_subject=deployed_subject,
+            tip=tip.sha if tip else None, tip_subject=tip.subject if tip else None,
+            ahead=ahead, behind=behind, error=tip_error,
+        )
+        warm.result()
+        database = assess(db_revisions, deployed_scripts, tip.scripts if tip else None, error=db_error)
+        services = tuple(sorted((_service(c) for c in containers), key=lambda s: (s.service, s.container)))
+        holder = lock_f.result()
+        records = journal_f.result()
+        last = records[-1] if records else None
+        problems = code_problems(code)
+        if deployed_sha is not None:
+            problems += service_problems(services, (cfg.app.db_service, cfg.app.web_service))
+        if last is not None and last.outcome != journal.SUCCEEDED:
+            problems.append(f"the last {last.kind} {last.id} {last.outcome}")
+        return Status(
+            environment=env,
+            host=host.name,
+            path=environment.path,
+            checked_at=checked_at,
+            seconds=round(time.monotonic() - started, 3),
+            code=code,
+            database=database,
+            services=services,
+            lock=LockState(held=True, holder=holder.holder, command=holder.command, acquired_at=holder.acquired_at)
+            if holder else LockState(held=False),
+            last_release=ReleaseSummary(
+                id=last.id, kind=last.kind, outcome=last.outcome, commit=last.commit,
+                finished_at=last.finished_at, user=last.user,
+            ) if last else None,
+            last_backup=backup_f.result(),
+            problems=tuple(problems),
+            exit_code=exit_code_for(database, problems),
+        )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if own_host and host is not None:
+            host.close()
+
+
+def _after(first: Future[None], fn: Callable[..., T], *args: Any) -> T:
+    first.result()
+    return fn(*args)
+
+
+def _read_db(target: Target, db: Container) -> tuple[tuple[str, ...] | None, str | None]:
+    from deployer.migrations import database_revisions
+    from deployer.project import database_url_here
+
+    try:
+        with database_url_here(target, db) as url:
+            return database_revisions(url, connect_timeout=5), None
+    except DeployerError as error:
+        return None, error.message
+
+
+def _open_repo_and_tip(cfg: Config, remote: str | None, branch: str) -> tuple[Any, _Tip | None, str | None]:
+    """The local repository and the branch tip as the remote has it (fetched here)."""
+    from deployer import source
+
+    repo = source.open_repo(cfg.root)
+    try:
+        url = source.remote_url(repo, remote, cfg.root)
+        commit = source.resolve(repo, url, branch)
+        scripts = source.migration_scripts(repo, commit.sha, cfg.app.migrations_dir)
+    except DeployerError as error:
+        return repo, None, f"cannot read the tip of {branch}: {error.message}"
+    return repo, _Tip(commit.sha, commit.subject, scripts), None
+
+
+def _deployed_code(
+    repo: Any, host: Host, path: str, sha: str, tip: str | None, migrations_dir: str
+) -> tuple[MigrationScripts | None, str | None, int | None, int | None]:
+    """The deployed commit's scripts and subject, and how far it is from the tip."""
+    import git
+
+    from deployer import source
+
+    try:
+        commit = repo.commit(sha)
+        subject: str | None = commit.summary
+        scripts = source.migration_scripts(repo, sha, migrations_dir)
+    except (ValueError, git.BadName, git.GitCommandError):
+        # Not in the local repository (never fetched, or gone from the remote): the
+        # host's checkout has it.
+        subject = None
+        scripts = _host_scripts(host, path, sha, migrations_dir)
+        return scripts, subject, None, None
+    ahead = behind = None
+    if tip is not None:
+        try:
+            counts = repo.git.rev_list("--left-right", "--count", f"{sha}...{tip}").split()
+            ahead, behind = int(counts[0]), int(counts[1])
+        except (git.GitCommandError, ValueError, IndexError):
+            pass
+    return scripts, subject, ahead, behind
+
+
+# --------------------------------------------------------------------------- history
+
+
+def history(cfg_or_path: Config | str | Path | None, env: str, *, limit: int | None = None, host: Host | None = None) -> History:
+    """The environment's releases and rollbacks, newest first (at most ``limit``)."""
+    from deployer import journal
+    from deployer.target import STATE_DIR
+
+    cfg = _load(cfg_or_path)
+    environment = cfg.environment(env)
+    own_host = host is None
+    if host is None:
+        from deployer.hosts import connect
+
+        host = connect(environment.host)
+    try:
+        records = journal.read(host, posixpath.join(environment.path, STATE_DIR))
+    finally:
+        if own_host:
+            host.close()
+    newest = list(reversed(records))
+    if limit is not None:
+        newest = newest[: max(0, limit)]
+    entries = tuple(
+        HistoryEntry(
+            id=r.id, kind=r.kind, outcome=r.outcome, commit=r.commit, previous_commit=r.previous_commit,
+            revision_before=r.revision_before, revision_after=r.revision_after, started_at=r.started_at,
+            finished_at=r.finished_at, seconds=r.seconds, user=r.user, backup=r.backup, error=r.error,
+        )
+        for r in newest
+    )
+    return History(environment=env, host=host.name, total=len(records), entries=entries)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _age(iso: str | None, now: datetime) -> str:
+    from deployer.lock import format_age
+
+    if not iso or iso.startswith("0001-"):
+        return "?"
+    try:
+        stamp = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        # docker prints nanoseconds, which fromisoformat (3.11) does not take
+        try:
+            head, _, _ = iso.partition(".")
+            stamp = datetime.fromisoformat(head + "+00:00")
+        except ValueError:
+            return "?"
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return format_age(max(0.0, (now - stamp).total_seconds()))
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "none"
+
+
+def render_status(s: Status, now: datetime | None = None) -> str:
+    """The text report (pure)."""
+    now = now or datetime.now(timezone.utc)
+    lines = [f"{s.environment} on {s.host}:{s.path}  (checked in {s.seconds:.2f}s)"]
+    c = s.code
+    if c.deployed is None:
+        code = "nothing deployed"
+    else:
+        code = f"{_short(c.deployed)}" + (f" {c.deployed_subject!r}" if c.deployed_subject else "")
+    if c.tip is None:
+        tip = c.error or "tip unknown"
+    elif c.deployed == c.tip:
+        tip = f"= tip of {c.branch}"
+    elif c.ahead is not None and c.behind is not None:
+        tip = f"{c.behind} behind, {c.ahead} ahead of {c.branch} ({_short(c.tip)} {c.tip_subject!r})"
+    else:
+        tip = f"not the tip of {c.branch} ({_short(c.tip)})"
+    lines.append(f"  code       {code}  {tip}")
+    d = s.database
+    revs = "unreadable" if d.revisions is None else (", ".join(d.revisions) or "no revision")
+    lines.append(f"  database   {revs}  (deployed head {', '.join(d.deployed_heads) or 'none'}; "
+                 f"tip head {', '.join(d.tip_heads) or 'none'})")
+    label = f"{len(d.pending)} pending" if d.verdict == PENDING else d.verdict
+    lines.append(f"  verdict    {label}: {d.summary}")
+    for m in d.pending:
+        lines.append(f"               to run  {m.revision}  {m.message}")
+    for m in d.ahead:
+        lines.append(f"               beyond  {m.revision}  {m.message}")
+    if d.tip_pending and d.verdict == UP_TO_DATE:
+        lines.append(f"  next       releasing {c.branch} runs {len(d.tip_pending)} migration(s): "
+                     + ", ".join(f"{m.revision} {m.message!r}" for m in d.tip_pending))
+    if s.services:
+        lines.append("  services")
+        for sv in s.services:
+            state = sv.state + (f" ({sv.health})" if sv.health else "")
+            since = f"since {_age(sv.started_at, now)}" if sv.state == "running" else ""
+            mark = "ok" if sv.healthy else "!!"
+            lines.append(f"    {mark} {sv.service:<12} {state:<20} {since:<14} {sv.image}")
+    else:
+        lines.append("  services   no containers")
+    if s.lock.held:
+        lines.append(f"  lock       held by {s.lock.holder} for '{s.lock.command}' since {s.lock.acquired_at} "
+                     f"({_age(s.lock.acquired_at, now)} ago)")
+    else:
+        lines.append("  lock       free")
+    r = s.last_release
+    lines.append(
+        f"  release    {r.id} {r.kind} {r.outcome} {_age(r.finished_at, now)} ago by {r.user}" if r else "  release    none recorded"
+    )
+    b = s.last_backup
+    lines.append(
+        f"  backup     {b.id} ({b.size} bytes, revision {', '.join(b.revision) or 'none'}) {_age(b.created_at, now)} ago"
+        if b else "  backup     none"
+    )
+    if s.problems:
+        for problem in s.problems:
+            lines.append(f"  problem    {problem}")
+    lines.append(f"=> {'in sync' if s.in_sync else 'NOT in sync'} (exit {s.exit_code})")
+    return "\n".join(lines)
+
+
+def render_history(h: History) -> str:
+    """The journal as a table, newest first (pure)."""
+    if not h.entries:
+        return f"{h.environment} on {h.host}: no release recorded"
+    lines = [f"{h.environment} on {h.host}: {len(h.entries)} of {h.total} record(s), newest first"]
+    for e in h.entries:
+        before = ", ".join(e.revision_before) or "-"
+        after = ", ".join(e.revision_after) or "-"
+        lines.append(
+            f"  {e.id:<24} {e.kind:<8} {e.outcome:<15} {_short(e.commit):<12} {before} -> {after}  "
+            f"{e.seconds:.1f}s  {e.user}  {e.finished_at}"
+        )
+        if e.error:
+            lines.append(f"      error: {e.error.splitlines()[0][:200]}")
+    return "\n".join(lines)
+

@@ -1,0 +1,243 @@
+"""Backups without a database: retention, descriptions, argv, and failed dumps leaving nothing.
+
+The failure tests run the real ``create`` on this machine (LocalHost) with a stand-in for
+``docker compose`` that runs the in-container command here instead: the dump it emits is
+controlled by the test, the readability check is the real ``pg_restore``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from deployer import backups
+from deployer.backups import Backup, BackupError, select_retention
+from deployer.compose import Compose
+from deployer.config import load_config
+from deployer.hosts import LocalHost
+from deployer.journal import Record
+from deployer.target import Target
+
+
+def backup(id_: str, created: str, release: str | None = None) -> Backup:
+    return Backup(id=id_, environment="production", release=release, revision=("abc",), size=10, sha256="0" * 64,
+                  created_at=created, path=f"/srv/app/backups/{id_}.dump")
+
+
+def record(id_: str, finished: str, backup_id: str | None, outcome: str = "succeeded") -> Record:
+    return Record(id=id_, kind="release", environment="production", outcome=outcome, commit="c" * 40,
+                  previous_commit=None, revision_before=(), revision_after=(), started_at=finished,
+                  finished_at=finished, seconds=1.0, user="u@h", backup=backup_id)
+
+
+B = [backup(f"2026010{i}T000000000000Z", f"2026-01-0{i}T00:00:00+00:00") for i in range(1, 8)]
+
+
+def ids(items) -> list[str]:  # noqa: ANN001
+    return [b.id if isinstance(b, Backup) else b[0].id for b in items]
+
+
+def test_keeps_the_newest_and_removes_the_rest_newest_first() -> None:
+    decision = select_retention(B, [], keep=3)
+    assert ids(decision.kept) == [B[6].id, B[5].id, B[4].id]
+    assert ids(decision.removed) == [B[3].id, B[2].id, B[1].id, B[0].id]
+    assert all(why == "one of the 3 newest" for _, why in decision.kept)
+
+
+def test_never_removes_the_current_releases_pre_upgrade_backup() -> None:
+    records = [record("r1", "2026-01-01T00:10:00+00:00", B[0].id)]
+    decision = select_retention(B, records, keep=2)
+    kept = dict((b.id, why) for b, why in decision.kept)
+    assert set(kept) == {B[6].id, B[5].id, B[0].id}
+    assert kept[B[0].id] == "pre-upgrade backup of the current release r1"
+
+
+def test_keeps_the_last_migrating_release_backup_when_the_current_release_took_none() -> None:
+    records = [record("r1", "2026-01-02T00:10:00+00:00", B[1].id), record("r2", "2026-01-03T00:10:00+00:00", None)]
+    decision = select_retention(B, records, keep=1)
+    kept = dict((b.id, why) for b, why in decision.kept)
+    assert set(kept) == {B[6].id, B[1].id}
+    assert "last release that migrated" in kept[B[1].id]
+
+
+def test_keeps_backups_of_successful_releases_newer_than_the_oldest_kept() -> None:
+    records = [
+        record("r1", "2026-01-01T00:10:00+00:00", B[0].id),  # older than the cutoff: not a rollback target
+        record("r3", "2026-01-03T00:10:00+00:00", B[2].id),
+        record("r4", "2026-01-04T00:10:00+00:00", B[3].id, outcome="failed"),  # never ran: not needed
+        record("r5", "2026-01-05T00:10:00+00:00", B[4].id),
+        record("r6", "2026-01-06T00:10:00+00:00", B[5].id),
+    ]
+    decision = select_retention(B, records, keep=2)  # newest two: B6, B5; cutoff 2026-01-06
+    kept = dict((b.id, why) for b, why in decision.kept)
+    # B5 is among the newest; r6's backup is B5 (current); r5 finished before the cutoff
+    assert set(kept) == {B[6].id, B[5].id}
+    decision = select_retention(B, records, keep=3)  # cutoff 2026-01-05: r5 (B4) finished after
+    assert set(ids(decision.kept)) == {B[6].id, B[5].id, B[4].id}
+    records.append(record("r7", "2026-01-07T00:10:00+00:00", B[2].id))  # a rollback target still
+    decision = select_retention(B, records, keep=2)
+    kept = dict((b.id, why) for b, why in decision.kept)
+    assert set(kept) == {B[6].id, B[5].id, B[2].id} and "current release r7" in kept[B[2].id]
+    assert ids(decision.removed) == [B[4].id, B[3].id, B[1].id, B[0].id]
+
+
+def test_failed_releases_protect_nothing_and_missing_backups_are_ignored() -> None:
+    records = [record("r1", "2026-01-07T00:10:00+00:00", B[0].id, outcome="failed"),
+               record("r2", "2026-01-07T00:20:00+00:00", "20990101T000000000000Z")]
+    decision = select_retention(B, records, keep=1)
+    assert ids(decision.kept) == [B[6].id] and B[0].id in ids(decision.removed)
+
+
+def test_retention_of_nothing_and_a_bad_keep() -> None:
+    assert select_retention([], [record("r1", "2026-01-01T00:00:00+00:00", "x")], keep=3).removed == ()
+    with pytest.raises(ValueError):
+        select_retention(B, [], keep=0)
+
+
+def test_description_round_trip_tolerates_unknown_and_missing_keys() -> None:
+    original = replace(B[0], reason=backups.MANUAL)
+    data = json.loads(original.to_json())
+    assert Backup.from_dict(data) == original
+    data["added_later"] = 1
+    del data["reason"], data["engine"]  # a description written before these existed
+    assert Backup.from_dict(data) == replace(original, reason=backups.PRE_RELEASE)
+    assert original.meta_path == "/srv/app/backups/20260101T000000000000Z.json"
+
+
+def test_sqlite_path_from_url() -> None:
+    assert backups.sqlite_path("sqlite:////data/app.db") == "/data/app.db"
+    assert backups.sqlite_path("sqlite:///app.db") == "app.db"
+    with pytest.raises(BackupError, match="names no database file"):
+        backups.sqlite_path("sqlite://")
+
+
+# --------------------------------------------------------------------------- real files on this machine
+
+# Stands in for `docker compose`: runs the in-container command here, except pg_dump, whose
+# output FAKE_DUMP chooses ("fail": some bytes then exit 1; "garbage": not a dump, exit 0).
+FAKE_COMPOSE = """#!/bin/sh
+while [ "$1" != exec ] && [ "$1" != run ]; do shift; done
+shift
+while [ "${1#-}" != "$1" ]; do shift; done
+shift
+case "$*" in
+  *pg_dump*)
+    printf 'PGDMP\\001\\016\\000half a dump'
+    [ "$FAKE_DUMP" = garbage ] && exit 0
+    echo 'pg_dump: error: connection to server lost' >&2; exit 1 ;;
+esac
+exec "$@"
+"""
+
+
+@pytest.fixture()
+def target(tmp_path: Path) -> Target:
+    program = tmp_path / "fake-compose"
+    program.write_text(FAKE_COMPOSE)
+    program.chmod(0o755)
+    app_dir = tmp_path / "server"
+    app_dir.mkdir()
+    (tmp_path / "deploy.toml").write_text(
+        f'[app]\nname = "shop"\n\n[environments.production]\nhost = "local"\npath = "{app_dir}"\n'
+    )
+    cfg = load_config(tmp_path / "deploy.toml", environ={})
+    compose = Compose(program=(str(program),), project="shop", project_dir=str(app_dir), files=(str(app_dir / "c.yml"),))
+    return Target(config=cfg, env=cfg.environment("production"), host=LocalHost(), compose=compose)
+
+
+@pytest.mark.parametrize(("mode", "message"), [("fail", "dump failed"), ("garbage", "does not read back")])
+def test_a_failed_dump_leaves_no_file(target: Target, monkeypatch: pytest.MonkeyPatch, mode: str, message: str) -> None:
+    monkeypatch.setenv("FAKE_DUMP", mode)
+    with pytest.raises(BackupError, match=message):
+        backups.create(target, release="r1", revision=("abc",))
+    directory = Path(target.env.backup_dir)
+    assert directory.is_dir() and list(directory.iterdir()) == []
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert backups.list_backups(target) == []
+
+
+def test_dump_argv_runs_pg_dump_in_the_db_service_with_a_lock_timeout(target: Target) -> None:
+    argv = backups.dump_argv(target, lock_wait_timeout=2.5)
+    assert argv[:2] == [str(Path(target.env.path).parent / "fake-compose"), "--project-name"]
+    assert argv[-8:-3] == ["exec", "-T", "db", "sh", "-c"] and argv[-2:] == ["sh", "2500ms"]
+    assert "pg_dump --format=custom --lock-wait-timeout=\"$1\"" in argv[-3]
+    sqlite = replace(target, env=replace(target.env, database_url="sqlite:////data/app.db"))
+    assert backups.engine_of(sqlite) == backups.SQLITE and backups.engine_of(target) == backups.POSTGRESQL
+    argv = backups.dump_argv(sqlite)
+    assert argv[-9:-3] == ["run", "--rm", "-T", "--no-deps", "web", "python3"]
+    assert argv[-3] == "-c" and argv[-1] == "/data/app.db" and "source.backup(target)" in argv[-2]
+
+
+def _place(target: Target, item: Backup, content: bytes) -> Backup:
+    directory = Path(target.env.backup_dir)
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{item.id}.dump"
+    path.write_bytes(content)
+    placed = replace(item, path=str(path), size=len(content), sha256=hashlib.sha256(content).hexdigest())
+    Path(placed.meta_path).write_text(placed.to_json())
+    return placed
+
+
+def test_verify_reports_missing_truncated_and_corrupted_files(target: Target) -> None:
+    placed = _place(target, B[0], b"0123456789" * 100)
+    path = Path(placed.path)
+    path.write_bytes(path.read_bytes()[:500])
+    assert "truncated" in (backups.check(target, placed) or "")
+    path.write_bytes(b"X" * 1000)
+    assert "corrupted" in (backups.check(target, placed) or "")
+    path.write_bytes(b"0123456789" * 100)
+    assert "not a readable dump" in (backups.check(target, placed) or "")  # the real pg_restore says so
+    path.unlink()
+    with pytest.raises(BackupError, match="is invalid: .* is missing"):
+        backups.verify(target, placed)
+
+
+def test_list_find_and_leftovers(target: Target) -> None:
+    placed = [_place(target, b, b"dump") for b in (B[1], B[0])]
+    other = _place(target, replace(B[2], environment="staging"), b"dump")
+    directory = Path(target.env.backup_dir)
+    (directory / "20260109T000000000000Z.dump.partial").write_bytes(b"half")
+    (directory / "20260110T000000000000Z.dump").write_bytes(b"no description")
+    (directory / "broken.json").write_text("{not json")
+    assert backups.list_backups(target) == sorted(placed, key=lambda b: b.id)
+    assert other in backups.list_backups(target, all_environments=True)
+    assert backups.find(target, "latest") == placed[0]
+    assert backups.find(target, "20260101") == placed[1]
+    with pytest.raises(BackupError, match="matches 2 backups"):
+        backups.find(target, "2026010")
+    with pytest.raises(BackupError, match="no backup 'nope'"):
+        backups.find(target, "nope")
+    assert backups._leftovers(target) == [str(directory / "20260109T000000000000Z.dump.partial"),
+                                          str(directory / "20260110T000000000000Z.dump")]
+
+
+def test_prune_removes_what_retention_drops_and_leftovers(target: Target) -> None:
+    placed = [_place(target, b, b"dump") for b in B[:4]]
+    directory = Path(target.env.backup_dir)
+    (directory / "x.dump.partial").write_bytes(b"half")
+    dry = backups.prune(target, keep=2, dry_run=True)
+    assert ids(dry.removed) == [placed[1].id, placed[0].id] and len(list(directory.iterdir())) == 9
+    done = backups.prune(target, keep=2)
+    assert ids(done.removed) == ids(dry.removed)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        f"{b.id}{suffix}" for b in placed[2:] for suffix in (".dump", ".json"))
+    assert not (Path(target.state_dir) / "lock").exists()
+
+
+def test_download_checks_the_copy(target: Target, tmp_path: Path) -> None:
+    placed = _place(target, B[0], b"a real dump's bytes")
+    local = backups.download(target, placed, tmp_path / "copies")
+    assert local.read_bytes() == b"a real dump's bytes" and stat.S_IMODE(local.stat().st_mode) == 0o600
+    assert json.loads((tmp_path / "copies" / f"{placed.id}.json").read_text())["sha256"] == placed.sha256
+    Path(placed.path).write_bytes(b"changed since")
+    shutil.rmtree(tmp_path / "copies")
+    with pytest.raises(BackupError, match="does not match its sha256"):
+        backups.download(target, placed, tmp_path / "copies")
+    assert os.listdir(tmp_path / "copies") == []
