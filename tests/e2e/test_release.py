@@ -223,3 +223,49 @@ def test_dry_run_changes_nothing(deployment: Deployment) -> None:
     plan = json.loads(d.deployer("release", d.env_name, "--dry-run", "--json").stdout)
     assert [p["revision"] for p in plan["pending"]] == ["d4e5f6a7b8c9"]
     assert state(d) == before
+
+
+def test_refusals_before_anything_changes(deployment: Deployment) -> None:
+    d = deployment
+    before = state(d)
+    # a checkout edited by hand on the server
+    readme = d.server_path / "README.md"
+    original = readme.read_text()
+    readme.write_text(original + "hotfix typed on the server\n")
+    result = d.deployer("release", d.env_name, "--yes")
+    assert result.returncode == 6 and "local changes" in result.stderr and "README.md" in result.stderr
+    readme.write_text(original)
+    assert state(d) == before
+
+    # a destructive migration with no terminal and no --yes
+    drop = add_migration("e5f6a7b8c9d0", "d4e5f6a7b8c9", "Drop inspiration",
+                         ["op.drop_column('recipes', 'inspiration')"],
+                         ["op.add_column('recipes', sa.Column('inspiration', sa.String(), nullable=True))"])
+    d.commit(drop, "drop a column")
+    result = d.deployer("release", d.env_name)
+    assert result.returncode == 6, result.stderr
+    assert "destructive" in result.stderr and "drop column recipes.inspiration" in result.stderr and "--yes" in result.stderr
+    assert state(d) == before
+
+    # two heads
+    (path,) = drop
+    second_head = add_migration("f6a7b8c9d0e1", "d4e5f6a7b8c9", "Another head",
+                                ["op.add_column('users', sa.Column('nickname', sa.String(), nullable=True))"],
+                                ["op.drop_column('users', 'nickname')"])
+    d.commit({**second_head, path: drop[path].replace("op.drop_column('recipes', 'inspiration')", "pass")}, "a second head")
+    result = d.deployer("release", d.env_name, "--yes")
+    assert result.returncode == 6, result.stderr
+    assert "2 migration heads" in result.stderr and "merge" in result.stderr
+    assert state(d) == before
+    d.commit({path: None, next(iter(second_head)): None}, "remove the extra heads")
+
+
+def test_classic_playbook(deployment: Deployment) -> None:
+    d = deployment
+    before = state(d)
+    result = d.release("--playbook", "classic")
+    names = [s["name"] for s in result["steps"]]
+    assert names.index("stop") < names.index("build") < names.index("up") < names.index("migrate")
+    assert d.revision() == ("d4e5f6a7b8c9",)
+    assert d.sql("SELECT id, email, name FROM users ORDER BY id") == before["users"]
+    assert d.wait_answer("/health")[0] == 200

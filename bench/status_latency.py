@@ -1,0 +1,154 @@
+"""Latency of ``deployer status`` over SSH on loopback, next to the manual way.
+
+Not part of the test suite. Needs what the end-to-end tests need (Docker engine, compose
+v2, the bench images, /usr/sbin/sshd). Run from the repository root:
+
+    .venv/bin/python bench/status_latency.py [--runs 7]
+
+It runs itself under pytest to reuse the test bench (tests/bench: sshd on 127.0.0.1, an
+origin + laptop clone + server directory, the example app released over SSH), then
+prints the median wall time of RUNS runs of:
+
+  status text        `deployer status production` (a new process each time, as a user runs it)
+  status --json      `deployer status production --json`
+  manual             `ssh bench 'cd APP && docker compose ... run --rm web flask db current'`
+                     (the OpenSSH client, a one-off container: what one does without deployer)
+
+and, in this process over one open SSH connection, the three ways of reading the
+project's containers that were considered:
+
+  compose ps+inspect `docker compose ps -q` then `docker inspect` (deployer.project)
+  ps|inspect         one `docker ps --filter label=... | docker inspect` command (deployer.status)
+  docker SDK ssh://  docker.DockerClient(base_url="ssh://...", use_ssh_client=False): a second
+                     (paramiko) SSH connection + `docker system dial-stdio`, import included
+
+Everything it made is removed at the end (the bench fixtures clean up).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = int(os.environ.get("STATUS_BENCH_RUNS", "7"))
+
+CLI = (
+    "import sys\n"
+    "from deployer import cli\n"
+    "from deployer.cli_status import history_cmd, status_cmd\n"
+    "names = {c.name for c in cli.app.registered_commands}\n"
+    "if 'status' not in names: cli.app.command('status')(status_cmd)\n"
+    "if 'history' not in names: cli.app.command('history')(history_cmd)\n"
+    "cli.main(sys.argv[1:])\n"
+)
+
+SDK_READ = (
+    "import sys, time\n"
+    "started = time.monotonic()\n"
+    "import docker\n"
+    "client = docker.DockerClient(base_url=sys.argv[1], use_ssh_client=False, timeout=30)\n"
+    "rows = client.api.containers(all=True, filters={'label': 'com.docker.compose.project=' + sys.argv[2]})\n"
+    "[client.api.inspect_container(r['Id']) for r in rows]\n"
+    "client.close()\n"
+    "print(time.monotonic() - started)\n"
+)
+
+
+def _median(samples: list[float]) -> str:
+    return f"{statistics.median(samples) * 1000:7.0f} ms  (min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f}, n={len(samples)})"
+
+
+def _timed(argv: list[str], **kwargs) -> float:  # noqa: ANN003
+    started = time.monotonic()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, **kwargs)
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        raise AssertionError(f"{argv[:4]}... exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return elapsed
+
+
+def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pytest fixtures
+    from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE
+
+    d = deployment_factory("ssh")
+    d.release()
+    env = d.environ()
+    cli = [sys.executable, "-c", CLI]
+    # warm the OS caches once; then measure
+    _timed([*cli, "status", d.env_name], cwd=d.laptop, env=env)
+    text = [_timed([*cli, "status", d.env_name], cwd=d.laptop, env=env) for _ in range(RUNS)]
+    as_json = [_timed([*cli, "status", d.env_name, "--json"], cwd=d.laptop, env=env) for _ in range(RUNS)]
+
+    app = str(d.server_path)
+    remote = (
+        f"cd {app} && WEB_PORT={d.web_port} WEB_IMAGE={d.name}-web PYTHON_IMAGE={PYTHON_IMAGE} "
+        f"POSTGRES_IMAGE={POSTGRES_IMAGE} RECIPES_DB_PASSWORD={d.password} "
+        f"docker compose -p {d.name} -f docker-compose.prod.yml run --rm web flask db current"
+    )
+    ssh = ["ssh", "-F", str(d.home / ".ssh" / "config"), "-o", "BatchMode=yes", "bench", remote]
+    manual = [_timed(ssh) for _ in range(RUNS)]
+
+    from deployer import project
+    from deployer.config import load_config
+    from deployer.status import read_containers
+    from deployer.target import open_target
+
+    old_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(d.home)  # paramiko reads ~/.ssh/config from $HOME
+    try:
+        cfg = load_config(d.laptop / "deploy.toml", environ=env)
+        target = open_target(cfg, d.env_name)
+        try:
+            compose_way, one_command = [], []
+            for _ in range(RUNS):
+                started = time.monotonic()
+                assert len(project.service_containers(target)) == 2
+                compose_way.append(time.monotonic() - started)
+                started = time.monotonic()
+                assert len(read_containers(target.host, cfg.app.name)) == 2
+                one_command.append(time.monotonic() - started)
+        finally:
+            target.host.close()
+        base_url = f"ssh://{sshd.user}@{sshd.host}:{sshd.port}"
+        sdk = []
+        for _ in range(RUNS):
+            out = subprocess.run([sys.executable, "-c", SDK_READ, base_url, d.name], capture_output=True, text=True,
+                                 env={**env, "HOME": str(d.home)}, timeout=120)
+            if out.returncode != 0:
+                sdk = []
+                sdk_error = out.stderr.strip().splitlines()[-1:] or ["failed"]
+                break
+            sdk.append(float(out.stdout.strip()))
+    finally:
+        if old_home is not None:
+            os.environ["HOME"] = old_home
+
+    print()
+    print(f"deployer status over SSH on loopback, example app ({RUNS} runs each, median)")
+    print(f"  status text          {_median(text)}")
+    print(f"  status --json        {_median(as_json)}")
+    print(f"  manual (ssh + compose run --rm web flask db current) {_median(manual)}")
+    print("reading the project's containers, one SSH connection already open:")
+    print(f"  compose ps+inspect   {_median(compose_way)}")
+    print(f"  ps|inspect (used)    {_median(one_command)}")
+    if sdk:
+        print(f"  docker SDK ssh://    {_median(sdk)}  (new process: import + connect + list + inspect)")
+    else:
+        print(f"  docker SDK ssh://    failed: {sdk_error[0]}")
+
+
+if __name__ == "__main__":
+    os.chdir(REPO)
+    sys.path.insert(0, str(REPO))
+    sys.exit(
+        __import__("pytest").main([
+            __file__, "-q", "-s", "-p", "no:cacheprovider",
+            "-p", "tests.bench.docker", "-p", "tests.bench.sshd", "-p", "tests.bench.gitrepos", "-p", "tests.bench.deployment",
+            "-o", "addopts=",
+        ])
+    )
