@@ -54,7 +54,7 @@ def release(
     cfg = load(config_path)
     environment = cfg.environment(env)
     book = load_playbook(playbook or environment.playbook, cfg.root)
-    target = open_target(cfg, env, host=host)
+    target = open_target(cfg, env, host=host, prepare=not dry_run)
     try:
         run = Run(target=target, playbook=book, options=Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm), log=log)
         if dry_run:
@@ -89,7 +89,7 @@ def rollback(
 
     cfg = load(config_path)
     cfg.environment(env)
-    target_ = open_target(cfg, env, host=host)
+    target_ = open_target(cfg, env, host=host, prepare=not dry_run)
     try:
         options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm)
         run = Run(target=target_, playbook=rollbacks.playbook(), options=options, log=log, kind="rollback")

@@ -177,6 +177,10 @@ def rollback_cmd(
 lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
 
+from deployer.cli_backups import backups_app  # noqa: E402 - imports only typer
+
+app.add_typer(backups_app, name="backups")
+
 
 @lock_app.command("status")
 def lock_status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:

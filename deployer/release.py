@@ -147,10 +147,14 @@ def saved_tag(image: str, release_id: str) -> str:
 
 
 def save_images(run: Run, label: str) -> dict[str, str]:
-    """Tag the images the running containers use, so they can be put back without a rebuild."""
+    """Tag the images the running containers use, so they can be put back without a rebuild.
+
+    The db service is left out: a release never builds it, and a rollback must not
+    put an older database server on the data directory a newer one wrote.
+    """
     saved = {}
     for container in project.service_containers(run.target):
-        if container.state != "running" or not container.image:
+        if container.state != "running" or not container.image or container.service == run.target.config.app.db_service:
             continue
         tag = saved_tag(container.image, label)
         run.host.run(["docker", "tag", container.image_id, tag], check=True)

@@ -50,8 +50,13 @@ def detect_compose(host: Host) -> tuple[str, ...]:
     )
 
 
-def open_target(config: Config, env_name: str, *, host: Host | None = None) -> Target:
-    """Connect to the environment's host and probe its compose flavour."""
+def open_target(config: Config, env_name: str, *, host: Host | None = None, prepare: bool = True) -> Target:
+    """Connect to the environment's host and probe its compose flavour.
+
+    With ``prepare`` (not for dry runs, which change nothing), the compose env file is
+    (re)written from deploy.toml when the checkout exists, so every compose command sees
+    the configured variables even on an environment no release has touched yet.
+    """
     env = config.environment(env_name)
     host = host or connect(env.host)
     program = detect_compose(host)
@@ -63,7 +68,10 @@ def open_target(config: Config, env_name: str, *, host: Host | None = None) -> T
         files=(posixpath.join(env.path, config.app.compose_file),),
         env_file=posixpath.join(state_dir, ENV_FILE) if env.env else None,
     )
-    return Target(config=config, env=env, host=host, compose=compose)
+    target = Target(config=config, env=env, host=host, compose=compose)
+    if prepare and compose.env_file and host.run(["test", "-d", env.path]).ok:
+        write_env_file(target)
+    return target
 
 
 def env_file_text(variables: Mapping[str, str]) -> str:

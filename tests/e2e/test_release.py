@@ -269,3 +269,33 @@ def test_classic_playbook(deployment: Deployment) -> None:
     assert d.revision() == ("d4e5f6a7b8c9",)
     assert d.sql("SELECT id, email, name FROM users ORDER BY id") == before["users"]
     assert d.wait_answer("/health")[0] == 200
+
+
+def test_ctrl_c_recovers_and_frees_the_lock(deployment: Deployment) -> None:
+    import signal
+
+    d = deployment
+    before = state(d)
+    d.commit({"example/CHANGES.txt": "interrupted change\n"}, "a change to interrupt")
+    process = subprocess.Popen(
+        d.deployer_argv("release", d.env_name, "--yes"), cwd=d.laptop, env=d.environ(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("> build"):
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.communicate(timeout=600)[1]
+    stderr = "".join(seen) + rest
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    after = state(d)
+    assert not after["lock"]
+    assert after["head"] == before["head"] and after["revision"] == before["revision"]
+    assert after["users"] == before["users"]
+    assert d.wait_answer("/health")[0] == 200
+    record = d.journal()[-1]
+    assert record["outcome"] == "failed" and "interrupted" in record["error"]
