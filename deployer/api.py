@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployer import config as configuration
+from deployer.errors import DeployerError
 
 if TYPE_CHECKING:
     from deployer.hosts import Host
     from deployer.lock import LockInfo
     from deployer.plan import Plan
+    from deployer.playbook import Playbook
+    from deployer.release import Options
     from deployer.runner import Outcome
 
 
@@ -31,6 +35,18 @@ def _noop(_: str) -> None:
     return None
 
 
+@contextmanager
+def _redacted(cfg: configuration.Config) -> Iterator[None]:
+    """No secret of the configuration leaves in an error message (e.g. quoted command output)."""
+    try:
+        yield
+    except DeployerError as error:
+        error.message = cfg.redact(error.message)
+        if error.hint:
+            error.hint = cfg.redact(error.hint)
+        raise
+
+
 def release(
     env: str,
     *,
@@ -46,22 +62,41 @@ def release(
 ) -> Outcome | Plan:
     """Release the configured branch (or ``ref``) to ``env``; with ``dry_run``, only plan it."""
     from deployer.playbook import load_playbook
+    from deployer.release import STEPS, Options
+
+    cfg = load(config_path)
+    book = load_playbook(playbook or cfg.environment(env).playbook, cfg.root)
+    options = Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm)
+    return _operate(cfg, env, book, options, STEPS, kind="release", log=log, host=host)
+
+
+def _operate(
+    cfg: configuration.Config,
+    env: str,
+    book: Playbook,
+    options: Options,
+    steps: Mapping[str, Callable[..., str]],
+    *,
+    kind: str,
+    log: Callable[[str], None],
+    host: Host | None,
+) -> Outcome | Plan:
+    """Run (or, for a dry run, plan) a playbook on one environment; the shared body of release and rollback."""
     from deployer.plan import build_plan
-    from deployer.release import STEPS, Options, Run
+    from deployer.release import Run
     from deployer.runner import execute
     from deployer.target import open_target
 
-    cfg = load(config_path)
-    environment = cfg.environment(env)
-    book = load_playbook(playbook or environment.playbook, cfg.root)
-    target = open_target(cfg, env, host=host, prepare=not dry_run)
+    cfg.environment(env)
+    target = open_target(cfg, env, host=host, prepare=not options.dry_run)
     try:
-        run = Run(target=target, playbook=book, options=Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm), log=log)
-        if dry_run:
-            preflight = next(step for step in book.steps if step.name == "preflight")
-            STEPS["preflight"](run, preflight)
-            return build_plan(run)
-        return execute(run)
+        with _redacted(cfg):
+            run = Run(target=target, playbook=book, options=options, log=lambda line: log(cfg.redact(line)), kind=kind)
+            if options.dry_run:
+                preflight = next(step for step in book.steps if step.name == "preflight")
+                steps["preflight"](run, preflight)
+                return build_plan(run)
+            return execute(run, steps)
     finally:
         if host is None:
             target.host.close()
@@ -82,25 +117,11 @@ def rollback(
 ) -> Outcome | Plan:
     """Roll ``env`` back to a release, an alembic revision, or ``previous``; schema, code and images together."""
     from deployer import rollback as rollbacks
-    from deployer.plan import build_plan
-    from deployer.release import Options, Run
-    from deployer.runner import execute
-    from deployer.target import open_target
+    from deployer.release import Options
 
     cfg = load(config_path)
-    cfg.environment(env)
-    target_ = open_target(cfg, env, host=host, prepare=not dry_run)
-    try:
-        options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm)
-        run = Run(target=target_, playbook=rollbacks.playbook(), options=options, log=log, kind="rollback")
-        steps = rollbacks.step_functions()
-        if dry_run:
-            steps["preflight"](run, run.playbook.steps[0])
-            return build_plan(run)
-        return execute(run, steps)
-    finally:
-        if host is None:
-            target_.host.close()
+    options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm)
+    return _operate(cfg, env, rollbacks.playbook(), options, rollbacks.step_functions(), kind="rollback", log=log, host=host)
 
 
 def lock_status(env: str, *, config_path: Path | None = None) -> LockInfo | None:
