@@ -64,14 +64,12 @@ def wait_healthy(
     """
     deadline = time.monotonic() + timeout
     url = target.env.healthcheck_url
-    last = "not checked"
     if url:
         with reachable_url(target, url) as (here, host_header):
             while True:
                 result = probe(here, host_header=host_header)
                 if result.ok:
                     break
-                last = f"{url}: {result.detail}"
                 if time.monotonic() >= deadline:
                     raise HealthError(
                         f"{url} did not answer healthy within {timeout:.0f}s (last: {result.detail})",

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from deployer import backups, gitops, health, journal, lock, project
 from deployer.errors import CommandError, DeployerError, RefusedError
@@ -22,6 +23,11 @@ from deployer.migrations import MigrationScripts, MigrationStep, upgrade_path
 from deployer.playbook import Playbook, Step
 from deployer.source import Commit
 from deployer.target import Target, write_env_file
+
+if TYPE_CHECKING:
+    from deployer.compose import Compose
+    from deployer.config import Environment
+    from deployer.hosts import Host
 
 IMAGE_TAG_PREFIX = "deployer-"
 
@@ -74,16 +80,18 @@ class Run:
     recreated: bool = False
     timings: list[journal.StepTiming] = field(default_factory=list)
 
+    schema_changed_at: float | None = None  # monotonic time the schema moved away from what runs
+
     @property
-    def env(self):  # noqa: ANN201 - config.Environment
+    def env(self) -> Environment:
         return self.target.env
 
     @property
-    def host(self):  # noqa: ANN201 - hosts.Host
+    def host(self) -> Host:
         return self.target.host
 
     @property
-    def compose(self):  # noqa: ANN201 - compose.Compose
+    def compose(self) -> Compose:
         return self.target.compose
 
 
@@ -313,6 +321,7 @@ def step_migrate(run: Run, step: Step) -> str:
     timeout = float(step.params.get("timeout", app.migrate_timeout))
     name = f"{app.name}-migrate-{run.id}"
     run.migrated = True
+    run.schema_changed_at = time.monotonic()
     try:
         result = run.host.run(
             run.compose.run(app.web_service, list(app.migrate_command), name=name),
@@ -348,7 +357,11 @@ def step_up(run: Run, step: Step) -> str:
     run.recreated = True
     services = list(step.params.get("services") or [])
     run.host.run(run.compose.up(services), timeout=float(step.params.get("timeout", 600)), check=True)
-    return "containers recreated" if not services else "recreated " + ", ".join(services)
+    detail = "containers recreated" if not services else "recreated " + ", ".join(services)
+    if run.schema_changed_at is not None:
+        # The window in which the running code and the schema did not match (field-notes: measure it).
+        detail += f"; code and schema mismatched for {time.monotonic() - run.schema_changed_at:.1f}s"
+    return detail
 
 
 def step_verify(run: Run, step: Step) -> str:

@@ -11,6 +11,7 @@ A failed rollback is recovered to where it started, like a failed release.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from deployer import backups, journal, project
@@ -226,12 +227,14 @@ def step_schema(run: Run, step: Step) -> str:
         run.stopped = True
         run.host.run(run.compose.stop([app.web_service]), timeout=300, check=True)
         run.migrated = True
+        run.schema_changed_at = time.monotonic()
         backups.restore(run.target, backup)
         return f"restored backup {backup.id}; database at {', '.join(project.read_revisions(run.target) or ()) or 'no revision'}"
     if not run.pending:
         raise Skip("the schema is already at the target revision")
     target_rev = run.heads[0] if run.heads else "base"
     run.migrated = True
+    run.schema_changed_at = time.monotonic()
     result = run.host.run(
         run.compose.run(app.web_service, downgrade_argv(app.migrate_command, target_rev)),
         timeout=float(app.migrate_timeout),

@@ -433,21 +433,21 @@ def _load(cfg_or_path: Config | str | Path | None) -> Config:
     return load_config(cfg_or_path)
 
 
-def _warm_imports() -> None:
-    """Import the slow modules (SQLAlchemy, alembic, psycopg2, GitPython) in one thread.
-
-    They load while the main thread waits on the SSH handshake instead of after it. One
-    thread only, and every other user waits for it: SQLAlchemy is not safe to import from
-    two threads at once (partially initialised modules).
-    """
-    import alembic.runtime.migration  # noqa: F401
+def _import_source() -> None:
+    """Import GitPython and the migrations reader (alembic's revision map, SQLAlchemy core)."""
     import git  # noqa: F401
+
+    import deployer.migrations  # noqa: F401
+    import deployer.source  # noqa: F401
+
+
+def _import_database() -> None:
+    """Import what reading the database adds: psycopg2, its dialect, alembic's MigrationContext."""
+    import alembic.runtime.migration  # noqa: F401
     import psycopg2  # noqa: F401
     import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
 
-    import deployer.migrations  # noqa: F401
     import deployer.project  # noqa: F401
-    import deployer.source  # noqa: F401
 
 
 def _target(cfg: Config, env_name: str, host: Host) -> Target:
@@ -479,11 +479,16 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
     from deployer import backups, containers, gitops, journal, lock, target as _  # noqa: F401
     from deployer.hosts import connect
 
+    # The slow imports load in ONE thread while this one waits on the SSH handshake:
+    # SQLAlchemy is not safe to import from two threads at once (partially initialised
+    # modules), so every other thread waits for the stage it needs.
+    importer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-import")
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="status")
     own_host = host is None
     try:
-        warm = pool.submit(_warm_imports)
-        repo_future = pool.submit(_after, warm, _open_repo_and_tip, cfg, environment.remote, branch)
+        source_ready = importer.submit(_import_source)
+        warm = importer.submit(_import_database)
+        repo_future = pool.submit(_after, source_ready, _open_repo_and_tip, cfg, environment.remote, branch)
         if host is None:
             host = connect(environment.host)
         target = _target(cfg, env, host)
@@ -551,6 +556,7 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        importer.shutdown(wait=True)
         if own_host and host is not None:
             host.close()
 
