@@ -35,14 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 POSTGRES_IMAGE = "deployer-bench/postgres:15"
 PYTHON_IMAGE = "deployer-bench/python:bookworm"
 
-# The real CLI with the backups commands (registered here if cli.py does not yet), writing
-# this process's own peak RSS to a file when it exits.
+# The real CLI, writing this process's own peak RSS to a file when it exits.
 MEASURED_CLI = """\
 import resource, sys
-from deployer.cli import app, main
-from deployer.cli_backups import backups_app
-if not any(group.name == "backups" for group in app.registered_groups):
-    app.add_typer(backups_app, name="backups")
+from deployer.cli import main
 try:
     main(sys.argv[2:])
 finally:

@@ -27,6 +27,7 @@ Everything it made is removed at the end (the bench fixtures clean up).
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -37,14 +38,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RUNS = int(os.environ.get("STATUS_BENCH_RUNS", "7"))
 
-CLI = (
-    "import sys\n"
-    "from deployer import cli\n"
-    "from deployer.cli_status import history_cmd, status_cmd\n"
-    "names = {c.name for c in cli.app.registered_commands}\n"
-    "if 'status' not in names: cli.app.command('status')(status_cmd)\n"
-    "if 'history' not in names: cli.app.command('history')(history_cmd)\n"
-    "cli.main(sys.argv[1:])\n"
+CLI = "import sys\nfrom deployer import cli\ncli.main(sys.argv[1:])\n"
+
+IMPORTS = (
+    "import deployer.cli, deployer.cli_status, deployer.config, deployer.status, git, paramiko, psycopg2, "
+    "alembic.runtime.migration, sqlalchemy.dialects.postgresql.psycopg2"
 )
 
 SDK_READ = (
@@ -83,6 +81,14 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     _timed([*cli, "status", d.env_name], cwd=d.laptop, env=env)
     text = [_timed([*cli, "status", d.env_name], cwd=d.laptop, env=env) for _ in range(RUNS)]
     as_json = [_timed([*cli, "status", d.env_name, "--json"], cwd=d.laptop, env=env) for _ in range(RUNS)]
+    # What status() itself reports (after interpreter start and the CLI's imports)...
+    inside = [
+        json.loads(subprocess.run([*cli, "status", d.env_name, "--json"], cwd=d.laptop, env=env, capture_output=True,
+                                  text=True, timeout=120).stdout)["seconds"]
+        for _ in range(RUNS)
+    ]
+    # ...and the floor: a process that only imports what status needs, doing nothing.
+    floor = [_timed([sys.executable, "-c", IMPORTS]) for _ in range(RUNS)]
 
     app = str(d.server_path)
     remote = (
@@ -132,6 +138,8 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     print(f"deployer status over SSH on loopback, example app ({RUNS} runs each, median)")
     print(f"  status text          {_median(text)}")
     print(f"  status --json        {_median(as_json)}")
+    print(f"  status() in-process  {_median(inside)}  (the report's own `seconds`)")
+    print(f"  imports only         {_median(floor)}  (python + the modules status needs, nothing else)")
     print(f"  manual (ssh + compose run --rm web flask db current) {_median(manual)}")
     print("reading the project's containers, one SSH connection already open:")
     print(f"  compose ps+inspect   {_median(compose_way)}")

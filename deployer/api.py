@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from deployer.playbook import Playbook
     from deployer.release import Options
     from deployer.runner import Outcome
+    from deployer.status import History, Status
 
 
 def load(config_path: Path | None = None, *, cwd: Path | None = None) -> configuration.Config:
@@ -122,6 +123,20 @@ def rollback(
     cfg = load(config_path)
     options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm)
     return _operate(cfg, env, rollbacks.playbook(), options, rollbacks.step_functions(), kind="rollback", log=log, host=host)
+
+
+def status(env: str, *, config_path: Path | None = None) -> Status:
+    """Deployed commit vs branch, database vs code, containers, lock, last release, newest backup."""
+    from deployer.status import status as read_status
+
+    return read_status(config_path, env)
+
+
+def history(env: str, *, config_path: Path | None = None, limit: int | None = None) -> History:
+    """The environment's journal, newest first."""
+    from deployer.status import history as read_history
+
+    return read_history(config_path, env, limit=limit)
 
 
 def lock_status(env: str, *, config_path: Path | None = None) -> LockInfo | None:

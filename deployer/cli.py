@@ -177,9 +177,12 @@ def rollback_cmd(
 lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
 
-from deployer.cli_backups import backups_app  # noqa: E402 - imports only typer
+from deployer.cli_backups import backups_app  # noqa: E402 - these import only typer at start-up
+from deployer.cli_status import history_cmd, status_cmd  # noqa: E402
 
 app.add_typer(backups_app, name="backups")
+app.command("status")(status_cmd)
+app.command("history")(history_cmd)
 
 
 @lock_app.command("status")

@@ -22,21 +22,10 @@ pytestmark = pytest.mark.e2e
 
 R_NOTES = "d4e5f6a7b8c9"
 
-# The backups sub-app on the real CLI, whether or not cli.py already registers it.
-CLI = """\
-import sys
-from deployer.cli import app, main
-from deployer.cli_backups import backups_app
-if not any(group.name == "backups" for group in app.registered_groups):
-    app.add_typer(backups_app, name="backups")
-main(sys.argv[1:])
-"""
-
-
 def backups(d: Deployment, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """``deployer backups ARGS`` as a user runs it in the laptop clone (no terminal)."""
     return subprocess.run(
-        [d.deployer_argv()[0], "-c", CLI, "backups", *args], cwd=d.laptop, env=d.environ(),
+        d.deployer_argv("backups", *args), cwd=d.laptop, env=d.environ(),
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
     )
 
@@ -197,7 +186,7 @@ def test_dump_killed_midway_leaves_no_backup(d: Deployment) -> None:
     try:
         before = files(d)
         process = subprocess.Popen(
-            [d.deployer_argv()[0], "-c", CLI, "backups", "create", "production"], cwd=d.laptop, env=d.environ(),
+            d.deployer_argv("backups", "create", "production"), cwd=d.laptop, env=d.environ(),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
         )
         killed = False

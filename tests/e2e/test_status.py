@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 
 import pytest
@@ -30,18 +29,6 @@ R_LEFT = "e5f6a7b8c9d0"
 R_RIGHT = "f6a7b8c9d0e1"
 R_MERGE = "a7b8c9d0e1f2"
 
-# Runs the real CLI; registers the two commands when cli.py does not (yet) have them.
-BOOT = (
-    "import sys\n"
-    "from deployer import cli\n"
-    "from deployer.cli_status import history_cmd, status_cmd\n"
-    "names = {c.name for c in cli.app.registered_commands}\n"
-    "if 'status' not in names: cli.app.command('status')(status_cmd)\n"
-    "if 'history' not in names: cli.app.command('history')(history_cmd)\n"
-    "cli.main(sys.argv[1:])\n"
-)
-
-
 @pytest.fixture(scope="module", params=["ssh", "local"])
 def deployment(request: pytest.FixtureRequest, deployment_factory) -> Deployment:
     return deployment_factory(request.param, health_timeout=25)
@@ -49,7 +36,7 @@ def deployment(request: pytest.FixtureRequest, deployment_factory) -> Deployment
 
 def run_cli(d: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-c", BOOT, *args], cwd=d.laptop, env=d.environ(), capture_output=True, text=True,
+        d.deployer_argv(*args), cwd=d.laptop, env=d.environ(), capture_output=True, text=True,
         timeout=120, stdin=subprocess.DEVNULL, check=False,
     )
     assert not re.search(r"^Traceback", result.stderr, re.MULTILINE), result.stderr
@@ -98,7 +85,6 @@ def test_in_sync_after_releases(deployment: Deployment) -> None:
     assert doc["lock"]["held"] is False
     assert doc["last_release"]["id"] == released["id"] and doc["last_release"]["outcome"] == "succeeded"
     assert doc["last_backup"]["id"] == released["backup"] and doc["last_backup"]["revision"] == [EXAMPLE_HEAD]
-    print(text)
     assert "up to date" in text and "in sync (exit 0)" in text and "lock       free" in text
 
 

@@ -1,0 +1,186 @@
+"""Overhead: `deployer release` over SSH vs a bare shell script doing the same essential work.
+
+Both ship the same kind of change (a code change plus one migration) to the same stack on
+the real engine, through a real sshd on 127.0.0.1, alternating. The bare script is one bash
+script run over ONE ssh connection (`ssh -n HOST bash -c SCRIPT`):
+
+    git fetch + checkout --force SHA            (sync)
+    docker compose build                        (build)
+    docker compose exec -T db pg_dump -Fc > F   (backup)
+    docker compose run --rm web flask db upgrade (migrate)
+    docker compose up -d --no-build --wait      (up; waits for the healthchecks, as deployer's health step does)
+    psql: alembic_version == expected head; curl /health   (verify)
+
+deployer additionally: preflight (resolve, read scripts, read the database revision), lock,
+snapshot + record image tags, backup verification (pg_restore reads the whole dump), the
+health step's 3 s settle period, the journal. Its per-step timings come from the journal.
+
+    .venv/bin/python bench/release_overhead.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    SSHServer,
+    Stack,
+    ensure_bench_images,
+    fmt_runs,
+    load_now,
+    machine_info,
+    median,
+    print_table,
+    save_result,
+    stack,
+    start_sshd,
+)
+
+
+def bare_script(s: Stack, sha: str, head: str, dump: str) -> str:
+    compose = shlex.join(s.compose.base())
+    server = shlex.quote(str(s.server))
+    return f"""\
+set -euo pipefail
+cd {server}
+git fetch --quiet --prune --tags --force origin
+git checkout --quiet --force --detach {sha}
+{compose} build --quiet
+mkdir -p {shlex.quote(str(Path(dump).parent))}
+{compose} exec -T db sh -c 'exec pg_dump -U "$POSTGRES_USER" -Fc "$POSTGRES_DB"' > {shlex.quote(dump)}
+{compose} run --rm -T --no-deps web flask db upgrade
+{compose} up -d --no-build --wait --wait-timeout 120
+test "$({compose} exec -T db sh -c 'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -tAc "SELECT version_num FROM alembic_version"')" = {head}
+curl -fsS --max-time 5 {shlex.quote(s.health_url)} > /dev/null
+"""
+
+
+def run_bare(s: Stack, ssh: SSHServer, sha: str, round_: int) -> float:
+    config = s.home / ".ssh" / "config"
+    script = bare_script(s, sha, s.head, str(s.base / "server" / "bare-backups" / f"{round_}.dump"))
+    started = time.monotonic()
+    # The script is the remote command, not stdin: `compose exec/run -T` would swallow the rest of it.
+    result = subprocess.run(["ssh", "-n", "-F", str(config), "bench", "bash -c " + shlex.quote(script)],
+                            capture_output=True, text=True, timeout=900, check=False, env=s.environ())
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise SystemExit(f"the bare script failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return seconds
+
+
+def profile_release(s: Stack) -> tuple[float, list[tuple[str, int, float]]]:
+    """One more release, in this process, counting every command deployer runs on the host."""
+    import os
+
+    from deployer import api
+    from deployer.ssh import SSHHost
+
+    calls: list[tuple[str, float]] = []
+    original = SSHHost.run
+
+    def counted(self, argv, *args, **kwargs):  # noqa: ANN001, ANN202 - a transparent wrapper
+        started = time.monotonic()
+        try:
+            return original(self, argv, *args, **kwargs)
+        finally:
+            words = [w for w in argv if not w.startswith("-")][:6]
+            if words[:2] == ["docker", "compose"]:
+                # docker compose --project-name P --project-directory D --file F ... VERB
+                verbs = [w for w in argv[2:] if w in ("build", "up", "run", "exec", "ps", "stop", "config", "version")]
+                kind = "docker compose " + (verbs[0] if verbs else "?")
+                if kind == "docker compose exec":
+                    kind += " " + " ".join(argv[argv.index("exec") + 1:][1:3])
+            elif words[:1] == ["sh"]:
+                script = argv[2]
+                verbs = [w for w in ("exec", "pg_dump", "pg_restore", "sha256sum", "umask") if w in script]
+                kind = "sh -c (" + " ".join(verbs) + ")"
+            else:
+                # the program and its verb, without paths, ids and format strings
+                kept = [w for w in argv if not w.startswith(("/", "-", "sha256:")) and "{{" not in w]
+                kind = " ".join(kept[:2])
+            calls.append((kind, time.monotonic() - started))
+
+    saved = {k: os.environ.get(k) for k in ("HOME", "RECIPES_DB_PASSWORD")}
+    os.environ.update({"HOME": str(s.home), "RECIPES_DB_PASSWORD": s.password})
+    SSHHost.run = counted  # type: ignore[method-assign]
+    try:
+        started = time.monotonic()
+        api.release(s.env_name, config_path=s.laptop / "deploy.toml", yes=True)
+        seconds = time.monotonic() - started
+    finally:
+        SSHHost.run = original  # type: ignore[method-assign]
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    kinds: dict[str, list[float]] = {}
+    for kind, took in calls:
+        kinds.setdefault(kind, []).append(took)
+    rows = sorted(((k, len(v), sum(v)) for k, v in kinds.items()), key=lambda row: -row[2])
+    return seconds, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--save", default="release_overhead")
+    args = parser.parse_args()
+    info = machine_info()
+    ensure_bench_images()
+    deployer_runs: list[float] = []
+    bare_runs: list[float] = []
+    steps: dict[str, list[float]] = {}
+    ssh = start_sshd()
+    try:
+        with stack("ov", ssh=ssh) as s:
+            print(f"stack {s.name} over ssh: first release ...", flush=True)
+            s.release()
+            s.wait_healthy()
+            for round_ in range(args.runs):
+                for variant in (("deployer", "bare") if round_ % 2 == 0 else ("bare", "deployer")):
+                    sha = s.change(f"{variant}-{round_}")
+                    if variant == "deployer":
+                        seconds, _ = s.release()
+                        deployer_runs.append(seconds)
+                        for step in s.journal()[-1].get("steps", []):
+                            steps.setdefault(step.get("name") or step.get("step"), []).append(float(step.get("seconds", 0)))
+                    else:
+                        seconds = run_bare(s, ssh, sha, round_)
+                        bare_runs.append(seconds)
+                    print(f"  {variant:8s} round {round_}: {seconds:5.1f} s (load {load_now()})", flush=True)
+            s.change("profile")
+            profile_seconds, profile = profile_release(s)
+    finally:
+        ssh.stop()
+    info["load_after"] = load_now()
+    ratio = median(deployer_runs) / median(bare_runs)
+    print_table(
+        "Release overhead over SSH (code change + one migration)",
+        ["", "wall time", "ratio"],
+        [["bare script, one ssh connection", fmt_runs(bare_runs, digits=1), "1.00"],
+         ["deployer release (default playbook)", fmt_runs(deployer_runs, digits=1), f"{ratio:.2f}x"]],
+    )
+    if steps:
+        print_table("deployer release: median seconds per step (journal)", ["step", "seconds"],
+                    [[name, f"{median(values):.2f}"] for name, values in steps.items()])
+    total = sum(row[2] for row in profile)
+    print_table(
+        f"Commands deployer ran on the host in one release ({sum(r[1] for r in profile)} commands, "
+        f"{total:.1f} s of {profile_seconds:.1f} s wall, in-process run)",
+        ["command", "count", "seconds"], [[k, str(n), f"{t:.2f}"] for k, n, t in profile[:14]],
+    )
+    path = save_result(args.save, {"machine": info, "deployer": deployer_runs, "bare": bare_runs, "ratio": ratio,
+                                   "steps": steps, "profile": profile, "profile_seconds": profile_seconds})
+    print(f"raw numbers: {path}")
+
+
+if __name__ == "__main__":
+    main()
