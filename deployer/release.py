@@ -357,7 +357,8 @@ def step_up(run: Run, step: Step) -> str:
     run.recreated = True
     services = list(step.params.get("services") or [])
     run.host.run(run.compose.up(services), timeout=float(step.params.get("timeout", 600)), check=True)
-    detail = "containers recreated" if not services else "recreated " + ", ".join(services)
+    # compose recreates exactly the containers whose image or configuration changed
+    detail = "containers up to date" if not services else "up to date: " + ", ".join(services)
     if run.schema_changed_at is not None:
         # The window in which the running code and the schema did not match (field-notes: measure it).
         detail += f"; code and schema mismatched for {time.monotonic() - run.schema_changed_at:.1f}s"
