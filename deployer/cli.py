@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from deployer.cli_common import ConfigOption, EnvArgument, JsonOption, confirmer
 
 from deployer import __version__
 from deployer.errors import DeployerError, ExitCode
@@ -31,18 +32,6 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect and validate deploy.toml.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-ConfigOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--config",
-        "-c",
-        help="Path to deploy.toml (default: found by walking up from the current directory).",
-        envvar="DEPLOYER_CONFIG",
-        dir_okay=False,
-    ),
-]
-EnvArgument = Annotated[str, typer.Argument(help="Environment name from deploy.toml, e.g. production.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def _version(value: bool) -> None:
@@ -121,7 +110,7 @@ def release_cmd(
         dry_run=dry_run,
         verbose=verbose,
         playbook=playbook,
-        confirm=_confirmer(),
+        confirm=confirmer(),
         log=log,
     )
     if as_json:
@@ -163,7 +152,7 @@ def rollback_cmd(
         dry_run=dry_run,
         restore_backup=restore_backup,
         verbose=verbose,
-        confirm=_confirmer(),
+        confirm=confirmer(),
         log=progress_printer(),
     )
     if as_json:
@@ -214,13 +203,6 @@ def lock_release_cmd(env: EnvArgument, config: ConfigOption = None) -> None:
 
     holder = api.lock_release(env, config_path=config)
     typer.echo(f"{env}: lock released (was {holder.describe()})" if holder else f"{env}: lock was free")
-
-
-def _confirmer():  # noqa: ANN202
-    """A yes/no prompt on the terminal, or None when there is none (CI): then --yes is needed."""
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        return None
-    return lambda question: typer.confirm(question, default=False, err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

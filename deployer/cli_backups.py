@@ -7,7 +7,6 @@ A typer sub-app (``backups_app``); heavy modules are imported inside the command
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,24 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from deployer.cli_common import ConfigOption, EnvArgument, JsonOption, confirmer
+
 if TYPE_CHECKING:
     from deployer.backups import Backup
     from deployer.target import Target
 
 backups_app = typer.Typer(help="Database backups: create, list, verify, restore, prune.", no_args_is_help=True)
 
-ConfigOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--config",
-        "-c",
-        help="Path to deploy.toml (default: found by walking up from the current directory).",
-        envvar="DEPLOYER_CONFIG",
-        dir_okay=False,
-    ),
-]
-EnvArgument = Annotated[str, typer.Argument(help="Environment name from deploy.toml, e.g. production.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 @contextmanager
@@ -162,9 +151,7 @@ def restore_cmd(
     """
     from deployer.backups import restore_environment
 
-    confirm = None
-    if sys.stdin.isatty() and sys.stderr.isatty():
-        confirm = lambda question: typer.confirm(question, default=False, err=True)  # noqa: E731
+    confirm = confirmer()
     with _target(env, config) as target:
         outcome = restore_environment(target, backup_id, yes=yes, confirm=confirm, safety_backup=not no_safety_backup, log=_log)
     if as_json:

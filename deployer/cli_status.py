@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from deployer.cli_common import ConfigOption, EnvArgument, JsonOption
+
 from deployer.errors import DeployerError
 
-ConfigOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--config",
-        "-c",
-        help="Path to deploy.toml (default: found by walking up from the current directory).",
-        envvar="DEPLOYER_CONFIG",
-        dir_okay=False,
-    ),
-]
-EnvArgument = Annotated[str, typer.Argument(help="Environment name from deploy.toml, e.g. production.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:

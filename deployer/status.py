@@ -33,6 +33,7 @@ from deployer.errors import DeployerError, ExitCode
 if TYPE_CHECKING:
     from deployer.config import Config
     from deployer.containers import Container
+    from deployer.journal import Record
     from deployer.hosts import Host
     from deployer.migrations import MigrationScripts
     from deployer.target import Target
@@ -191,30 +192,13 @@ class Status:
 
 
 @dataclass(frozen=True)
-class HistoryEntry:
-    id: str
-    kind: str
-    outcome: str
-    commit: str | None
-    previous_commit: str | None
-    revision_before: tuple[str, ...]
-    revision_after: tuple[str, ...]
-    started_at: str
-    finished_at: str
-    seconds: float
-    user: str
-    backup: str | None
-    error: str | None
-
-
-@dataclass(frozen=True)
 class History:
     """The journal of an environment, newest first; ``to_dict()`` is the ``--json`` document."""
 
     environment: str
     host: str
     total: int
-    entries: tuple[HistoryEntry, ...] = field(default_factory=tuple)
+    entries: tuple[Record, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable({"schema": SCHEMA_VERSION, **asdict(self)})
@@ -642,14 +626,7 @@ def history(cfg_or_path: Config | str | Path | None, env: str, *, limit: int | N
     newest = list(reversed(records))
     if limit is not None:
         newest = newest[: max(0, limit)]
-    entries = tuple(
-        HistoryEntry(
-            id=r.id, kind=r.kind, outcome=r.outcome, commit=r.commit, previous_commit=r.previous_commit,
-            revision_before=r.revision_before, revision_after=r.revision_after, started_at=r.started_at,
-            finished_at=r.finished_at, seconds=r.seconds, user=r.user, backup=r.backup, error=r.error,
-        )
-        for r in newest
-    )
+    entries = tuple(newest)
     return History(environment=env, host=host.name, total=len(records), entries=entries)
 
 

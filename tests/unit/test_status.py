@@ -9,11 +9,11 @@ import pytest
 
 from deployer.errors import ExitCode
 from deployer.migrations import scripts_from_sources
+from deployer.journal import Record
 from deployer.status import (
     BackupSummary,
     CodeState,
     History,
-    HistoryEntry,
     LockState,
     Migration,
     ReleaseSummary,
@@ -199,9 +199,11 @@ def test_render_lock_and_problems() -> None:
 
 
 def test_render_history() -> None:
-    entry = HistoryEntry("20240501-115000-aaaaaaa", "release", "failed", "a" * 40, None, ("aaa",), ("aaa",),
-                         "2024-05-01T11:49:00+00:00", "2024-05-01T11:50:00+00:00", 61.0, "ana@laptop", None,
-                         "the migration exited 1\nmore")
+    entry = Record(
+        id="20240501-115000-aaaaaaa", kind="release", environment="production", outcome="failed", commit="a" * 40,
+        previous_commit=None, revision_before=("aaa",), revision_after=("aaa",), started_at="2024-05-01T11:49:00+00:00",
+        finished_at="2024-05-01T11:50:00+00:00", seconds=61.0, user="ana@laptop", error="the migration exited 1\nmore",
+    )
     text = render_history(History("production", "deploy@example.com", 3, (entry,)))
     assert "1 of 3 record(s), newest first" in text and "aaa -> aaa" in text and "61.0s" in text
     assert "error: the migration exited 1" in text and "more" not in text
