@@ -7,7 +7,8 @@ import shlex
 from dataclasses import asdict, dataclass
 
 from deployer.playbook import Step
-from deployer.release import Run, downgrade_argv
+from deployer import project
+from deployer.release import Run, downgrade_argv, saved_tag
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,12 @@ def describe(run: Run, step: Step) -> PlannedStep:
         commands = [_j(["mkdir", posixpath.join(run.target.state_dir, "lock")])]
     elif name == "snapshot":
         note = "tag the running containers' images so they can be put back without a rebuild"
-        commands = [_j(["docker", "tag", "IMAGE_ID", "IMAGE:deployer-PREVIOUS_RELEASE"])]
+        label = run.previous_release.id if run.previous_release else f"before-{run.id}"
+        commands = [
+            _j(["docker", "tag", c.image_id, saved_tag(c.image, label)])
+            for c in project.service_containers(run.target)
+            if c.state == "running" and c.image and c.service != app.db_service
+        ]
     elif name == "sync":
         commands = [
             _j(["git", "-C", env.path, "fetch", "--prune", "--tags", "--force", "origin", "+refs/heads/*:refs/remotes/origin/*"]),
