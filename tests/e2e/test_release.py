@@ -299,3 +299,57 @@ def test_ctrl_c_recovers_and_frees_the_lock(deployment: Deployment) -> None:
     assert d.wait_answer("/health")[0] == 200
     record = d.journal()[-1]
     assert record["outcome"] == "failed" and "interrupted" in record["error"]
+
+
+CUSTOM_PLAYBOOK = """
+description = "the default order, with commands of our own"
+[[steps]]
+step = "preflight"
+[[steps]]
+step = "lock"
+[[steps]]
+step = "run"
+name = "announce"
+command = ["sh", "-c", "echo starting > run-step-marker"]
+[[steps]]
+step = "snapshot"
+[[steps]]
+step = "sync"
+[[steps]]
+step = "build"
+[[steps]]
+step = "run"
+name = "smoke-test the new image"
+command = "python3 -c 'import recipes, sys; sys.exit(0)'"
+service = "web"
+[[steps]]
+step = "database_up"
+[[steps]]
+step = "backup"
+[[steps]]
+step = "migrate"
+[[steps]]
+step = "up"
+[[steps]]
+step = "verify"
+[[steps]]
+step = "health"
+timeout = 90
+[[steps]]
+step = "record"
+"""
+
+
+def test_custom_playbook_with_run_steps(deployment: Deployment) -> None:
+    d = deployment
+    sha = d.commit({"playbooks/custom.toml": CUSTOM_PLAYBOOK}, "our own playbook")
+    result = d.release("--playbook", "custom")
+    labels = [s["name"] for s in result["steps"]]
+    assert labels[2] == "announce" and "smoke-test the new image" in labels
+    assert all(s["status"] in ("ok", "skipped") for s in result["steps"])
+    assert (d.server_path / "run-step-marker").read_text() == "starting\n"
+    assert d.server_head() == sha
+    # a mistake in a playbook is refused with its own message before anything runs
+    d.commit({"playbooks/custom.toml": CUSTOM_PLAYBOOK.replace('step = "health"', 'step = "helth"')}, "typo")
+    result = d.deployer("release", d.env_name, "--playbook", "custom", "--yes")
+    assert result.returncode == 2 and "unknown step 'helth' (did you mean 'health'?)" in result.stderr
