@@ -36,6 +36,20 @@ def inspect_argv(ids: Sequence[str]) -> list[str]:
     return ["docker", "inspect", "--type", "container", *ids]
 
 
+# Lists a compose project's containers and inspects them in ONE round trip (no compose file
+# to load). A constant script: the project name arrives as $1, never formatted into it.
+_PROJECT_SCRIPT = (
+    'ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1" '
+    '--filter "label=com.docker.compose.oneoff=False") || exit $?; '
+    '[ -z "$ids" ] && echo "[]" && exit 0; exec docker inspect --type container $ids'
+)
+
+
+def project_argv(project: str) -> list[str]:
+    """argv listing and inspecting a compose project's (non one-off) containers."""
+    return ["sh", "-c", _PROJECT_SCRIPT, "sh", project]
+
+
 def parse_inspect(stdout: str) -> list[Container]:
     """Parse ``docker inspect`` JSON for containers."""
     rows = json.loads(stdout or "[]")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 from deployer import project
@@ -88,7 +90,11 @@ def wait_healthy(
             raise HealthError(f"containers not healthy within {timeout:.0f}s ({last})")
         time.sleep(interval)
     restarts = {c.id: c.restart_count for c in containers}
-    time.sleep(settle)
+    # Settle: every container must have run for ``settle`` seconds without a restart. Time
+    # already spent running (e.g. waiting for a healthcheck) counts.
+    youngest = min(_age(c.started_at) for c in containers)
+    if youngest < settle:
+        time.sleep(settle - youngest)
     after = project.service_containers(target)
     for container in after:
         if container.id not in restarts or container.restart_count != restarts[container.id] or container.state != "running":
@@ -97,4 +103,14 @@ def wait_healthy(
                 f"(state {container.state}, restarts {container.restart_count})",
                 hint="check the service's logs: it may crash at start",
             )
-    return f"healthy: {len(after)} containers up for {settle:.0f}s" + (f", {url} answered" if url else "")
+    return f"healthy: {len(after)} containers up for {settle:.0f}s or more" + (f", {url} answered" if url else "")
+
+
+def _age(started_at: str) -> float:
+    """Seconds since a container started, from docker's RFC 3339 time (nanoseconds trimmed)."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", started_at or "")
+    if not match:
+        return 0.0
+    stamp = match.group(1) + (match.group(2) or "")[:7] + ("+00:00" if match.group(3) in (None, "Z") else match.group(3))
+    started = datetime.fromisoformat(stamp)
+    return max(0.0, (datetime.now(timezone.utc) - started).total_seconds())

@@ -13,17 +13,15 @@ POSTGRES_PORT = 5432
 
 
 def service_containers(target: Target, service: str | None = None) -> list[facts.Container]:
-    """The project's containers (one service's, or all), one-off containers left out."""
-    argv = target.compose.ps_ids([service] if service else [])
-    result = target.host.run(argv, timeout=60)
-    if not result.ok:
-        # No checkout or compose file yet: nothing runs.
-        return []
-    ids = facts.parse_ids(result.stdout)
-    if not ids:
-        return []
-    inspected = target.host.run(facts.inspect_argv(ids), timeout=60).check("inspect the containers")
-    return [c for c in facts.parse_inspect(inspected.stdout) if not c.oneoff]
+    """The project's containers (one service's, or all), one-off containers left out.
+
+    One ``docker ps | docker inspect`` round trip by the project's label: no compose file
+    to load, and it works before the first checkout exists.
+    """
+    result = target.host.run(facts.project_argv(target.compose.project), timeout=60)
+    result.check(f"list the containers of {target.compose.project}")
+    found = [c for c in facts.parse_inspect(result.stdout) if not c.oneoff]
+    return [c for c in found if service is None or c.service == service]
 
 
 def running_db(target: Target) -> facts.Container | None:

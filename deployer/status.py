@@ -333,24 +333,10 @@ def exit_code_for(database: DatabaseState, problems: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- reading a host
 
 
-# Lists the compose project's containers and inspects them, in ONE round trip. A constant
-# script: the project name arrives as $1, never formatted into the shell text.
-_CONTAINERS_SCRIPT = (
-    'ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1" '
-    '--filter "label=com.docker.compose.oneoff=False") || exit $?; '
-    '[ -z "$ids" ] && echo "[]" && exit 0; exec docker inspect --type container $ids'
-)
-
-
-def containers_argv(project: str) -> list[str]:
-    """argv listing and inspecting a compose project's (non one-off) containers."""
-    return ["sh", "-c", _CONTAINERS_SCRIPT, "sh", project]
-
-
 def read_containers(host: Host, project: str) -> list[Container]:
     from deployer import containers as facts
 
-    result = host.run(containers_argv(project), timeout=30)
+    result = host.run(facts.project_argv(project), timeout=30)
     if not result.ok:
         raise DeployerError(
             f"cannot list the containers on {host.name}: {(result.stderr or result.stdout).strip()[-300:]}",

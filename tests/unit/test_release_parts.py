@@ -72,3 +72,13 @@ def test_parse_inspect() -> None:
     assert container.ips == ("172.18.0.3",) and container.env == {"A": "1", "B": "x=y"}
     assert container.restart_count == 2 and container.is_healthy and not container.oneoff
     assert parse_ids("a\n\nb\n") == ["a", "b"]
+
+
+def test_container_age_from_docker_times() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from deployer.health import _age
+
+    ten_ago = (datetime.now(timezone.utc) - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
+    assert 9.5 < _age(ten_ago) < 11
+    assert _age("") == 0.0 and _age("0001-01-01T00:00:00Z") > 1e9

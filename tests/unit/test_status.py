@@ -22,7 +22,6 @@ from deployer.status import (
     StatusCode,
     assess,
     code_problems,
-    containers_argv,
     exit_code_for,
     render_history,
     render_status,
@@ -144,7 +143,9 @@ def test_service_problems() -> None:
 
 
 def test_containers_argv_passes_the_project_as_an_argument() -> None:
-    argv = containers_argv("my-app; rm -rf /")
+    from deployer.containers import project_argv
+
+    argv = project_argv("my-app; rm -rf /")
     assert argv[:2] == ["sh", "-c"] and argv[-1] == "my-app; rm -rf /"
     assert "my-app" not in argv[2]
 
