@@ -5,8 +5,9 @@ up; then the web container is recreated again and again (its image tag alternate
 two tags of the same image, so compose must recreate it) while a probe GETs /health every
 20 ms. Variants of the recreate command and of the web container's start command:
 
-  up              `compose up -d --no-build` (what deployer's `up` step runs)
-  up-no-deps      `compose up -d --no-build --no-deps web`
+  up              `compose up -d --no-build` (all services: compose re-checks the db's health)
+  up-no-deps      `compose up -d --no-build --no-deps web` (what deployer's `up` step runs
+                  when the database is already healthy)
   preload         `up`, with gunicorn --preload (app imported before the port is bound)
 
 Each recreate is split with the engine's events: old container shutdown (kill -> die),

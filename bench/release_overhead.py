@@ -75,10 +75,41 @@ def run_bare(s: Stack, ssh: SSHServer, sha: str, round_: int) -> float:
     return seconds
 
 
-def profile_release(s: Stack) -> tuple[float, list[tuple[str, int, float]]]:
-    """One more release, in this process, counting every command deployer runs on the host."""
+def command_latency(s: Stack, runs: int = 20, poll: float | None = None) -> list[float]:
+    """Wall time of ``host.run(["true"])`` over one open SSHHost connection."""
     import os
 
+    import deployer.ssh
+    from deployer.hosts import connect
+    from deployer.hostspec import parse_host
+
+    saved_home, saved_poll = os.environ.get("HOME"), deployer.ssh._POLL_SECONDS
+    os.environ["HOME"] = str(s.home)
+    if poll is not None:
+        deployer.ssh._POLL_SECONDS = poll
+    try:
+        with connect(parse_host("bench")) as host:
+            times = []
+            for _ in range(runs):
+                started = time.monotonic()
+                host.run(["true"], check=True)
+                times.append(time.monotonic() - started)
+            return times
+    finally:
+        deployer.ssh._POLL_SECONDS = saved_poll
+        if saved_home is not None:
+            os.environ["HOME"] = saved_home
+
+
+def profile_release(s: Stack, poll: float | None = None) -> tuple[float, list[tuple[str, int, float]]]:
+    """One more release, in this process, counting every command deployer runs on the host.
+
+    ``poll`` (an experiment) replaces deployer.ssh._POLL_SECONDS, the longest wait of the
+    SSH output loop, for this release only.
+    """
+    import os
+
+    import deployer.ssh
     from deployer import api
     from deployer.ssh import SSHHost
 
@@ -110,11 +141,15 @@ def profile_release(s: Stack) -> tuple[float, list[tuple[str, int, float]]]:
     saved = {k: os.environ.get(k) for k in ("HOME", "RECIPES_DB_PASSWORD")}
     os.environ.update({"HOME": str(s.home), "RECIPES_DB_PASSWORD": s.password})
     SSHHost.run = counted  # type: ignore[method-assign]
+    saved_poll = deployer.ssh._POLL_SECONDS
+    if poll is not None:
+        deployer.ssh._POLL_SECONDS = poll
     try:
         started = time.monotonic()
         api.release(s.env_name, config_path=s.laptop / "deploy.toml", yes=True)
         seconds = time.monotonic() - started
     finally:
+        deployer.ssh._POLL_SECONDS = saved_poll
         SSHHost.run = original  # type: ignore[method-assign]
         for key, value in saved.items():
             if value is None:
@@ -126,6 +161,15 @@ def profile_release(s: Stack) -> tuple[float, list[tuple[str, int, float]]]:
         kinds.setdefault(kind, []).append(took)
     rows = sorted(((k, len(v), sum(v)) for k, v in kinds.items()), key=lambda row: -row[2])
     return seconds, rows
+
+
+FAST_POLL = 0.005
+
+
+def _shipped_poll() -> float:
+    import deployer.ssh
+
+    return deployer.ssh._POLL_SECONDS
 
 
 def main() -> None:
@@ -156,8 +200,20 @@ def main() -> None:
                         seconds = run_bare(s, ssh, sha, round_)
                         bare_runs.append(seconds)
                     print(f"  {variant:8s} round {round_}: {seconds:5.1f} s (load {load_now()})", flush=True)
-            s.change("profile")
-            profile_seconds, profile = profile_release(s)
+            # In this process: which commands ran, and the SSH poll experiment (alternating).
+            shipped_runs: list[float] = []
+            fast_runs: list[float] = []
+            profile: list[tuple[str, int, float]] = []
+            for round_ in range(args.runs):
+                for poll in ((None, FAST_POLL) if round_ % 2 == 0 else (FAST_POLL, None)):
+                    s.change(f"in-process-{round_}-{poll}")
+                    seconds, rows = profile_release(s, poll=poll)
+                    (fast_runs if poll else shipped_runs).append(seconds)
+                    if poll is None and not profile:
+                        profile, profile_seconds = rows, seconds
+                    print(f"  in-process, _POLL_SECONDS={poll or _shipped_poll()}: {seconds:5.1f} s", flush=True)
+            latency = command_latency(s)
+            latency_fast = command_latency(s, poll=FAST_POLL)
     finally:
         ssh.stop()
     info["load_after"] = load_now()
@@ -177,8 +233,16 @@ def main() -> None:
         f"{total:.1f} s of {profile_seconds:.1f} s wall, in-process run)",
         ["command", "count", "seconds"], [[k, str(n), f"{t:.2f}"] for k, n, t in profile[:14]],
     )
+    print_table(
+        "Experiment: the SSH output loop's poll interval (deployer.ssh._POLL_SECONDS)",
+        ["", f"as shipped ({_shipped_poll()} s)", f"{FAST_POLL} s"],
+        [["`host.run(['true'])` over an open connection", fmt_runs(latency, digits=3), fmt_runs(latency_fast, digits=3)],
+         ["release, in-process", fmt_runs(shipped_runs, digits=1), fmt_runs(fast_runs, digits=1)]],
+    )
     path = save_result(args.save, {"machine": info, "deployer": deployer_runs, "bare": bare_runs, "ratio": ratio,
-                                   "steps": steps, "profile": profile, "profile_seconds": profile_seconds})
+                                   "steps": steps, "profile": profile, "profile_seconds": profile_seconds,
+                                   "latency": latency, "latency_fast_poll": latency_fast, "in_process_releases": shipped_runs,
+                                   "fast_poll_releases": fast_runs})
     print(f"raw numbers: {path}")
 
 

@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, fmt_runs, load_now, machine_info, median, print_table, save_result  # noqa: E402
 
 
+RELEASE_IMPORTS = "import deployer.api, deployer.release, deployer.runner, deployer.ssh, deployer.health, deployer.backups"
+
+
 def entry_point() -> list[str]:
     """The installed console script next to this interpreter, else `python -m deployer`."""
     script = Path(sys.executable).with_name("deployer")
@@ -40,10 +43,10 @@ def wall(argv: list[str], runs: int) -> list[float]:
 
 
 def import_times(args: list[str], top: int) -> list[tuple[str, float, float]]:
-    """(module, self ms, cumulative ms) of the slowest imports at the top two levels, median of 3 runs."""
+    """(module, self ms, cumulative ms) of the slowest packages and deployer modules, median of 3 runs."""
     runs: list[dict[str, tuple[float, float, int]]] = []
     for _ in range(3):
-        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "deployer", *args], capture_output=True,
+        result = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True,
                                 text=True, check=False, cwd=REPO_ROOT)
         table: dict[str, tuple[float, float, int]] = {}
         for line in result.stderr.splitlines():
@@ -52,7 +55,8 @@ def import_times(args: list[str], top: int) -> list[tuple[str, float, float]]:
                 depth = len(match.group(3)) // 2
                 table[match.group(4)] = (int(match.group(1)) / 1000, int(match.group(2)) / 1000, depth)
         runs.append(table)
-    names = [n for n, (_, _, depth) in runs[0].items() if depth <= 1]
+    # Packages (where they are first imported, at any depth) and deployer's own modules.
+    names = [n for n in runs[0] if "." not in n or n.startswith("deployer.") or n == "typer._adapters"]
     rows = [(n, median([r[n][0] for r in runs if n in r]), median([r[n][1] for r in runs if n in r])) for n in names]
     return sorted(rows, key=lambda row: -row[2])[:top]
 
@@ -71,6 +75,8 @@ def main() -> None:
         "deployer --help": wall([*deployer, "--help"], args.runs),
         "deployer release --help": wall([*deployer, "release", "--help"], args.runs),
         "deployer --version": wall([*deployer, "--version"], args.runs),
+        # What `deployer release` imports before it does anything (not part of --help).
+        "import the release path": wall([sys.executable, "-c", RELEASE_IMPORTS], max(3, args.runs // 3)),
     }
     info["load_after"] = load_now()
     print_table(f"Start-up wall time ({Path(deployer[0]).name}{' -m deployer' if len(deployer) > 1 else ''})",
@@ -78,9 +84,12 @@ def main() -> None:
     slow = {}
     for command in (["--help"], ["release", "--help"]):
         key = " ".join(command)
-        slow[key] = import_times(command, args.top)
-        print_table(f"`python -X importtime -m deployer {key}`: slowest imports, top two levels (median of 3)",
+        slow[key] = import_times(["-m", "deployer", *command], args.top)
+        print_table(f"`python -X importtime -m deployer {key}`: slowest packages and deployer modules (median of 3)",
                     ["module", "self ms", "cumulative ms"], [[n, f"{s:.1f}", f"{c:.1f}"] for n, s, c in slow[key]])
+    slow["release path"] = import_times(["-c", RELEASE_IMPORTS], args.top)
+    print_table("`python -X importtime` of the release path: slowest packages and deployer modules (median of 3)",
+                ["module", "self ms", "cumulative ms"], [[n, f"{s:.1f}", f"{c:.1f}"] for n, s, c in slow["release path"]])
     path = save_result(args.save, {"machine": info, "runs": measured, "imports": slow,
                                    "hyperfine": bool(shutil.which("hyperfine"))})
     print(f"raw numbers: {path}")

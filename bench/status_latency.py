@@ -3,7 +3,7 @@
 Not part of the test suite. Needs what the end-to-end tests need (Docker engine, compose
 v2, the bench images, /usr/sbin/sshd). Run from the repository root:
 
-    .venv/bin/python bench/status_latency.py [--runs 7]
+    STATUS_BENCH_RUNS=7 .venv/bin/python bench/status_latency.py
 
 It runs itself under pytest to reuse the test bench (tests/bench: sshd on 127.0.0.1, an
 origin + laptop clone + server directory, the example app released over SSH), then
