@@ -77,11 +77,14 @@ def database_url_here(target: Target, db: facts.Container) -> Iterator[str]:
         yield url.set(host=host, port=port).render_as_string(hide_password=False)
 
 
-def read_revisions(target: Target) -> tuple[str, ...] | None:
-    """The database's alembic revision(s); ``None`` when the db service is not running."""
+def read_revisions(target: Target, db: facts.Container | None = None) -> tuple[str, ...] | None:
+    """The database's alembic revision(s); ``None`` when the db service is not running.
+
+    ``db`` is the db container when the caller already knows it (one round trip less).
+    """
     from deployer.migrations import database_revisions
 
-    db = running_db(target)
+    db = db or running_db(target)
     if db is None:
         return None
     with database_url_here(target, db) as url:

@@ -27,6 +27,7 @@ from deployer.target import Target, write_env_file
 
 if TYPE_CHECKING:
     from deployer.compose import Compose
+    from deployer.containers import Container
     from deployer.config import Environment
     from deployer.hosts import Host
 
@@ -82,6 +83,19 @@ class Run:
     timings: list[journal.StepTiming] = field(default_factory=list)
 
     schema_changed_at: float | None = None  # monotonic time the schema moved away from what runs
+    db_container: Container | None = None  # the running db container, once looked up
+
+    def revisions(self) -> tuple[str, ...] | None:
+        """The database's revision(s), reusing the db container found before (looked up again if it moved)."""
+        if self.db_container is not None:
+            try:
+                return project.read_revisions(self.target, self.db_container)
+            except DeployerError:
+                self.db_container = None  # recreated since: find it again
+        self.db_container = project.running_db(self.target)
+        if self.db_container is None:
+            return None
+        return project.read_revisions(self.target, self.db_container)
 
     @property
     def env(self) -> Environment:
@@ -222,7 +236,7 @@ def step_preflight(run: Run, step: Step) -> str:
         )
     records = journal.read(run.host, run.target.state_dir)
     run.previous_release = journal.last_succeeded(records)
-    run.revision_before = project.read_revisions(run.target)
+    run.revision_before = run.revisions()
     current = run.revision_before or ()
     unknown = [r for r in current if r not in run.scripts.revisions]
     if unknown:
@@ -286,12 +300,13 @@ def step_build(run: Run, step: Step) -> str:
 def step_database_up(run: Run, step: Step) -> str:
     db_service = run.target.config.app.db_service
     run.host.run(run.compose.up([db_service], no_deps=True), timeout=300, check=True)
+    run.db_container = None  # compose may have recreated it
     timeout = float(step.params.get("timeout", 120))
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         try:
-            revisions = project.read_revisions(run.target)
+            revisions = run.revisions()
             if revisions is not None:
                 if run.revision_before is None:
                     run.revision_before = revisions
@@ -343,7 +358,7 @@ def step_migrate(run: Run, step: Step) -> str:
 
 def guard_schema(run: Run) -> None:
     """Never start code whose migrations do not contain the database's revision."""
-    current = project.read_revisions(run.target) or ()
+    current = run.revisions() or ()
     assert run.scripts is not None
     unknown = [r for r in current if r not in run.scripts.revisions]
     if unknown:
@@ -369,6 +384,7 @@ def step_up(run: Run, step: Step) -> str:
             no_deps = bool(services)
     timeout = float(step.params.get("timeout", 600))
     run.host.run(run.compose.up(services, no_deps=no_deps), timeout=timeout, check=True)
+    run.db_container = None  # a full `up` may have recreated it
     # compose recreates exactly the containers whose image or configuration changed
     detail = "containers up to date" + (f" ({', '.join(services)})" if services else "")
     if run.schema_changed_at is not None:
@@ -378,7 +394,7 @@ def step_up(run: Run, step: Step) -> str:
 
 
 def step_verify(run: Run, step: Step) -> str:
-    revisions = project.read_revisions(run.target)
+    revisions = run.revisions()
     if revisions is None:
         raise DeployerError("the database is not running: cannot verify its revision")
     run.revision_after = revisions
@@ -398,7 +414,7 @@ def step_health(run: Run, step: Step) -> str:
 def step_record(run: Run, step: Step) -> str:
     run.release_images = save_images(run, run.target_release.id if run.target_release else run.id)
     if not run.revision_after:
-        run.revision_after = project.read_revisions(run.target) or ()
+        run.revision_after = run.revisions() or ()
     journal.append(run.host, run.target.state_dir, make_record(run, journal.SUCCEEDED))
     return f"{run.kind} {run.id} recorded; images saved as {', '.join(run.release_images.values()) or 'none'}"
 
@@ -487,7 +503,7 @@ def recover(run: Run, failure: BaseException) -> str:
             left.append(f"re-tag the saved images {', '.join(run.saved_images.values())} ({error.message})")
     if run.migrated:
         try:
-            now = project.read_revisions(run.target) or ()
+            now = run.revisions() or ()
         except DeployerError as error:
             now = None
             left.append(f"read the database revision ({error.message})")
@@ -501,7 +517,7 @@ def recover(run: Run, failure: BaseException) -> str:
                     run.compose.run(app.web_service, migration_argv(app.migrate_command, verb, target_rev)),
                     timeout=float(app.migrate_timeout),
                 )
-                after = project.read_revisions(run.target) or ()
+                after = run.revisions() or ()
                 moved = result.ok and set(after) == set(before)
                 if moved:
                     done.append(f"database {verb}d to {target_rev}")

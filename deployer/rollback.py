@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from deployer import backups, journal, project
+from deployer import backups, journal
 from deployer.errors import DeployerError, RefusedError
 from deployer.migrations import MigrationStep, downgrade_path
 from deployer.playbook import Playbook, Step
@@ -136,7 +136,7 @@ def step_preflight(run: Run, step: Step) -> str:
     run.remote = source.remote_url(repo, run.env.remote, cfg.root)
     run.commit = source.Commit(sha=chosen.commit, ref=chosen.id, subject=_subject(repo, chosen.commit), author="")
     run.id = "rollback-" + new_release_id(chosen.commit)
-    run.revision_before = project.read_revisions(run.target)
+    run.revision_before = run.revisions()
     if run.revision_before is None:
         raise DeployerError(f"the database of {run.env.name} is not running: start it before a rollback")
     if run.previous_commit is None:
@@ -228,7 +228,7 @@ def step_schema(run: Run, step: Step) -> str:
         run.migrated = True
         run.schema_changed_at = time.monotonic()
         backups.restore(run.target, backup)
-        return f"restored backup {backup.id}; database at {', '.join(project.read_revisions(run.target) or ()) or 'no revision'}"
+        return f"restored backup {backup.id}; database at {', '.join(run.revisions() or ()) or 'no revision'}"
     if not run.pending:
         raise Skip("the schema is already at the target revision")
     target_rev = run.heads[0] if run.heads else "base"

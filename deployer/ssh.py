@@ -44,6 +44,9 @@ _MAX_CONCURRENT_COMMANDS = 8
 # After asking the server to SIGTERM a timed-out command, how long before SIGKILL.
 _KILL_GRACE_SECONDS = 2.0
 _POLL_SECONDS = 0.2
+# A command's exit status does not make its channel readable: without data to wake it, the
+# output loop polls this often, which is what finishing a command costs at most.
+_EXIT_POLL_SECONDS = 0.02
 _GLOBAL_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 
 
@@ -363,7 +366,7 @@ class SSHHost:
                 and not channel.recv_stderr_ready()
             ):
                 return True
-            wait = _POLL_SECONDS
+            wait = _EXIT_POLL_SECONDS
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

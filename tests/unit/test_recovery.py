@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer import backups, health, project, release
+from deployer import backups, health, release
 from deployer.compose import V2, Compose
 from deployer.config import load_config
 from deployer.errors import DeployerError, ExitCode, RecoveryFailed
@@ -77,7 +77,7 @@ def make_run(cfg, host: FakeHost, **state: object) -> Run:  # noqa: ANN001
 def db(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
     """The database revision recovery reads back: a queue, the last value sticks."""
     values: list[tuple[str, ...]] = []
-    monkeypatch.setattr(project, "read_revisions", lambda target: values.pop(0) if len(values) > 1 else values[0])
+    monkeypatch.setattr(Run, "revisions", lambda run: values.pop(0) if len(values) > 1 else values[0])
     monkeypatch.setattr(health, "wait_healthy", lambda *a, **k: "healthy")
     return values
 
