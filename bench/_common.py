@@ -216,12 +216,7 @@ class SSHServer:
         return path
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -367,18 +362,7 @@ class Stack:
 
     def cleanup(self) -> None:
         """Remove every container, volume, network and image tag of the project, and the directories."""
-
-        def quiet(argv: list[str]) -> str:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False).stdout
-
-        label = f"label=com.docker.compose.project={self.name}"
-        ids = quiet(["docker", "ps", "-aq", "--filter", label]).split()
-        if ids:
-            quiet(["docker", "rm", "-f", "-v", *ids])
-        for volume in quiet(["docker", "volume", "ls", "-q", "--filter", label]).split() + [f"{self.name}_dbdata"]:
-            quiet(["docker", "volume", "rm", "-f", volume])
-        for network in quiet(["docker", "network", "ls", "-q", "--filter", label]).split():
-            quiet(["docker", "network", "rm", network])
+        remove_project(self.name, extra_volumes=(f"{self.name}_dbdata",))
         # Release tags: every tag of the app's own web image, and the saved tags deployer put
         # on the shared postgres image (deployer-<release id> / deployer-before-<release id>).
         tags = [t for t in quiet(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{self.name}-web"]).split()]
@@ -467,3 +451,30 @@ def save_result(name: str, payload: dict) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def quiet(argv: list[str]) -> str:
+    """Run a clean-up command; its failure is not ours to report. Returns stdout."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False).stdout
+
+
+def remove_project(name: str, *, extra_volumes: tuple[str, ...] = ()) -> None:
+    """Remove a compose project's containers, volumes and networks, found by its label."""
+    label = f"label=com.docker.compose.project={name}"
+    ids = quiet(["docker", "ps", "-aq", "--filter", label]).split()
+    if ids:
+        quiet(["docker", "rm", "-f", "-v", *ids])
+    for volume in quiet(["docker", "volume", "ls", "-q", "--filter", label]).split() + list(extra_volumes):
+        quiet(["docker", "volume", "rm", "-f", volume])
+    for network in quiet(["docker", "network", "ls", "-q", "--filter", label]).split():
+        quiet(["docker", "network", "rm", network])
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -42,6 +42,8 @@ from _common import (  # noqa: E402
     machine_info,
     median,
     print_table,
+    quiet,
+    remove_project,
     save_result,
 )
 from release_downtime import Events, breakdown  # noqa: E402
@@ -80,17 +82,7 @@ class Project:
         return time.monotonic() - started
 
     def cleanup(self) -> None:
-        def quiet(argv: list[str]) -> str:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False).stdout
-
-        label = f"label=com.docker.compose.project={self.name}"
-        ids = quiet(["docker", "ps", "-aq", "--filter", label]).split()
-        if ids:
-            quiet(["docker", "rm", "-f", "-v", *ids])
-        for volume in quiet(["docker", "volume", "ls", "-q", "--filter", label]).split():
-            quiet(["docker", "volume", "rm", "-f", volume])
-        for network in quiet(["docker", "network", "ls", "-q", "--filter", label]).split():
-            quiet(["docker", "network", "rm", network])
+        remove_project(self.name)
         tags = quiet(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{self.name}-web"]).split()
         if tags:
             quiet(["docker", "rmi", *tags])

@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     print_table,
     save_result,
     stack,
+    stop_process,
 )
 
 VARIANTS = ("manual", "classic", "default")
@@ -71,12 +72,7 @@ class Events:
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
     def read(self) -> list[tuple[float, str, str]]:
         """(time, action, container id) of what was emitted (call after the context exited)."""
