@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from deployer.compose import V2, Compose  # noqa: E402
+from deployer.commands.compose import V2, Compose  # noqa: E402
 from tests.bench.deployment import add_migration  # noqa: E402
 from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE, free_port  # noqa: E402
 from tests.bench.gitrepos import git, make_origin  # noqa: E402

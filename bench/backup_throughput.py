@@ -116,7 +116,7 @@ WEB_IMAGE = "{name}-web"
         # release writes; no release ran here, so write it the same way
         sys.path.insert(0, str(REPO))
         from deployer.config import load_config
-        from deployer.target import open_target, write_env_file
+        from deployer.server.target import open_target, write_env_file
 
         target = open_target(load_config(base / "deploy.toml", environ=environ), "bench")
         write_env_file(target)

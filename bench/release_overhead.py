@@ -79,14 +79,14 @@ def command_latency(s: Stack, runs: int = 20, poll: float | None = None) -> list
     """Wall time of ``host.run(["true"])`` over one open SSHHost connection."""
     import os
 
-    import deployer.ssh
+    import deployer.hosts.ssh
     from deployer.hosts import connect
-    from deployer.hostspec import parse_host
+    from deployer.hosts.spec import parse_host
 
-    saved_home, saved_poll = os.environ.get("HOME"), deployer.ssh._POLL_SECONDS
+    saved_home, saved_poll = os.environ.get("HOME"), deployer.hosts.ssh._POLL_SECONDS
     os.environ["HOME"] = str(s.home)
     if poll is not None:
-        deployer.ssh._POLL_SECONDS = poll
+        deployer.hosts.ssh._POLL_SECONDS = poll
     try:
         with connect(parse_host("bench")) as host:
             times = []
@@ -96,7 +96,7 @@ def command_latency(s: Stack, runs: int = 20, poll: float | None = None) -> list
                 times.append(time.monotonic() - started)
             return times
     finally:
-        deployer.ssh._POLL_SECONDS = saved_poll
+        deployer.hosts.ssh._POLL_SECONDS = saved_poll
         if saved_home is not None:
             os.environ["HOME"] = saved_home
 
@@ -104,14 +104,14 @@ def command_latency(s: Stack, runs: int = 20, poll: float | None = None) -> list
 def profile_release(s: Stack, poll: float | None = None) -> tuple[float, list[tuple[str, int, float]]]:
     """One more release, in this process, counting every command deployer runs on the host.
 
-    ``poll`` (an experiment) replaces deployer.ssh._POLL_SECONDS, the longest wait of the
+    ``poll`` (an experiment) replaces deployer.hosts.ssh._POLL_SECONDS, the longest wait of the
     SSH output loop, for this release only.
     """
     import os
 
-    import deployer.ssh
+    import deployer.hosts.ssh
     from deployer import api
-    from deployer.ssh import SSHHost
+    from deployer.hosts.ssh import SSHHost
 
     calls: list[tuple[str, float]] = []
     original = SSHHost.run
@@ -141,15 +141,15 @@ def profile_release(s: Stack, poll: float | None = None) -> tuple[float, list[tu
     saved = {k: os.environ.get(k) for k in ("HOME", "RECIPES_DB_PASSWORD")}
     os.environ.update({"HOME": str(s.home), "RECIPES_DB_PASSWORD": s.password})
     SSHHost.run = counted  # type: ignore[method-assign]
-    saved_poll = deployer.ssh._POLL_SECONDS
+    saved_poll = deployer.hosts.ssh._POLL_SECONDS
     if poll is not None:
-        deployer.ssh._POLL_SECONDS = poll
+        deployer.hosts.ssh._POLL_SECONDS = poll
     try:
         started = time.monotonic()
         api.release(s.env_name, config_path=s.laptop / "deploy.toml", yes=True)
         seconds = time.monotonic() - started
     finally:
-        deployer.ssh._POLL_SECONDS = saved_poll
+        deployer.hosts.ssh._POLL_SECONDS = saved_poll
         SSHHost.run = original  # type: ignore[method-assign]
         for key, value in saved.items():
             if value is None:
@@ -167,9 +167,9 @@ FAST_POLL = 0.005
 
 
 def _shipped_poll() -> float:
-    import deployer.ssh
+    import deployer.hosts.ssh
 
-    return deployer.ssh._POLL_SECONDS
+    return deployer.hosts.ssh._POLL_SECONDS
 
 
 def main() -> None:
@@ -234,7 +234,7 @@ def main() -> None:
         ["command", "count", "seconds"], [[k, str(n), f"{t:.2f}"] for k, n, t in profile[:14]],
     )
     print_table(
-        "Experiment: the SSH output loop's poll interval (deployer.ssh._POLL_SECONDS)",
+        "Experiment: the SSH output loop's poll interval (deployer.hosts.ssh._POLL_SECONDS)",
         ["", f"as shipped ({_shipped_poll()} s)", f"{FAST_POLL} s"],
         [["`host.run(['true'])` over an open connection", fmt_runs(latency, digits=3), fmt_runs(latency_fast, digits=3)],
          ["release, in-process", fmt_runs(shipped_runs, digits=1), fmt_runs(fast_runs, digits=1)]],

@@ -17,7 +17,7 @@ prints the median wall time of RUNS runs of:
 and, in this process over one open SSH connection, the three ways of reading the
 project's containers that were considered:
 
-  compose ps+inspect `docker compose ps -q` then `docker inspect` (deployer.project)
+  compose ps+inspect `docker compose ps -q` then `docker inspect` (deployer.server.facts)
   ps|inspect         one `docker ps --filter label=... | docker inspect` command (deployer.status)
   docker SDK ssh://  docker.DockerClient(base_url="ssh://...", use_ssh_client=False): a second
                      (paramiko) SSH connection + `docker system dial-stdio`, import included
@@ -41,7 +41,7 @@ RUNS = int(os.environ.get("STATUS_BENCH_RUNS", "7"))
 CLI = "import sys\nfrom deployer import cli\ncli.main(sys.argv[1:])\n"
 
 IMPORTS = (
-    "import deployer.cli, deployer.cli_status, deployer.config, deployer.status, git, paramiko, psycopg2, "
+    "import deployer.cli, deployer.cli.status, deployer.config, deployer.status, git, paramiko, psycopg2, "
     "alembic.runtime.migration, sqlalchemy.dialects.postgresql.psycopg2"
 )
 
@@ -99,10 +99,10 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     ssh = ["ssh", "-F", str(d.home / ".ssh" / "config"), "-o", "BatchMode=yes", "bench", remote]
     manual = [_timed(ssh) for _ in range(RUNS)]
 
-    from deployer import project
+    from deployer.server import facts as project
     from deployer.config import load_config
     from deployer.status import read_containers
-    from deployer.target import open_target
+    from deployer.server.target import open_target
 
     old_home = os.environ.get("HOME")
     os.environ["HOME"] = str(d.home)  # paramiko reads ~/.ssh/config from $HOME

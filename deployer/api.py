@@ -12,7 +12,7 @@ from deployer.errors import DeployerError
 
 if TYPE_CHECKING:
     from deployer.hosts import Host
-    from deployer.lock import LockInfo
+    from deployer.server.lock import LockInfo
     from deployer.plan import Plan
     from deployer.playbook import Playbook
     from deployer.release import Options
@@ -86,7 +86,7 @@ def _operate(
     from deployer.plan import build_plan
     from deployer.release import Run
     from deployer.runner import execute
-    from deployer.target import open_target
+    from deployer.server.target import open_target
 
     cfg.environment(env)
     target = open_target(cfg, env, host=host, prepare=not options.dry_run)
@@ -141,8 +141,8 @@ def history(env: str, *, config_path: Path | None = None, limit: int | None = No
 
 def lock_status(env: str, *, config_path: Path | None = None) -> LockInfo | None:
     """Who holds the environment's deploy lock, or None."""
-    from deployer.lock import read_lock
-    from deployer.target import open_target
+    from deployer.server.lock import read_lock
+    from deployer.server.target import open_target
 
     cfg = load(config_path)
     target = open_target(cfg, env)
@@ -154,9 +154,9 @@ def lock_status(env: str, *, config_path: Path | None = None) -> LockInfo | None
 
 def lock_release(env: str, *, config_path: Path | None = None) -> LockInfo | None:
     """Break the environment's deploy lock (after a crashed run); returns who held it."""
-    from deployer.lock import read_lock
-    from deployer.lock import release as release_lock
-    from deployer.target import open_target
+    from deployer.server.lock import read_lock
+    from deployer.server.lock import release as release_lock
+    from deployer.server.target import open_target
 
     cfg = load(config_path)
     target = open_target(cfg, env)

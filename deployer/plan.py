@@ -7,7 +7,7 @@ import shlex
 from dataclasses import asdict, dataclass
 
 from deployer.playbook import Step
-from deployer import project
+from deployer.server import facts as project
 from deployer.release import Run, downgrade_argv, saved_tag
 
 

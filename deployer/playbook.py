@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import shlex
 import tomllib
+from importlib import resources
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from typing import Any
 
 from deployer.errors import ConfigError
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "playbooks"
+# Package data: present in every install (wheel, sdist, editable), read through importlib.resources.
+BUILTIN_DIR = Path(str(resources.files("deployer") / "playbooks"))
 
 # name -> {parameter: (type, description)}
 STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {

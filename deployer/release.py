@@ -17,17 +17,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from deployer import backups, gitops, health, journal, lock, project
-from deployer.compose import parse_lines
+from deployer.db import backups
+from deployer.commands import git as gitops
+from deployer.server import health
+from deployer.server import journal
+from deployer.server import lock
+from deployer.server import facts as project
+from deployer.commands.compose import parse_lines
 from deployer.errors import CommandError, DeployerError, RefusedError
-from deployer.migrations import MigrationScripts, MigrationStep, upgrade_path
+from deployer.db.migrations import MigrationScripts, MigrationStep, upgrade_path
 from deployer.playbook import Playbook, Step
 from deployer.source import Commit
-from deployer.target import Target, write_env_file
+from deployer.server.target import Target, write_env_file
 
 if TYPE_CHECKING:
-    from deployer.compose import Compose
-    from deployer.containers import Container
+    from deployer.commands.compose import Compose
+    from deployer.commands.docker import Container
     from deployer.config import Environment
     from deployer.hosts import Host
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from deployer import backups, journal
+from deployer.db import backups
+from deployer.server import journal
 from deployer.errors import DeployerError, RefusedError
-from deployer.migrations import MigrationStep, downgrade_path
+from deployer.db.migrations import MigrationStep, downgrade_path
 from deployer.playbook import Playbook, Step
 from deployer.release import (
     Run,

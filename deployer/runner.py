@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from deployer import journal, lock
+from deployer.server import journal
+from deployer.server import lock
 from deployer.errors import DeployerError, ExitCode, RecoveryFailed
 from deployer.playbook import Step
 from deployer.release import STEPS, Run, Skip, make_record, recover

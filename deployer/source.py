@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployer import gitops
+from deployer.commands import git as gitops
 from deployer.errors import ConfigError, DeployerError
-from deployer.migrations import MigrationScripts, scripts_from_sources, version_files
+from deployer.db.migrations import MigrationScripts, scripts_from_sources, version_files
 
 SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
 

@@ -32,11 +32,11 @@ from deployer.errors import DeployerError, ExitCode
 
 if TYPE_CHECKING:
     from deployer.config import Config
-    from deployer.containers import Container
-    from deployer.journal import Record
+    from deployer.commands.docker import Container
+    from deployer.server.journal import Record
     from deployer.hosts import Host
-    from deployer.migrations import MigrationScripts
-    from deployer.target import Target
+    from deployer.db.migrations import MigrationScripts
+    from deployer.server.target import Target
 
 T = TypeVar("T")
 
@@ -234,7 +234,7 @@ def assess(
     schema); known to neither, it is UNKNOWN. The tip's heads only decide the verdict
     when the database is otherwise up to date: unmerged heads there block the next release.
     """
-    from deployer.migrations import VerdictKind, verdict
+    from deployer.db.migrations import VerdictKind, verdict
 
     deployed_heads = deployed.heads if deployed else ()
     tip_heads = tip.heads if tip else ()
@@ -334,7 +334,7 @@ def exit_code_for(database: DatabaseState, problems: Sequence[str]) -> int:
 
 
 def read_containers(host: Host, project: str) -> list[Container]:
-    from deployer import containers as facts
+    from deployer.commands import docker as facts
 
     result = host.run(facts.project_argv(project), timeout=30)
     if not result.ok:
@@ -356,7 +356,7 @@ def read_newest_backup(host: Host, backup_dir: str) -> BackupSummary | None:
     """The newest backup's description (ids sort by time), read alone rather than all of them."""
     import json
 
-    from deployer.backups import META_SUFFIX
+    from deployer.db.backups import META_SUFFIX
 
     listing = host.run(["find", backup_dir, "-maxdepth", "1", "-name", "*" + META_SUFFIX, "-type", "f"], timeout=30)
     paths = sorted(listing.stdout.split()) if listing.ok else []
@@ -377,8 +377,8 @@ def read_newest_backup(host: Host, backup_dir: str) -> BackupSummary | None:
 
 def _host_scripts(host: Host, path: str, sha: str, migrations_dir: str) -> MigrationScripts:
     """Migration scripts of ``sha`` read from the host's checkout (when the local repo lacks it)."""
-    from deployer import gitops
-    from deployer.migrations import scripts_from_sources, version_files
+    from deployer.commands import git as gitops
+    from deployer.db.migrations import scripts_from_sources, version_files
 
     listing = host.run(gitops.list_files(path, sha, migrations_dir), timeout=30).check("list the migrations on the host")
     files = version_files(gitops.parse_file_list(listing.stdout), migrations_dir)
@@ -407,7 +407,7 @@ def _import_source() -> None:
     """Import GitPython and the migrations reader (alembic's revision map, SQLAlchemy core)."""
     import git  # noqa: F401
 
-    import deployer.migrations  # noqa: F401
+    import deployer.db.migrations  # noqa: F401
     import deployer.source  # noqa: F401
 
 
@@ -417,13 +417,13 @@ def _import_database() -> None:
     import psycopg2  # noqa: F401
     import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
 
-    import deployer.project  # noqa: F401
+    import deployer.server.facts  # noqa: F401
 
 
 def _target(cfg: Config, env_name: str, host: Host) -> Target:
     """A Target without probing compose: status runs no compose command."""
-    from deployer import compose as compose_cmds
-    from deployer.target import ENV_FILE, STATE_DIR, Target
+    from deployer.commands import compose as compose_cmds
+    from deployer.server.target import ENV_FILE, STATE_DIR, Target
 
     env = cfg.environment(env_name)
     compose = compose_cmds.Compose(
@@ -446,7 +446,12 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
     environment = cfg.environment(env)
     branch = environment.branch or cfg.app.branch
     # Light modules first, in this thread, so no two threads import the same module.
-    from deployer import backups, containers, gitops, journal, lock, target as _  # noqa: F401
+    from deployer.db import backups
+    from deployer.commands import docker as containers
+    from deployer.commands import git as gitops
+    from deployer.server import journal
+    from deployer.server import lock
+    from deployer.server import target as _  # noqa: F401
     from deployer.hosts import connect
 
     # The slow imports load in ONE thread while this one waits on the SSH handshake:
@@ -537,8 +542,8 @@ def _after(first: Future[None], fn: Callable[..., T], *args: Any) -> T:
 
 
 def _read_db(target: Target, db: Container) -> tuple[tuple[str, ...] | None, str | None]:
-    from deployer.migrations import database_revisions
-    from deployer.project import database_url_here
+    from deployer.db.migrations import database_revisions
+    from deployer.server.facts import database_url_here
 
     try:
         with database_url_here(target, db) as url:
@@ -594,8 +599,8 @@ def _deployed_code(
 
 def history(cfg_or_path: Config | str | Path | None, env: str, *, limit: int | None = None, host: Host | None = None) -> History:
     """The environment's releases and rollbacks, newest first (at most ``limit``)."""
-    from deployer import journal
-    from deployer.target import STATE_DIR
+    from deployer.server import journal
+    from deployer.server.target import STATE_DIR
 
     cfg = _load(cfg_or_path)
     environment = cfg.environment(env)
@@ -620,7 +625,7 @@ def history(cfg_or_path: Config | str | Path | None, env: str, *, limit: int | N
 
 
 def _age(iso: str | None, now: datetime) -> str:
-    from deployer.lock import format_age
+    from deployer.server.lock import format_age
 
     if not iso or iso.startswith("0001-"):
         return "?"

@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deployer.hostspec import HostSpec
+from deployer.hosts.spec import HostSpec
 
 SSHD = "/usr/sbin/sshd"
 LOOPBACK = "127.0.0.1"

@@ -287,7 +287,7 @@ def sqlite_target(tmp_path: Path, docker_engine, bench_images):  # noqa: ANN001,
     import secrets
 
     from deployer.config import load_config
-    from deployer.target import open_target, write_env_file
+    from deployer.server.target import open_target, write_env_file
 
     server = tmp_path / "server"
     server.mkdir()
@@ -316,7 +316,7 @@ PYTHON_IMAGE = "{bench_images.python}"
 
 
 def test_sqlite_backup_restore_and_corruption(sqlite_target) -> None:  # noqa: ANN001
-    from deployer import backups as api
+    from deployer.db import backups as api
 
     t = sqlite_target
 

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
-from deployer.migrations import script_heads
+from deployer.db.migrations import script_heads
 from tests.bench.docker import REPO_ROOT, ComposeStack
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""deployer.gitops argv, run for real against real repositories (tests/bench/gitrepos.py)."""
+"""deployer.commands.git argv, run for real against real repositories (tests/bench/gitrepos.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer import gitops
-from deployer.migrations import MigrationScripts, scripts_from_sources, upgrade_path, version_files
+from deployer.commands import git as gitops
+from deployer.db.migrations import MigrationScripts, scripts_from_sources, upgrade_path, version_files
 from tests.bench.gitrepos import GitOrigin, git_env
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""deployer.migrations against a real PostgreSQL (tests/bench/postgres.py), migrated by real alembic."""
+"""deployer.db.migrations against a real PostgreSQL (tests/bench/postgres.py), migrated by real alembic."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 
 from deployer.errors import HostError
-from deployer.migrations import VerdictKind, database_revisions, load_scripts, upgrade_path, verdict
+from deployer.db.migrations import VerdictKind, database_revisions, load_scripts, upgrade_path, verdict
 from tests.bench.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration

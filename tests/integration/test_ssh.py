@@ -15,8 +15,8 @@ import pytest
 
 from deployer.errors import CommandError, HostError, HostKeyError
 from deployer.hosts import Host, connect
-from deployer.hostspec import HostSpec, parse_host
-from deployer.ssh import SSHHost, fingerprint, resolve_target
+from deployer.hosts.spec import HostSpec, parse_host
+from deployer.hosts.ssh import SSHHost, fingerprint, resolve_target
 from tests.bench.sshd import SSHBench, SSHHome, free_port, write_ed25519_key
 
 pytestmark = pytest.mark.integration
@@ -404,7 +404,7 @@ def test_closed_host_refuses_commands(sshd: SSHBench, ssh_home: SSHHome) -> None
 
 
 def test_pid_report_is_removed_from_stderr_even_when_split() -> None:
-    from deployer.ssh import _PidReport
+    from deployer.hosts.ssh import _PidReport
 
     report = _PidReport("deployer-pid-abc:")
     pieces = [

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from deployer import backups
-from deployer.backups import Backup, BackupError, select_retention
-from deployer.compose import Compose
+from deployer.db import backups
+from deployer.db.backups import Backup, BackupError, select_retention
+from deployer.commands.compose import Compose
 from deployer.config import load_config
 from deployer.hosts import LocalHost
-from deployer.journal import Record
-from deployer.target import Target
+from deployer.server.journal import Record
+from deployer.server.target import Target
 
 
 def backup(id_: str, created: str, release: str | None = None) -> Backup:

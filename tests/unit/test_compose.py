@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from deployer import compose
-from deployer.compose import Compose, parse_ps, parse_version
+from deployer.commands import compose
+from deployer.commands.compose import Compose, parse_ps, parse_version
 
 V2 = Compose(program=compose.V2, project="recipes", project_dir="/srv/recipes", files=("/srv/recipes/docker-compose.prod.yml",), env_file="/srv/recipes/.deployer/compose.env")
 V1 = Compose(program=compose.V1, project="recipes", project_dir="/srv/r", files=("/srv/r/c.yml",))

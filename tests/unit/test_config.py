@@ -17,8 +17,8 @@ from deployer.config import (
     show_config,
 )
 from deployer.errors import ConfigError, ExitCode
-from deployer.hostspec import HostSpec
-from deployer.interpolate import InterpolationError, interpolate, interpolate_tree
+from deployer.hosts.spec import HostSpec
+from deployer.config.interpolate import InterpolationError, interpolate, interpolate_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

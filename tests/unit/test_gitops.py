@@ -1,4 +1,4 @@
-"""Exact argv of deployer.gitops builders, and its parsers on real and broken output."""
+"""Exact argv of deployer.commands.git builders, and its parsers on real and broken output."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from deployer import gitops
-from deployer.gitops import StatusEntry
+from deployer.commands import git as gitops
+from deployer.commands.git import StatusEntry
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SHA2 = "89abcdef0123456789abcdef0123456789abcdef"

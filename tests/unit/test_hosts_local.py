@@ -16,7 +16,7 @@ import pytest
 
 from deployer.errors import CommandError
 from deployer.hosts import Host, LocalHost, Result, connect, output_tail, remote_command
-from deployer.hostspec import LOCAL
+from deployer.hosts.spec import LOCAL
 
 NASTY_ARGS = [
     "two words",

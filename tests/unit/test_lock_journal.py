@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deployer import journal, lock
+from deployer.server import journal
+from deployer.server import lock
 from deployer.errors import ExitCode, LockHeldError
 from deployer.hosts import LocalHost
 

@@ -1,4 +1,4 @@
-"""alembic graph logic of deployer.migrations, on small migration directories written per test."""
+"""alembic graph logic of deployer.db.migrations, on small migration directories written per test."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError, DeployerError
-from deployer.migrations import (
+from deployer.db.migrations import (
     MigrationError,
     MigrationStep,
     VerdictKind,
@@ -510,7 +510,7 @@ def test_redact_url(url: str, expected: str) -> None:
 
 
 def test_malformed_url_is_a_config_error() -> None:
-    from deployer.migrations import database_revisions
+    from deployer.db.migrations import database_revisions
 
     with pytest.raises(ConfigError) as caught:
         database_revisions("nosuchdialect://app:s3cret@127.0.0.1/app")

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from deployer import backups, health, release
-from deployer.compose import V2, Compose
+from deployer import release
+from deployer.db import backups
+from deployer.server import health
+from deployer.commands.compose import V2, Compose
 from deployer.config import load_config
 from deployer.errors import DeployerError, ExitCode, RecoveryFailed
 from deployer.hosts import Result
 from deployer.playbook import Playbook
 from deployer.release import Options, Run, recover
-from deployer.target import Target
+from deployer.server.target import Target
 
 OLD, NEW = "a" * 40, "b" * 40
 

@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from deployer.containers import parse_ids, parse_inspect
+from deployer.commands.docker import parse_ids, parse_inspect
 from deployer.errors import ConfigError, DeployerError
 from deployer.release import downgrade_argv, new_release_id, saved_tag, split_image
-from deployer.target import env_file_text, shell
+from deployer.server.target import env_file_text, shell
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_parse_inspect() -> None:
 def test_container_age_from_docker_times() -> None:
     from datetime import datetime, timedelta, timezone
 
-    from deployer.health import _age
+    from deployer.server.health import _age
 
     ten_ago = (datetime.now(timezone.utc) - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
     assert 9.5 < _age(ten_ago) < 11

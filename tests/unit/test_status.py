@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import pytest
 
 from deployer.errors import ExitCode
-from deployer.migrations import scripts_from_sources
-from deployer.journal import Record
+from deployer.db.migrations import scripts_from_sources
+from deployer.server.journal import Record
 from deployer.status import (
     BackupSummary,
     CodeState,
@@ -143,7 +143,7 @@ def test_service_problems() -> None:
 
 
 def test_containers_argv_passes_the_project_as_an_argument() -> None:
-    from deployer.containers import project_argv
+    from deployer.commands.docker import project_argv
 
     argv = project_argv("my-app; rm -rf /")
     assert argv[:2] == ["sh", "-c"] and argv[-1] == "my-app; rm -rf /"

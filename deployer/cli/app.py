@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from deployer.cli_common import ConfigOption, EnvArgument, JsonOption, confirmer
+from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer
 
 from deployer import __version__
 from deployer.errors import DeployerError, ExitCode
@@ -62,7 +62,7 @@ def config_show(env: EnvArgument, config: ConfigOption = None, as_json: JsonOpti
     if as_json:
         typer.echo(json.dumps(shown, indent=2, sort_keys=False))
         return
-    from deployer.render import render_mapping
+    from deployer.cli.render import render_mapping
 
     render_mapping(shown)
 
@@ -99,7 +99,7 @@ def release_cmd(
     Example:  deployer release production --ref v1.4.0 --dry-run
     """
     from deployer import api
-    from deployer.render import progress_printer, render_plan
+    from deployer.cli.render import progress_printer, render_plan
 
     log = progress_printer()
     result = api.release(
@@ -142,7 +142,7 @@ def rollback_cmd(
     Example:  deployer rollback production 56b67 --dry-run
     """
     from deployer import api
-    from deployer.render import progress_printer, render_plan
+    from deployer.cli.render import progress_printer, render_plan
 
     result = api.rollback(
         env,
@@ -166,8 +166,8 @@ def rollback_cmd(
 lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
 
-from deployer.cli_backups import backups_app  # noqa: E402 - these import only typer at start-up
-from deployer.cli_status import history_cmd, status_cmd  # noqa: E402
+from deployer.cli.backups import backups_app  # noqa: E402 - these import only typer at start-up
+from deployer.cli.status import history_cmd, status_cmd  # noqa: E402
 
 app.add_typer(backups_app, name="backups")
 app.command("status")(status_cmd)

@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from deployer import compose as compose_cmds
+from deployer.commands import compose as compose_cmds
 from deployer.config import Config, Environment
 from deployer.errors import ConfigError, HostError
 from deployer.hosts import Host, connect

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer.errors import CommandError, DeployerError, RefusedError
-from deployer.target import Target, shell
+from deployer.server.target import Target, shell
 
 DUMP_SUFFIX = ".dump"
 META_SUFFIX = ".json"
@@ -413,7 +413,7 @@ def current_revision(target: Target) -> tuple[str, ...]:
         result = target.host.run(_sqlite_run(target, SQLITE_REVISION, path), timeout=300)
         result.check("read the SQLite database's revision")
         return tuple(result.stdout.split())
-    from deployer import project
+    from deployer.server import facts as project
 
     revisions = project.read_revisions(target)
     if revisions is None:
@@ -452,7 +452,8 @@ def restore_environment(
     ``confirm`` asks the user a yes/no question; ``None`` means there is no terminal, and
     then only ``yes`` lets the restore go on (never a hang waiting for input).
     """
-    from deployer import journal, lock
+    from deployer.server import journal
+    from deployer.server import lock
 
     backup = find(target, backup_id)
     log(f"verifying backup {backup.id} ...")
@@ -494,7 +495,8 @@ def create_environment(
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[Backup, Path | None]:
     """A manual backup under the deploy lock, verified; optionally copied to this machine."""
-    from deployer import journal, lock
+    from deployer.server import journal
+    from deployer.server import lock
 
     with lock.held(target.host, target.state_dir, f"backups create {target.name}", env_name=target.name):
         revision = current_revision(target)
@@ -580,7 +582,8 @@ def prune(target: Target, *, keep: int | None = None, dry_run: bool = False) -> 
     With ``dry_run`` nothing is removed and no lock is taken. Otherwise runs under the
     deploy lock, so a dump being written by a release is never mistaken for a leftover.
     """
-    from deployer import journal, lock
+    from deployer.server import journal
+    from deployer.server import lock
 
     keep = keep or target.env.keep_backups
 

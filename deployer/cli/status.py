@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from deployer.cli_common import ConfigOption, EnvArgument, JsonOption
+from deployer.cli.common import ConfigOption, EnvArgument, JsonOption
 
 from deployer.errors import DeployerError
 

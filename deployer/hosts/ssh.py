@@ -28,7 +28,7 @@ import paramiko
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from deployer.errors import ConfigError, HostError, HostKeyError
-from deployer.hosts import (
+from deployer.hosts.base import (
     OutputCallback,
     OutputCollector,
     Result,
@@ -36,7 +36,7 @@ from deployer.hosts import (
     remote_command,
     timeout_error,
 )
-from deployer.hostspec import HostSpec
+from deployer.hosts.spec import HostSpec
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # OpenSSH allows 10 sessions per connection by default (MaxSessions); SFTP takes one.

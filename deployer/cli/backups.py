@@ -1,7 +1,7 @@
 """``deployer backups``: create, list, verify, restore and prune an environment's database dumps.
 
 A typer sub-app (``backups_app``); heavy modules are imported inside the commands so that
-``deployer --help`` stays fast. The logic lives in :mod:`deployer.backups`.
+``deployer --help`` stays fast. The logic lives in :mod:`deployer.db.backups`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from deployer.cli_common import ConfigOption, EnvArgument, JsonOption, confirmer
+from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer
 
 if TYPE_CHECKING:
-    from deployer.backups import Backup
-    from deployer.target import Target
+    from deployer.db.backups import Backup
+    from deployer.server.target import Target
 
 backups_app = typer.Typer(help="Database backups: create, list, verify, restore, prune.", no_args_is_help=True)
 
@@ -27,7 +27,7 @@ backups_app = typer.Typer(help="Database backups: create, list, verify, restore,
 @contextmanager
 def _target(env: str, config: Path | None) -> Iterator[Target]:
     from deployer.config import load_config
-    from deployer.target import open_target
+    from deployer.server.target import open_target
 
     target = open_target(load_config(config), env)
     try:
@@ -67,7 +67,7 @@ def create_cmd(
 
     Example:  deployer backups create production --download ./backups
     """
-    from deployer.backups import create_environment
+    from deployer.db.backups import create_environment
 
     with _target(env, config) as target:
         backup, local = create_environment(target, download_to=download, log=_log)
@@ -85,7 +85,7 @@ def list_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption 
 
     Example:  deployer backups list production --json
     """
-    from deployer.backups import list_backups
+    from deployer.db.backups import list_backups
 
     with _target(env, config) as target:
         backups = list_backups(target)
@@ -114,7 +114,7 @@ def verify_cmd(
 
     Example:  deployer backups verify production latest
     """
-    from deployer.backups import BackupError, check, find, list_backups
+    from deployer.db.backups import BackupError, check, find, list_backups
 
     results = []
     with _target(env, config) as target:
@@ -149,7 +149,7 @@ def restore_cmd(
 
     Example:  deployer backups restore production 20250101T120000123456Z --yes
     """
-    from deployer.backups import restore_environment
+    from deployer.db.backups import restore_environment
 
     confirm = confirmer()
     with _target(env, config) as target:
@@ -176,7 +176,7 @@ def prune_cmd(
 
     Example:  deployer backups prune production --dry-run
     """
-    from deployer.backups import prune
+    from deployer.db.backups import prune
 
     with _target(env, config) as target:
         decision = prune(target, keep=keep, dry_run=dry_run)

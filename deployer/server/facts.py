@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from deployer import containers as facts
+from deployer.commands import docker as facts
 from deployer.errors import DeployerError, HostError
-from deployer.target import Target
+from deployer.server.target import Target
 
 POSTGRES_PORT = 5432
 
@@ -82,7 +82,7 @@ def read_revisions(target: Target, db: facts.Container | None = None) -> tuple[s
 
     ``db`` is the db container when the caller already knows it (one round trip less).
     """
-    from deployer.migrations import database_revisions
+    from deployer.db.migrations import database_revisions
 
     db = db or running_db(target)
     if db is None:

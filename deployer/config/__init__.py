@@ -26,8 +26,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from deployer.errors import ConfigError
-from deployer.hostspec import HostSpec, parse_host
-from deployer.interpolate import (
+from deployer.hosts.spec import HostSpec, parse_host
+from deployer.config.interpolate import (
     REDACTED,
     InterpolationError,
     interpolate_tree,

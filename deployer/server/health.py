@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
 
-from deployer import project
+from deployer.server import facts as project
 from deployer.errors import DeployerError
-from deployer.target import Target
+from deployer.server.target import Target
 
 
 class HealthError(DeployerError):
