@@ -50,6 +50,10 @@ class HostError(DeployerError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class ConnectionLost(HostError):
+    """An established connection to a host broke (the network, the server, its sshd)."""
+
+
 class HostKeyError(HostError):
     """The server's SSH host key is unknown or has changed."""
 

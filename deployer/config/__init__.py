@@ -55,6 +55,14 @@ class AppConfig:
     migrate_command: tuple[str, ...]
     migrate_timeout: float
     branch: str
+    # The variable of the web service's environment that holds the database URL, when it is
+    # neither DATABASE_URL nor SQLALCHEMY_DATABASE_URI.
+    database_url_variable: str | None = None
+
+    @property
+    def has_db_service(self) -> bool:
+        """False for an app without a database container (SQLite in a volume): ``db_service = ""``."""
+        return bool(self.db_service)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,13 @@ class Environment:
     remote: str | None
     env: Mapping[str, str] = field(repr=False)  # may hold secrets: kept out of repr
     database_url: str | None = field(default=None, repr=False)
+    # deployer's own files on the host (journal, lock, step log, the compose env file):
+    # outside the checkout, so no `COPY . .` bakes them into an image.
+    state_dir: str = ""
+    healthcheck_command: tuple[str, ...] | None = None  # run in the new web container
+    healthcheck_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    healthcheck_status: tuple[int, ...] = ()  # empty: any 2xx
+    healthcheck_body: str | None = None  # text the health page must contain
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,16 @@ class Config:
     def redact(self, text: str) -> str:
         """``text`` with every secret of this configuration replaced by ``***``."""
         return redact(text, self.secrets)
+
+
+def default_state_dir(path: str) -> str:
+    """Where deployer keeps its files for a checkout at ``path``: beside it, never inside it.
+
+    ``/srv/recipes`` -> ``/srv/recipes.deployer``. Inside the checkout they would be in the
+    docker build context of every app built from ``.``, and a ``COPY . .`` would bake the
+    secrets and the database dumps into the image.
+    """
+    return posixpath.normpath(path).rstrip("/") + ".deployer"
 
 
 def find_config(start: Path) -> Path:
@@ -299,6 +324,7 @@ _KEY_DESCRIPTIONS = {  # by the length of the key path of a table key that break
 }
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 _SERVICE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_SERVICE_OR_NONE = r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*)?$"
 _SECONDS = "a number of seconds > 0"
 _ABSOLUTE = 'an absolute path (e.g. "/srv/recipes")'
 _BRANCH = 'a git branch name (e.g. "main")'
@@ -310,12 +336,15 @@ class _App(BaseModel):
         'a compose project name: lowercase letters, digits, "_" and "-", starting with a letter or digit'))
     compose_file: _RelativePath = Field("docker-compose.yml", description="a path relative to the repository root")
     web_service: str = Field("web", pattern=_SERVICE, description='a compose service name (e.g. "web")')
-    db_service: str = Field("db", pattern=_SERVICE, description='a compose service name (e.g. "db")')
+    db_service: str = Field("db", pattern=_SERVICE_OR_NONE, description=(
+        'a compose service name (e.g. "db"), or "" when the database is SQLite in a volume'))
     migrations_dir: _RelativePath = Field("migrations", description="a path relative to the repository root")
     migrate_command: Annotated[str, AfterValidator(_check_command)] = Field(
         "flask db upgrade", description='a command line (e.g. "flask db upgrade")')
     migrate_timeout: float = Field(600.0, gt=0, description=_SECONDS)
     branch: _Branch = Field("main", description=_BRANCH)
+    database_url_variable: _VarName | None = Field(None, description=(
+        'an environment variable name of the web service (e.g. "APP_DATABASE_URL")'))
 
 
 class _Environment(BaseModel):
@@ -326,6 +355,16 @@ class _Environment(BaseModel):
     healthcheck_url: Annotated[str, AfterValidator(partial(_check_url, http_only=True))] | None = Field(
         None, description='an http(s) URL (e.g. "http://127.0.0.1:8000/health")')
     backup_dir: _AbsolutePath | None = Field(None, description=_ABSOLUTE)
+    state_dir: _AbsolutePath | None = Field(None, description=_ABSOLUTE)
+    healthcheck_command: Annotated[str, AfterValidator(_check_command)] | list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
+        None, description='a command line run in the new web container (e.g. "flask check-db"), or a list of words')
+    healthcheck_headers: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")],
+                              Annotated[str, AfterValidator(_check_single_line)]] = Field(
+        default_factory=dict, description='a table of HTTP header = "value" strings')
+    healthcheck_status: Annotated[int, Field(ge=100, le=599)] | list[Annotated[int, Field(ge=100, le=599)]] | None = Field(
+        None, description="an HTTP status (e.g. 200) or an array of them")
+    healthcheck_body: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        None, description="text the health page's body must contain")
     keep_backups: int = Field(10, ge=1, description="an integer >= 1")
     playbook: str = Field("release", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description=(
         'a playbook name: letters, digits, "_" and "-" (e.g. "release", "classic")'))
@@ -427,9 +466,16 @@ def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
     environments: dict[str, Environment] = {}
     secrets = set(interpolated)
     for name, raw in schemas.items():
+        state_dir = raw.state_dir or default_state_dir(raw.path)
+        command = raw.healthcheck_command
+        status = raw.healthcheck_status
         environments[name] = Environment(**{
             **raw.model_dump(), "name": name, "host": parse_host(raw.host), "env": MappingProxyType(dict(raw.env)),
-            "backup_dir": raw.backup_dir or posixpath.join(raw.path, "backups"), "branch": raw.branch or app.branch,
+            "state_dir": state_dir, "backup_dir": raw.backup_dir or posixpath.join(state_dir, "backups"),
+            "branch": raw.branch or app.branch,
+            "healthcheck_command": None if command is None else tuple(shlex.split(command) if isinstance(command, str) else command),
+            "healthcheck_headers": MappingProxyType(dict(raw.healthcheck_headers)),
+            "healthcheck_status": () if status is None else ((status,) if isinstance(status, int) else tuple(status)),
         })
         secrets.update(value for key, value in raw.env.items() if looks_secret(key))
         passwords = [url_password(url) for url in (raw.database_url, raw.remote) if url]

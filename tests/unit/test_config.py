@@ -321,7 +321,7 @@ def test_valid_file_gives_typed_frozen_objects(tmp_path: Path) -> None:
         name="production", host=HostSpec("203.0.113.10", user="deploy"), path="/srv/recipes",
         healthcheck_url="http://127.0.0.1:8000/health", backup_dir="/srv/recipes/backups", keep_backups=10,
         playbook="release", health_timeout=60.0, branch="main", remote=None, env={"WEB_PORT": "8000"},
-        database_url=None,
+        database_url=None, state_dir="/srv/recipes.deployer",
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         production.keep_backups = 3  # type: ignore[misc]
@@ -354,7 +354,9 @@ keep_backup = 3
     staging = config.environment("staging")
     assert staging.host == HostSpec("example.com", user="ops", port=2222)
     assert staging.path == "/srv/shop"
-    assert staging.backup_dir == "/srv/shop/backups"
+    # deployer's files and the backups live beside the checkout, outside its build context
+    assert staging.state_dir == "/srv/shop.deployer"
+    assert staging.backup_dir == "/srv/shop.deployer/backups"
     assert (staging.keep_backups, staging.playbook, staging.health_timeout) == (10, "release", 60.0)
     assert staging.healthcheck_url is None and staging.database_url is None
     assert staging.branch == "release/2.0"
