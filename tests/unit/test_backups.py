@@ -148,6 +148,7 @@ def target(tmp_path: Path) -> Target:
         f'[app]\nname = "shop"\n\n[environments.production]\nhost = "local"\npath = "{app_dir}"\n'
     )
     cfg = load_config(tmp_path / "deploy.toml", environ={})
+    Path(cfg.environment("production").backup_dir).mkdir(parents=True)  # beside the checkout
     compose = Compose(program=(str(program),), project="shop", project_dir=str(app_dir), files=(str(app_dir / "c.yml"),))
     return Target(config=cfg, env=cfg.environment("production"), host=LocalHost(), compose=compose)
 
