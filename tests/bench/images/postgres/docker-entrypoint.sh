@@ -3,7 +3,9 @@
 #   POSTGRES_USER (default postgres), POSTGRES_PASSWORD (required unless
 #   POSTGRES_HOST_AUTH_METHOD=trust), POSTGRES_DB (default: the user),
 #   POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD (default scram-sha-256),
-#   PGDATA (default /var/lib/postgresql/data), /docker-entrypoint-initdb.d/*.sh|*.sql.
+#   PGDATA (default /var/lib/postgresql/data), /docker-entrypoint-initdb.d/*.sh|*.sql,
+#   and POSTGRES_PASSWORD_FILE / POSTGRES_USER_FILE / POSTGRES_DB_FILE /
+#   POSTGRES_INITDB_ARGS_FILE: the value read from a file (Docker and compose secrets).
 # On the first start (empty PGDATA) the cluster is created; then the server runs in the
 # foreground as PID 1 so `docker stop` (SIGINT, see STOPSIGNAL) shuts it down fast and clean.
 set -Eeuo pipefail
@@ -11,12 +13,24 @@ set -Eeuo pipefail
 log() { printf '%s [entrypoint] %s\n' "$(date -u +'%Y-%m-%d %H:%M:%S UTC')" "$*"; }
 die() { log "error: $*" >&2; exit 1; }
 
-: "${PGDATA:=/var/lib/postgresql/data}"
-: "${POSTGRES_USER:=postgres}"
-: "${POSTGRES_DB:=$POSTGRES_USER}"
-: "${POSTGRES_HOST_AUTH_METHOD:=scram-sha-256}"
-: "${POSTGRES_INITDB_ARGS:=}"
-export PGDATA POSTGRES_USER POSTGRES_DB POSTGRES_HOST_AUTH_METHOD
+# file_env VAR [DEFAULT]: VAR from $VAR, or else from the file named by $VAR_FILE (a
+# secret mounted into the container), or else DEFAULT. Both set is an error, as in the
+# official image. The _FILE variable is unset afterwards, so the re-exec below (as the
+# postgres user, who may not be able to read the secret) finds the value itself.
+file_env() {
+    local var=$1 file_var="${1}_FILE" value=${2:-}
+    if [[ -n ${!var:-} && -n ${!file_var:-} ]]; then
+        die "both $var and $file_var are set, but they are exclusive: set one of them"
+    fi
+    if [[ -n ${!var:-} ]]; then
+        value=${!var}
+    elif [[ -n ${!file_var:-} ]]; then
+        [[ -r ${!file_var} ]] || die "$file_var names ${!file_var}, which does not exist or cannot be read"
+        value="$(<"${!file_var}")"
+    fi
+    export "$var=$value"
+    unset "$file_var"
+}
 
 # `docker run IMAGE -c shared_buffers=256MB` means "postgres with these options".
 if [[ ${1:-} == -* ]]; then
@@ -27,6 +41,14 @@ fi
 if [[ ${1:-} != postgres ]]; then
     exec "$@"
 fi
+
+file_env POSTGRES_PASSWORD
+file_env POSTGRES_USER postgres
+file_env POSTGRES_DB "$POSTGRES_USER"
+file_env POSTGRES_INITDB_ARGS
+: "${PGDATA:=/var/lib/postgresql/data}"
+: "${POSTGRES_HOST_AUTH_METHOD:=scram-sha-256}"
+export PGDATA POSTGRES_HOST_AUTH_METHOD
 
 if [[ $(id -u) == 0 ]]; then
     # Volumes arrive owned by root: hand them to postgres, then drop privileges.
