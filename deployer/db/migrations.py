@@ -276,9 +276,10 @@ def _read_revision(name: str, path: str, source: str) -> RevisionInfo:
     if isinstance(down, (list, tuple)):
         down_revision = tuple(down) if len(down) > 1 else (down[0] if down else None)
     else:
-        down_revision = down or None
+        down_revision = str(down) if down else None  # checked above: a string or None
 
     functions = {n.name: n for n in module.body if isinstance(n, ast.FunctionDef)}
+    strings = _module_strings(module)
     upgrade = functions.get("upgrade")
     downgrade = functions.get("downgrade")
     upgrade_is_noop = upgrade is None or not _effective_body(upgrade)
@@ -295,8 +296,8 @@ def _read_revision(name: str, path: str, source: str) -> RevisionInfo:
         down_revision=down_revision,
         message=_message(module),
         path=path,
-        upgrade_destructive_ops=_destructive_ops(upgrade, functions),
-        downgrade_destructive_ops=_destructive_ops(downgrade, functions),
+        upgrade_destructive_ops=_destructive_ops(upgrade, functions, strings),
+        downgrade_destructive_ops=_destructive_ops(downgrade, functions, strings),
         has_downgrade=has_downgrade,
         branch_labels=_label_tuple(values.get("branch_labels"), path, "branch_labels"),
         depends_on=_label_tuple(values.get("depends_on"), path, "depends_on"),
@@ -355,99 +356,299 @@ def _effective_body(function: ast.FunctionDef) -> list[ast.stmt]:
     ]
 
 
+def _module_strings(module: ast.Module) -> dict[str, str]:
+    """Module-level ``NAME = "text"`` constants (a schema name, a SQL statement) by name."""
+    found: dict[str, str] = {}
+    for node in module.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        text = _literal_sql(value, {})
+        for target in targets:
+            if isinstance(target, ast.Name) and text is not None:
+                found[target.id] = text
+    return found
+
+
 def _destructive_ops(
-    function: ast.FunctionDef | None, module_functions: Mapping[str, ast.FunctionDef]
+    function: ast.FunctionDef | None,
+    module_functions: Mapping[str, ast.FunctionDef],
+    module_strings: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
-    """Data-losing operations in ``function`` and in the module-level functions it calls by name."""
+    """Data-losing operations in ``function`` and in the functions it calls by name, in source order.
+
+    Statements are followed in order, so each ``batch_op`` is the one of the ``with
+    op.batch_alter_table(...)`` block it runs in (autogenerate names every block
+    ``batch_op``); a module-level helper called with a batch object, or a function
+    defined inside ``function``, sees the block of its call site.
+    """
     if function is None:
         return ()
-    ops: list[str] = []
-    seen = {function.name}
-    pending = [function]
-    while pending:
-        current = pending.pop(0)
-        batch_tables = _batch_tables(current)
-        for node in ast.walk(current):
-            if not isinstance(node, ast.Call):
-                continue
-            if isinstance(node.func, ast.Name):
-                callee = module_functions.get(node.func.id)
-                if callee is not None and callee.name not in seen:
-                    seen.add(callee.name)
-                    pending.append(callee)
-                continue
-            if not isinstance(node.func, ast.Attribute):
-                continue
-            method = node.func.attr
-            if method in _DESTRUCTIVE_CALLS:
-                described = _describe_drop(node, batch_tables)
-                if described:
-                    ops.append(described)
-            elif method in _SQL_CALLS:
-                for text in _string_constants(node):
-                    if _DESTRUCTIVE_SQL.search(text):
-                        sql = " ".join(text.split())
-                        if len(sql) > _SQL_SHOWN:
-                            sql = sql[: _SQL_SHOWN - 1] + "…"
-                        ops.append(f"execute {sql}")
-                        break
-    return tuple(ops)
+    finder = _OpFinder(module_functions, module_strings or {})
+    finder.call(function, _Names(strings=dict(module_strings or {})))
+    return tuple(dict.fromkeys(finder.ops))  # the same operation twice is one data loss
 
 
-def _batch_tables(function: ast.FunctionDef) -> dict[str, str]:
-    """``with op.batch_alter_table("users") as batch_op`` -> {"batch_op": "users"}."""
-    tables: dict[str, str] = {}
-    for node in ast.walk(function):
-        if not isinstance(node, (ast.With, ast.AsyncWith)):
-            continue
-        for item in node.items:
-            call = item.context_expr
-            if (
-                isinstance(call, ast.Call)
-                and isinstance(call.func, ast.Attribute)
-                and call.func.attr == "batch_alter_table"
-                and isinstance(item.optional_vars, ast.Name)
-            ):
-                table = _argument(call, 0, "table_name")
-                tables[item.optional_vars.id] = _shown(table) if table is not None else "?"
-    return tables
+@dataclass
+class _Names:
+    """What the names of one scope hold, as far as finding data loss goes."""
+
+    batches: dict[str, str] = field(default_factory=dict)  # batch receiver -> "schema.table"
+    strings: dict[str, str] = field(default_factory=dict)  # name -> its text (SQL, a schema)
+    functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
+
+    def copy(self) -> _Names:
+        return _Names(dict(self.batches), dict(self.strings), dict(self.functions))
 
 
-def _describe_drop(call: ast.Call, batch_tables: Mapping[str, str]) -> str | None:
-    method = call.func.attr  # type: ignore[union-attr]
-    receiver = call.func.value  # type: ignore[union-attr]
-    label = _DESTRUCTIVE_CALLS[method]
-    batch_table = batch_tables.get(receiver.id) if isinstance(receiver, ast.Name) else None
-    if method == "drop_table":
+# How deep helper calls are followed: far beyond what a migration does, short of a runaway.
+_CALL_DEPTH = 16
+
+
+class _OpFinder:
+    """Walks a migration function's statements in order, collecting data-losing operations."""
+
+    def __init__(self, module_functions: Mapping[str, ast.FunctionDef], module_strings: Mapping[str, str]) -> None:
+        self.module_functions = module_functions
+        self.module_strings = module_strings
+        self.ops: list[str] = []
+        self.active: list[ast.AST] = []  # the calls being followed, innermost last
+        self.followed: list[ast.AST] = []  # every function a call led to
+
+    def call(self, function: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda, names: _Names) -> None:
+        """Follow one call of ``function`` in the scope ``names`` (parameters already bound)."""
+        if function in self.active or len(self.active) >= _CALL_DEPTH:
+            return  # recursion: its operations are already being counted
+        self.active.append(function)
+        try:
+            if isinstance(function, ast.Lambda):
+                self.expression(function.body, names)
+                return
+            self.block(function.body, names)
+            # A function defined here but never called by name may still run (a callback,
+            # a loop over functions): counting its operations errs on the side of warning.
+            called = {id(f) for f in self.followed}
+            for nested in names.functions.values():
+                if id(nested) not in called and _defined_in(function, nested):
+                    self.followed.append(nested)
+                    self.call(nested, names.copy())
+        finally:
+            self.active.pop()
+
+    def block(self, statements: Sequence[ast.stmt], names: _Names) -> None:
+        for statement in statements:
+            self.statement(statement, names)
+
+    def statement(self, node: ast.stmt, names: _Names) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.functions[node.name] = node  # runs when called, in the caller's scope
+            return
+        if isinstance(node, ast.ClassDef):
+            return
+        if isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                self.expression(item.context_expr, names)
+                if isinstance(item.optional_vars, ast.Name):
+                    table = self.batch_table(item.context_expr, names)
+                    if table is not None:
+                        names.batches[item.optional_vars.id] = table
+                    else:
+                        self.forget(item.optional_vars.id, names)
+            # Python keeps a with-target bound after its block, so no scope ends here:
+            # the next block's own `as batch_op` rebinds the name.
+            self.block(node.body, names)
+            return
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            self.expression(node.value, names)
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    self.assign(target.id, node.value, names)
+            return
+        for child in ast.iter_child_nodes(node):
+            self.child(child, names)
+
+    def child(self, node: ast.AST, names: _Names) -> None:
+        if isinstance(node, ast.stmt):
+            self.statement(node, names)
+        elif isinstance(node, ast.expr):
+            self.expression(node, names)
+        else:  # except handlers, match cases, keywords: their statements and expressions
+            for child in ast.iter_child_nodes(node):
+                self.child(child, names)
+
+    def assign(self, name: str, value: ast.expr, names: _Names) -> None:
+        self.forget(name, names)
+        if isinstance(value, ast.Name) and value.id in names.batches:
+            names.batches[name] = names.batches[value.id]  # an alias of a batch object
+            return
+        text = _literal_sql(value, names.strings)
+        if text is not None:
+            names.strings[name] = text
+
+    @staticmethod
+    def forget(name: str, names: _Names) -> None:
+        names.batches.pop(name, None)
+        names.strings.pop(name, None)
+
+    def expression(self, node: ast.expr, names: _Names) -> None:
+        if isinstance(node, ast.Lambda):
+            self.call(node, names.copy())
+            return
+        if isinstance(node, ast.Call):
+            self.check_call(node, names)
+        for child in ast.iter_child_nodes(node):
+            self.child(child, names)
+
+    def check_call(self, node: ast.Call, names: _Names) -> None:
+        func = node.func
+        if isinstance(func, ast.Name):
+            self.follow(func.id, node, names)
+            return
+        if not isinstance(func, ast.Attribute):
+            return
+        if func.attr in _DESTRUCTIVE_CALLS:
+            described = self.describe_drop(node, names)
+            if described:
+                self.ops.append(described)
+        elif func.attr in _SQL_CALLS:
+            for text in self.sql_texts(node, names):
+                if _DESTRUCTIVE_SQL.search(text):
+                    sql = " ".join(text.split())
+                    if len(sql) > _SQL_SHOWN:
+                        sql = sql[: _SQL_SHOWN - 1] + "…"
+                    self.ops.append(f"execute {sql}")
+                    break
+
+    def follow(self, name: str, call: ast.Call, names: _Names) -> None:
+        """A call of a function by name: one defined in the current scope, or at module level."""
+        nested = names.functions.get(name)
+        if nested is not None:
+            scope = names.copy()  # a closure sees its enclosing scope as it is at the call
+        else:
+            module_level = self.module_functions.get(name)
+            if module_level is None:
+                return
+            nested = module_level
+            scope = _Names(strings=dict(self.module_strings))
+        self.followed.append(nested)
+        for parameter, argument in _bound_arguments(nested, call):
+            self.forget(parameter, scope)
+            if isinstance(argument, ast.Name) and argument.id in names.batches:
+                scope.batches[parameter] = names.batches[argument.id]
+            else:
+                text = _literal_sql(argument, names.strings)
+                if text is not None:
+                    scope.strings[parameter] = text
+        self.call(nested, scope)
+
+    def batch_table(self, node: ast.expr, names: _Names) -> str | None:
+        """``"s.t"`` for ``op.batch_alter_table("t", schema="s")``; None for another context manager."""
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "batch_alter_table"):
+            return None
+        return self.qualified(_argument(node, 0, "table_name"), _argument(node, 1, "schema"), names)
+
+    def qualified(self, table: ast.expr | None, schema: ast.expr | None, names: _Names) -> str:
+        shown = self.shown(table, names)
+        if schema is None or (isinstance(schema, ast.Constant) and schema.value is None):
+            return shown
+        return f"{self.shown(schema, names)}.{shown}"
+
+    def shown(self, node: ast.expr | None, names: _Names) -> str:
+        if node is None:
+            return "?"
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in names.strings:
+            return names.strings[node.id]
+        return ast.unparse(node)
+
+    def describe_drop(self, call: ast.Call, names: _Names) -> str | None:
+        assert isinstance(call.func, ast.Attribute)  # check_call only sends method calls
+        method = call.func.attr
+        receiver = call.func.value
+        label = _DESTRUCTIVE_CALLS[method]
+        schema = _keyword(call, "schema")
+        if method == "drop_table":
+            return f"{label} {self.qualified(_argument(call, 0, 'table_name'), schema, names)}"
+        batch = names.batches.get(receiver.id) if isinstance(receiver, ast.Name) else None
         table = _argument(call, 0, "table_name")
-        return f"{label} {_shown(table) if table is not None else '?'}"
-    if batch_table is not None:
-        column = _argument(call, 0, "column_name")
-        return f"{label} {batch_table}.{_shown(column) if column is not None else '?'}"
-    table = _argument(call, 0, "table_name")
-    column = _argument(call, 1, "column_name")
-    if table is None and column is None:
-        return None
-    return f"{label} {_shown(table) if table is not None else '?'}.{_shown(column) if column is not None else '?'}"
+        column = _argument(call, 1, "column_name")
+        if batch is None and column is None and _keyword(call, "table_name") is None:
+            # One argument: a batch object's drop_column(column) on a receiver we could not
+            # trace back to its block (passed in from somewhere we do not follow).
+            batch = "?" if table is not None or _keyword(call, "column_name") is not None else None
+            if batch is None:
+                return None
+        if batch is not None:
+            return f"{label} {batch}.{self.shown(_argument(call, 0, 'column_name'), names)}"
+        return f"{label} {self.qualified(table, schema, names)}.{self.shown(column, names)}"
+
+    def sql_texts(self, call: ast.Call, names: _Names) -> list[str]:
+        """The SQL an ``execute`` call may run: its literals, and the text of names holding SQL."""
+        texts = []
+        for argument in [*call.args, *(k.value for k in call.keywords)]:
+            for node in ast.walk(argument):
+                text = _literal_sql(node, names.strings)
+                if text is not None:
+                    texts.append(text)
+        return texts
+
+
+def _defined_in(function: ast.AST, nested: ast.AST) -> bool:
+    return any(node is nested for node in ast.walk(function))
+
+
+def _bound_arguments(
+    function: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call
+) -> list[tuple[str, ast.expr]]:
+    """(parameter, argument) pairs of a call, positional and keyword; starred ones are left out."""
+    parameters = [a.arg for a in (*function.args.posonlyargs, *function.args.args)]
+    pairs: list[tuple[str, ast.expr]] = []
+    for parameter, argument in zip(parameters, call.args):
+        if isinstance(argument, ast.Starred):
+            break
+        pairs.append((parameter, argument))
+    known = {a.arg for a in (*function.args.args, *function.args.kwonlyargs)}
+    pairs += [(k.arg, k.value) for k in call.keywords if k.arg in known]
+    return pairs
+
+
+def _literal_sql(node: ast.AST, strings: Mapping[str, str]) -> str | None:
+    """The text of a string literal, an f-string (``{...}`` kept), or a name known to hold one."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(
+            str(part.value) if isinstance(part, ast.Constant)
+            else "{" + ast.unparse(part.value) + "}" if isinstance(part, ast.FormattedValue)
+            else ast.unparse(part)
+            for part in node.values
+        )
+    if isinstance(node, ast.Name):
+        return strings.get(node.id)
+    if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)) and len(node.args) == 1:
+        # sa.text("..."), text(sql)
+        name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+        if name == "text":
+            return _literal_sql(node.args[0], strings)
+    return None
 
 
 def _argument(call: ast.Call, position: int, keyword: str) -> ast.expr | None:
     if len(call.args) > position and not isinstance(call.args[position], ast.Starred):
         return call.args[position]
+    return _keyword(call, keyword)
+
+
+def _keyword(call: ast.Call, keyword: str) -> ast.expr | None:
     for kw in call.keywords:
         if kw.arg == keyword:
             return kw.value
     return None
-
-
-def _shown(node: ast.expr) -> str:
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
-    return ast.unparse(node)
-
-
-def _string_constants(node: ast.AST) -> list[str]:
-    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
 
 
 # --------------------------------------------------------------------------- paths
@@ -670,7 +871,7 @@ def verdict(
             resolved = loaded._map.get_revisions(target)
         except RevisionError as exc:
             raise _revision_error(loaded, target, exc) from exc
-        heads = tuple(sorted(r.revision for r in resolved if r))
+        heads = tuple(sorted(r.revision for r in resolved if isinstance(r, Revision)))
     if unknown:
         return Verdict(VerdictKind.UNKNOWN_REVISION, database, heads, unknown=unknown)
     if not database:
@@ -750,7 +951,12 @@ def database_revisions(
     """
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
-    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+    from sqlalchemy.exc import (
+        ArgumentError,
+        DBAPIError,
+        NoSuchModuleError,
+        SQLAlchemyError,
+    )
     from sqlalchemy.pool import NullPool
 
     from deployer.errors import ConfigError

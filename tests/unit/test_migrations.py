@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from deployer.errors import ConfigError, DeployerError
 from deployer.db.migrations import (
     MigrationError,
     MigrationStep,
@@ -21,6 +20,7 @@ from deployer.db.migrations import (
     verdict,
     version_files,
 )
+from deployer.errors import ConfigError, DeployerError
 
 # Revision ids are fixed so paths can be asserted exactly.
 A, B, C, D, E, M = "aaaa00000001", "bbbb00000002", "cccc00000003", "dddd00000004", "eeee00000005", "ffff0000000m"
@@ -268,6 +268,169 @@ def test_destructive_ops_in_upgrade(tmp_path: Path, upgrade: str, expected: tupl
     scripts = load_scripts(make_migrations(tmp_path, {"a.py": source}))
     assert scripts.get(A).upgrade_destructive_ops == expected
     assert upgrade_path(scripts, None)[0].destructive_ops == expected
+
+
+# One row per way a migration can throw data away (or look as if it did), written as
+# autogenerate and hand-written migrations write them: (upgrade body, module-level code
+# after the functions, the exact data-loss list).
+DATA_LOSS_FORMS = [
+    pytest.param('op.drop_table("t", schema="s")', "", ("drop table s.t",), id="drop_table-schema"),
+    pytest.param('op.drop_table(table_name="t", schema="s")', "", ("drop table s.t",), id="drop_table-keywords"),
+    pytest.param('op.drop_table("t", schema=None)', "", ("drop table t",), id="drop_table-schema-None"),
+    pytest.param('op.drop_column("t", "c", schema="s")', "", ("drop column s.t.c",), id="drop_column-schema"),
+    pytest.param(
+        'op.drop_column(table_name="t", column_name="c", schema="s")', "", ("drop column s.t.c",),
+        id="drop_column-keywords",
+    ),
+    pytest.param('op.drop_column("t", column_name="c")', "", ("drop column t.c",), id="drop_column-mixed"),
+    pytest.param(
+        'with op.batch_alter_table("t", schema="s") as b:\n    b.drop_column("c")', "", ("drop column s.t.c",),
+        id="batch-schema",
+    ),
+    pytest.param(
+        'with op.batch_alter_table(table_name="t", schema="s") as batch_op:\n    batch_op.drop_column(column_name="c")',
+        "", ("drop column s.t.c",), id="batch-keywords",
+    ),
+    pytest.param(
+        'with op.batch_alter_table("t", "s") as batch_op:\n    batch_op.drop_column("c")', "",
+        ("drop column s.t.c",), id="batch-positional-schema",
+    ),
+    pytest.param(
+        # autogenerate: one block per table, every one of them `batch_op`
+        'with op.batch_alter_table("posts", schema=None) as batch_op:\n'
+        '    batch_op.drop_column("body")\n'
+        '    batch_op.drop_index("ix_posts_body")\n'
+        'with op.batch_alter_table("users", schema=None) as batch_op:\n'
+        '    batch_op.drop_column("email")',
+        "", ("drop column posts.body", "drop column users.email"), id="batch-two-blocks-same-name",
+    ),
+    pytest.param(
+        'with op.batch_alter_table("users") as users:\n'
+        '    with op.batch_alter_table("posts") as posts:\n'
+        '        posts.drop_column("body")\n'
+        '    users.drop_column("email")',
+        "", ("drop column posts.body", "drop column users.email"), id="batch-nested-blocks",
+    ),
+    pytest.param(
+        'with op.batch_alter_table("users") as batch_op, op.batch_alter_table("posts") as other:\n'
+        '    other.drop_column("body")\n'
+        '    batch_op.drop_column("email")',
+        "", ("drop column posts.body", "drop column users.email"), id="batch-two-items-one-with",
+    ),
+    pytest.param(
+        'for name in ("a", "b"):\n'
+        '    with op.batch_alter_table("posts") as batch_op:\n'
+        '        if name:\n'
+        '            batch_op.drop_column("body")\n'
+        'with op.batch_alter_table("users") as batch_op:\n'
+        '    try:\n'
+        '        batch_op.drop_column("email")\n'
+        '    except Exception:\n'
+        '        batch_op.drop_column("mail")',
+        "", ("drop column posts.body", "drop column users.email", "drop column users.mail"),
+        id="batch-inside-loops-ifs-and-try",
+    ),
+    pytest.param(
+        'with op.batch_alter_table("posts") as batch_op:\n'
+        '    _drop_legacy(batch_op)\n'
+        'with op.batch_alter_table("users") as batch_op:\n'
+        '    _drop_legacy(batch=batch_op)',
+        'def _drop_legacy(batch):\n    batch.drop_column("legacy")\n',
+        ("drop column posts.legacy", "drop column users.legacy"), id="batch-passed-to-a-module-helper",
+    ),
+    pytest.param(
+        'def drop_email():\n'
+        '    batch_op.drop_column("email")\n'
+        'with op.batch_alter_table("posts") as batch_op:\n'
+        '    pass\n'
+        'with op.batch_alter_table("users") as batch_op:\n'
+        '    drop_email()',
+        "", ("drop column users.email",), id="nested-function-sees-its-call-site-block",
+    ),
+    pytest.param(
+        'def later():\n    op.drop_table("archive")\nop.invoke(later)', "", ("drop table archive",),
+        id="nested-function-never-called-by-name",
+    ),
+    pytest.param(
+        'with op.batch_alter_table("users") as batch_op:\n    alias = batch_op\n    alias.drop_column("email")',
+        "", ("drop column users.email",), id="batch-alias",
+    ),
+    pytest.param(
+        '_drop(make_batch())', 'def _drop(b):\n    b.drop_column("x")\n', ("drop column ?.x",),
+        id="batch-of-unknown-origin",
+    ),
+    pytest.param('op.execute("DROP TABLE legacy")', "", ("execute DROP TABLE legacy",), id="execute-string"),
+    pytest.param(
+        'op.execute(sa.text("DROP TABLE s.legacy CASCADE"))', "", ("execute DROP TABLE s.legacy CASCADE",),
+        id="execute-sa-text",
+    ),
+    pytest.param(
+        'op.get_bind().execute(sa.text("TRUNCATE sessions"))', "", ("execute TRUNCATE sessions",),
+        id="get_bind-execute-truncate",
+    ),
+    pytest.param(
+        'conn = op.get_bind()\nconn.execute(text("DELETE FROM sessions"))', "", ("execute DELETE FROM sessions",),
+        id="connection-execute-delete",
+    ),
+    pytest.param(
+        'op.get_bind().exec_driver_sql("drop table tmp_import")', "", ("execute drop table tmp_import",),
+        id="exec_driver_sql",
+    ),
+    pytest.param(
+        'with op.batch_alter_table("users") as batch_op:\n    batch_op.execute("DELETE FROM users WHERE banned")',
+        "", ("execute DELETE FROM users WHERE banned",), id="batch-execute",
+    ),
+    pytest.param(
+        'sql = "TRUNCATE audit_log"\nop.execute(sql)', "", ("execute TRUNCATE audit_log",), id="execute-local-name",
+    ),
+    pytest.param(
+        "op.execute(PURGE)", 'PURGE = sa.text("DELETE FROM events")\n', ("execute DELETE FROM events",),
+        id="execute-module-constant",
+    ),
+    pytest.param(
+        'for name in ("a", "b"):\n    op.execute(f"DROP TABLE {name}_old")', "", ("execute DROP TABLE {name}_old",),
+        id="execute-f-string",
+    ),
+    pytest.param(
+        'op.drop_table("events", schema=SCHEMA)', 'SCHEMA = "audit"\n', ("drop table audit.events",),
+        id="schema-from-module-constant",
+    ),
+    pytest.param(
+        'op.drop_table("t")\nop.drop_table("t")\nop.drop_column("u", "c")', "", ("drop table t", "drop column u.c"),
+        id="in-order-once-each",
+    ),
+    pytest.param("_again()", 'def _again():\n    op.drop_table("t")\n    _again()\n', ("drop table t",), id="recursion"),
+    pytest.param('op.rename_table("old", "new")', "", (), id="rename_table-keeps-data"),
+    pytest.param('op.rename_table("old", "new", schema="s")', "", (), id="rename_table-schema"),
+    pytest.param(
+        'with op.batch_alter_table("users") as batch_op:\n    batch_op.alter_column("mail", new_column_name="email")',
+        "", (), id="rename-column-keeps-data",
+    ),
+    pytest.param(
+        'with op.batch_alter_table("users") as batch_op:\n    batch_op.drop_constraint("uq_email")\n'
+        '    batch_op.drop_index("ix_email")',
+        "", (), id="batch-index-and-constraint-drops",
+    ),
+]
+
+
+@pytest.mark.parametrize(("upgrade", "module_code", "expected"), DATA_LOSS_FORMS)
+def test_data_loss_names_the_right_table(tmp_path: Path, upgrade: str, module_code: str, expected: tuple[str, ...]) -> None:
+    source = revision_source(A, None, "change", upgrade, "pass") + "\n\n" + module_code
+    scripts = scripts_from_sources({"versions/a.py": source}, location="test")
+    assert scripts.get(A).upgrade_destructive_ops == expected
+    assert scripts.get(A).downgrade_destructive_ops == ()
+
+
+def test_data_loss_of_a_helper_is_counted_in_the_direction_that_calls_it(tmp_path: Path) -> None:
+    source = revision_source(
+        A, None, "change",
+        'with op.batch_alter_table("users") as batch_op:\n    batch_op.add_column(sa.Column("x", sa.Integer()))',
+        'with op.batch_alter_table("users") as batch_op:\n    _undo(batch_op)',
+    ) + '\n\ndef _undo(batch):\n    batch.drop_column("x")\n\n\ndef _unused():\n    op.drop_table("users")\n'
+    scripts = scripts_from_sources({"versions/a.py": source}, location="test")
+    assert scripts.get(A).upgrade_destructive_ops == ()
+    assert scripts.get(A).downgrade_destructive_ops == ("drop column users.x",)
 
 
 def test_destructive_ops_are_read_per_direction(linear: Path) -> None:
