@@ -75,6 +75,42 @@ def output_tail(text: str, lines: int = _TAIL_LINES) -> str:
 
 
 @runtime_checkable
+class Process(Protocol):
+    """A command started with :meth:`Host.start` that runs while we talk to it.
+
+    Its stdin stays open until :meth:`close_stdin`, :meth:`kill`, or this program's end:
+    when the program holding it dies (even by SIGKILL), the command sees end of input.
+    """
+
+    def send(self, text: str) -> None:
+        """Write ``text`` (UTF-8) to its stdin; :class:`~deployer.errors.ConnectionLost`
+        if the channel (or the process's stdin) is gone."""
+        ...
+
+    def readline(self, timeout: float) -> str | None:
+        """The next stdout line without its newline; ``None`` on timeout; ``""`` at EOF
+        (an empty line also reads as ``""``: tell them apart with :attr:`alive`/:meth:`wait`)."""
+        ...
+
+    def close_stdin(self) -> None:
+        """Send end of input."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit status; ``None`` if it is still running after ``timeout`` seconds."""
+        ...
+
+    def kill(self) -> None:
+        """TERM, then KILL after a grace period, its whole process group on the host."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """True while it runs."""
+        ...
+
+
+@runtime_checkable
 class Host(Protocol):
     """A machine to run commands on and move files to and from."""
 
@@ -95,17 +131,32 @@ class Host(Protocol):
         """Run ``argv`` (no shell involved in its meaning) and wait for it to finish."""
         ...
 
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
+        """Start ``argv`` and return at once with a handle to talk to it (leases, supervisors)."""
+        ...
+
+    def reconnect(self) -> None:
+        """Open a fresh connection to the same machine after :class:`~deployer.errors.ConnectionLost`
+        (nothing to do on this machine)."""
+        ...
+
     def put(
         self,
         local_path: str | os.PathLike[str],
         remote_path: str,
         mode: int | None = None,
     ) -> None:
-        """Copy a local file to ``remote_path`` on the host."""
+        """Copy a local file to ``remote_path`` on the host, streamed and atomically."""
         ...
 
     def get(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
-        """Copy ``remote_path`` on the host to a local file."""
+        """Copy ``remote_path`` on the host to a local file, streamed."""
         ...
 
     def read_text(self, path: str) -> str:
@@ -113,7 +164,8 @@ class Host(Protocol):
         ...
 
     def write_text(self, path: str, text: str, mode: int | None = None) -> None:
-        """Write a UTF-8 text file atomically (temporary name, then rename)."""
+        """Write a UTF-8 text file atomically (temporary name with ``mode``, fsync, rename,
+        fsync of the directory)."""
         ...
 
     def forward(

@@ -12,15 +12,24 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Self
 
-from deployer.errors import CommandError
-from deployer.hosts.base import OutputCallback, OutputCollector, Result, check_argv, check_env, timeout_error
+from deployer.errors import CommandError, ConnectionLost
+from deployer.hosts.base import (
+    OutputCallback,
+    OutputCollector,
+    Result,
+    check_argv,
+    check_env,
+    timeout_error,
+)
 
 # After SIGTERM on timeout, how long a command gets to exit before SIGKILL.
 _KILL_GRACE_SECONDS = 2.0
+_CHUNK = 1024 * 1024
+_STDERR_TAIL_BYTES = 16 * 1024
 
 
 class LocalHost:
@@ -138,15 +147,59 @@ class LocalHost:
         result = Result(words, exit_code, stdout, stderr, time.monotonic() - started)
         return result.check() if check else result
 
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> LocalProcess:
+        """Start ``argv`` in its own session and return at once; see :class:`Process`.
+
+        Its stdin is a pipe from this process: when this process dies, even by SIGKILL,
+        the command sees end of input.
+        """
+        words = check_argv(argv)
+        variables = check_env(env)
+        if cwd is not None and not os.path.isdir(cwd):
+            raise CommandError(
+                f"cannot start {shlex.join(words)}: working directory {cwd} does not exist",
+                hint="check the path in deploy.toml",
+            )
+        try:
+            process = subprocess.Popen(
+                words,
+                cwd=cwd,
+                env={**os.environ, **variables},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise CommandError(
+                f"cannot start {shlex.join(words)}: {words[0]} was not found on this machine",
+                hint=f"install {words[0]} or put it on PATH",
+                exit_status=127,
+            ) from exc
+        except OSError as exc:
+            raise CommandError(
+                f"cannot start {shlex.join(words)}: {exc.strerror or exc}"
+            ) from exc
+        return LocalProcess(words, process, self.name)
+
+    def reconnect(self) -> None:
+        """Nothing to reconnect on this machine."""
+
     def put(
         self,
         local_path: str | os.PathLike[str],
         remote_path: str,
         mode: int | None = None,
     ) -> None:
-        """Copy a file (atomically: temporary name in the target folder, then rename)."""
+        """Copy a file, streamed, atomically (temporary name in the target folder, rename)."""
         with open(local_path, "rb") as source:
-            self._atomic_write(remote_path, source.read(), mode)
+            self._atomic_write(remote_path, lambda handle: shutil.copyfileobj(source, handle, _CHUNK), mode)
 
     def get(self, remote_path: str, local_path: str | os.PathLike[str]) -> None:
         """Copy a file."""
@@ -158,19 +211,20 @@ class LocalHost:
 
     def write_text(self, path: str, text: str, mode: int | None = None) -> None:
         """Write a UTF-8 text file atomically, with ``mode`` set before it appears."""
-        self._atomic_write(path, text.encode("utf-8"), mode)
+        data = text.encode("utf-8")
+        self._atomic_write(path, lambda handle: handle.write(data), mode)
 
     @staticmethod
-    def _atomic_write(path: str, data: bytes, mode: int | None) -> None:
+    def _atomic_write(
+        path: str, fill: Callable[[IO[bytes]], object], mode: int | None
+    ) -> None:
+        """Temporary file beside ``path`` with the mode set, filled, fsynced, renamed over
+        ``path``; then the directory is fsynced, so the rename survives a power cut."""
         target = Path(path)
         fd, temp_name = tempfile.mkstemp(
             prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
         )
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
             if mode is not None:
                 os.chmod(temp_name, mode)
             elif target.exists():
@@ -180,11 +234,20 @@ class LocalHost:
                 umask = os.umask(0)
                 os.umask(umask)
                 os.chmod(temp_name, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as handle:
+                fill(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(temp_name, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_name)
             raise
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     @contextlib.contextmanager
     def forward(self, remote_host: str, remote_port: int) -> Iterator[tuple[str, int]]:
@@ -199,6 +262,126 @@ class LocalHost:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class LocalProcess:
+    """A command started with :meth:`LocalHost.start`: a :class:`~deployer.hosts.base.Process`.
+
+    Reader threads take stdout apart into lines and keep the tail of stderr, so the
+    command never blocks on a full pipe even if nobody reads.
+    """
+
+    def __init__(
+        self, argv: tuple[str, ...], process: subprocess.Popen[bytes], host: str
+    ) -> None:
+        self.argv = argv
+        self._process = process
+        self._host = host
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._eof = False
+        self._stderr = bytearray()
+        self._send_lock = threading.Lock()
+        assert process.stdout is not None and process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read_lines, args=(process.stdout,), daemon=True),
+            threading.Thread(target=self._read_stderr, args=(process.stderr,), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def __repr__(self) -> str:
+        return f"LocalProcess({shlex.join(self.argv)!r}, pid={self.pid})"
+
+    @property
+    def pid(self) -> int:
+        """The command's process id (it leads its own process group)."""
+        return self._process.pid
+
+    def _read_lines(self, pipe: IO[bytes]) -> None:
+        try:
+            for raw in pipe:
+                line = raw.decode("utf-8", "replace")
+                self._lines.put(line.removesuffix("\n"))
+        finally:
+            pipe.close()
+            self._lines.put(None)
+
+    def _read_stderr(self, pipe: IO[bytes]) -> None:
+        try:
+            while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
+                self._stderr.extend(chunk)
+                del self._stderr[: max(len(self._stderr) - _STDERR_TAIL_BYTES, 0)]
+        finally:
+            pipe.close()
+
+    @property
+    def alive(self) -> bool:
+        """True until the command has exited."""
+        return self._process.poll() is None
+
+    @property
+    def stderr(self) -> str:
+        """The last 16 KiB the command wrote to stderr."""
+        return bytes(self._stderr).decode("utf-8", "replace")
+
+    def send(self, text: str) -> None:
+        """Write ``text`` to the command's stdin; :class:`ConnectionLost` if that is closed."""
+        stdin = self._process.stdin
+        assert stdin is not None
+        with self._send_lock:
+            try:
+                stdin.write(text.encode("utf-8"))
+                stdin.flush()
+            except (BrokenPipeError, ValueError, OSError) as exc:
+                status = self._process.poll()
+                why = (
+                    f"exited with status {_exit_code(status)}"
+                    if status is not None
+                    else "has its stdin closed"
+                )
+                raise ConnectionLost(
+                    f"{shlex.join(self.argv)} on {self._host} {why}: it cannot read any more input"
+                ) from exc
+
+    def readline(self, timeout: float) -> str | None:
+        """The next stdout line without its newline; ``None`` on timeout; ``""`` at EOF."""
+        if self._eof:
+            return ""
+        try:
+            line = self._lines.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+        if line is None:
+            self._eof = True
+            return ""
+        return line
+
+    def close_stdin(self) -> None:
+        """Send end of input to the command."""
+        with self._send_lock, contextlib.suppress(OSError, ValueError):
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status (128 + N if killed by signal N); ``None`` if still running."""
+        try:
+            status = self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return _exit_code(status)
+
+    def kill(self) -> None:
+        """TERM, then KILL after a grace period, the command's process group."""
+        if self._process.poll() is None:
+            _kill_group(self._process)
+        self.close_stdin()
+        for reader in self._readers:
+            reader.join(timeout=1.0)
+
+
+def _exit_code(returncode: int) -> int:
+    # Like a shell: a command killed by signal N reports 128 + N.
+    return 128 - returncode if returncode < 0 else returncode
 
 
 class _Timeout(Exception):
