@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.bench.postgres",
     "tests.bench.gitrepos",
     "tests.bench.deployment",
+    "tests.bench.apps",
 ]
