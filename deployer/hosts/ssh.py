@@ -154,7 +154,8 @@ class SSHTarget:
     def label(self) -> str:
         """``user@host:port``, plus the alias when one was used."""
         address = f"{self.user}@{_bracket(self.hostname)}:{self.port}"
-        bare = self.name.rsplit("@", 1)[-1]
+        bare = self.name.rsplit("@", 1)[-1].removeprefix("ssh://")
+        bare = bare.removesuffix(f":{self.port}")
         if bare not in (
             self.hostname,
             f"{_bracket(self.hostname)}:{self.port}",
@@ -647,7 +648,7 @@ class _ProxyCommand(paramiko.ProxyCommand):
     def _drain_stderr(self) -> None:
         assert self.process.stderr is not None
         with contextlib.suppress(OSError, ValueError):
-            while chunk := self.process.stderr.read1(4096):  # type: ignore[attr-defined]
+            while chunk := self.process.stderr.read(4096):
                 self._stderr.append(chunk)
                 self._stderr_size += len(chunk)
                 while self._stderr_size > _STDERR_TAIL_BYTES and len(self._stderr) > 1:
