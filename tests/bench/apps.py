@@ -173,7 +173,9 @@ class AppDeployment:
 
     # -- running deployer as its user does
     def environ(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "DEPLOYER_CONFIG")}
+        # Nothing of the test process decides which deployer runs or how it logs in.
+        dropped = ("SSH_AUTH_SOCK", "DEPLOYER_CONFIG", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         env.update({"HOME": str(self.home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull})
         env.update(self.secrets)
         env.update(self.extra_env)
@@ -365,13 +367,13 @@ class AppDeployment:
         return self.sql(self.shape.rows_select)
 
     # -- containers
-    def _containers(self, all: bool = False) -> list[Any]:
+    def project_containers(self, all: bool = False) -> list[Any]:
         return self.engine.client.containers.list(all=all, filters={"label": f"{PROJECT_LABEL}={self.name}"})
 
     def containers(self) -> dict[str, list[dict[str, str]]]:
         """service -> its running (not one-off) containers: id, image id, state."""
         found: dict[str, list[dict[str, str]]] = {}
-        for c in self._containers():
+        for c in self.project_containers():
             if c.labels.get(ONEOFF_LABEL, "False") == "True":
                 continue
             found.setdefault(c.labels.get(SERVICE_LABEL, "?"), []).append(
@@ -379,7 +381,7 @@ class AppDeployment:
         return found
 
     def container_ip(self, service: str) -> str:
-        for c in self._containers():
+        for c in self.project_containers():
             if c.labels.get(SERVICE_LABEL) == service and c.labels.get(ONEOFF_LABEL, "False") != "True":
                 for network in c.attrs["NetworkSettings"]["Networks"].values():
                     if network.get("IPAddress"):
@@ -388,7 +390,7 @@ class AppDeployment:
 
     def logs(self, tail: int = 25) -> str:
         parts = []
-        for c in self._containers(all=True):
+        for c in self.project_containers(all=True):
             try:
                 text = c.logs(tail=tail).decode(errors="replace")
             except Exception as error:  # a container removed meanwhile
