@@ -1,20 +1,47 @@
-"""Is the release serving? Poll the health URL (as the host sees it) and the containers."""
+"""Is the release serving, and does it reach its database?
+
+A ``200`` from ``/`` proves little: a login page or a static index reads no table. So the
+checks an environment can configure (all optional, all within one deadline):
+
+- ``healthcheck_url``: a GET, as the host sees the URL (tunnelled for a remote host), with
+  ``healthcheck_headers``; healthy means a status in ``healthcheck_status`` (any 2xx when
+  empty) and, with ``healthcheck_body``, that text in the first 64 KB of the body.
+  Redirects are not followed: a ``302`` to a login page is reported as such.
+- ``healthcheck_command``: run in the new web container (``docker compose exec -T WEB
+  ...``); exit 0 is healthy. Made for apps whose every page needs a login: a query through
+  the app's models proves the code and the schema fit.
+- always: every service's container is running (and healthy where it has a healthcheck),
+  then stays up without a restart for ``settle`` seconds.
+
+See docs/health.md for which check to choose.
+"""
 
 from __future__ import annotations
 
 import re
+import shlex
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from email.message import Message
 from urllib.parse import urlsplit, urlunsplit
 
+from deployer.errors import CommandError, DeployerError
 from deployer.server import facts as project
-from deployer.errors import DeployerError
 from deployer.server.target import Target
+
+__all__ = ["BODY_LIMIT", "HealthError", "Probe", "expected_statuses", "probe", "reachable_url", "wait_healthy"]
+
+# How much of a health page is read to look for healthcheck_body: a health page is small,
+# and a huge one (a full HTML index) must not be downloaded every half second.
+BODY_LIMIT = 64 * 1024
+# Lines of a failing health command's output quoted in the error.
+_TAIL_LINES = 10
+_SHOWN = 120
 
 
 class HealthError(DeployerError):
@@ -23,24 +50,101 @@ class HealthError(DeployerError):
 
 @dataclass(frozen=True)
 class Probe:
+    """One health request's verdict: ``detail`` says what was seen, and what was wrong."""
+
     ok: bool
     status: int | None
     detail: str
 
 
-def probe(url: str, *, timeout: float = 5.0, host_header: str | None = None) -> Probe:
-    """One GET: healthy means a 2xx answer."""
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is the answer: a redirect to a login page is not a healthy health page."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+# No proxies from the environment (http_proxy): the probe goes straight to the URL, or to
+# the tunnel that stands for it.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
+def expected_statuses(status: Sequence[int]) -> str:
+    """``"2xx"``, ``"200"``, ``"200 or 204"``, ``"200, 204 or 302"`` for messages."""
+    if not status:
+        return "2xx"
+    shown = [str(code) for code in status]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def probe(
+    url: str,
+    *,
+    timeout: float = 5.0,
+    host_header: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    status: Sequence[int] = (),
+    body: str | None = None,
+) -> Probe:
+    """One GET of ``url``: healthy means an expected status and, if given, ``body`` in the page.
+
+    ``status`` lists the healthy codes (any 2xx when empty); ``body`` is text the first
+    :data:`BODY_LIMIT` bytes must contain. ``headers`` are sent as given (an
+    ``Authorization`` or a ``Host`` for a virtual host win over ``host_header``, the Host the
+    URL had before it was tunnelled); their values never appear in ``detail``.
+    """
     request = urllib.request.Request(url, headers={"User-Agent": "deployer-health"})
     if host_header:
         request.add_header("Host", host_header)
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only, validated in config)
-            return Probe(200 <= response.status < 300, response.status, f"HTTP {response.status}")
-    except urllib.error.HTTPError as error:
-        return Probe(False, error.code, f"HTTP {error.code}")
+        with _OPENER.open(request, timeout=timeout) as response:
+            code, response_headers = response.status, response.headers
+            content = response.read(BODY_LIMIT)
+    except urllib.error.HTTPError as error:  # a 3xx (not followed), 4xx or 5xx: still an answer
+        code, response_headers = error.code, error.headers
+        try:
+            content = error.read(BODY_LIMIT)
+        except OSError:
+            content = b""
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         return Probe(False, None, f"no answer ({reason})")
+    return _verdict(code, response_headers, content, status, body)
+
+
+def _verdict(code: int, headers: Message, content: bytes, status: Sequence[int], body: str | None) -> Probe:
+    healthy_status = code in status if status else 200 <= code < 300
+    if not healthy_status:
+        detail = f"HTTP {code}"
+        location = headers.get("Location")
+        if 300 <= code < 400 and location:
+            detail += f" to {_clip(location)}"
+        detail += f", expected {expected_statuses(status)}"
+        snippet = _text_snippet(headers, content)
+        if code >= 400 and snippet:
+            detail += f" ({snippet})"
+        return Probe(False, code, detail)
+    if body is not None:
+        text = content.decode(headers.get_content_charset() or "utf-8", errors="replace")
+        if body not in text:
+            where = f"its first {BODY_LIMIT // 1024} KB lack" if len(content) >= BODY_LIMIT else "body lacks"
+            return Probe(False, code, f"HTTP {code}, but {where} {body!r}")
+        return Probe(True, code, f"HTTP {code} with {body!r}")
+    return Probe(True, code, f"HTTP {code}")
+
+
+def _text_snippet(headers: Message, content: bytes) -> str:
+    """The start of a plain-text or JSON error body (an HTML page says little in 120 characters)."""
+    kind = headers.get_content_type()
+    if not content or not (kind == "text/plain" or kind.endswith("json")):
+        return ""
+    return _clip(" ".join(content.decode(headers.get_content_charset() or "utf-8", errors="replace").split()))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
 
 
 @contextmanager
@@ -60,26 +164,83 @@ def wait_healthy(
     interval: float = 0.5,
     log: Callable[[str], None] = lambda _: None,
 ) -> str:
-    """Wait until the health URL answers 2xx and every service's container is up and stays up.
+    """Wait until every configured check passes, all within one deadline of ``timeout`` seconds.
 
-    Returns a one-line summary; raises :class:`HealthError` with the last observation.
+    In order: the health URL (status, body), the health command in the web container, then
+    the containers (all up, healthy where they have a healthcheck, no restart during
+    ``settle`` seconds). Returns a one-line summary of what was proven; raises
+    :class:`HealthError` with the last observation of the check that did not pass.
     """
     deadline = time.monotonic() + timeout
-    url = target.env.healthcheck_url
-    if url:
-        with reachable_url(target, url) as (here, host_header):
-            while True:
-                result = probe(here, host_header=host_header)
-                if result.ok:
-                    break
-                if time.monotonic() >= deadline:
-                    raise HealthError(
-                        f"{url} did not answer healthy within {timeout:.0f}s (last: {result.detail})",
-                        hint="check the web service's logs: `docker compose logs web` on the host",
-                    )
-                time.sleep(interval)
-        log(f"{url} answered")
-    # Containers: all running, healthy where they have a healthcheck, and no restarts while we watch.
+    env = target.env
+    proven: list[str] = []
+    if env.healthcheck_url:
+        proven.append(_wait_url(target, env.healthcheck_url, deadline, timeout, interval, log))
+    if env.healthcheck_command:
+        proven.append(_wait_command(target, env.healthcheck_command, deadline, timeout, interval, log))
+    proven.append(_wait_containers(target, deadline, timeout, settle, interval))
+    return "healthy: " + "; ".join(proven)
+
+
+def _wait_url(target: Target, url: str, deadline: float, timeout: float, interval: float, log: Callable[[str], None]) -> str:
+    env = target.env
+    with reachable_url(target, url) as (here, host_header):
+        while True:
+            remaining = deadline - time.monotonic()
+            result = probe(
+                here,
+                timeout=max(1.0, min(5.0, remaining)),
+                host_header=host_header,
+                headers=env.healthcheck_headers,
+                status=env.healthcheck_status,
+                body=env.healthcheck_body,
+            )
+            if result.ok:
+                break
+            if time.monotonic() >= deadline:
+                raise HealthError(
+                    f"{url} did not answer healthy within {timeout:g}s (last: {result.detail})",
+                    hint=f"check the web service's logs: `docker compose logs {target.config.app.web_service}` on the host",
+                )
+            time.sleep(interval)
+    log(f"{url} answered {result.detail}")
+    return f"{url} answered {result.detail}"
+
+
+def _wait_command(
+    target: Target, command: Sequence[str], deadline: float, timeout: float, interval: float, log: Callable[[str], None]
+) -> str:
+    web = target.config.app.web_service
+    argv = target.compose.exec(web, list(command))
+    shown = shlex.join(command)
+    failed: tuple[str, str] | None = None  # the last run that finished, unhealthy: (what, output)
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            result = target.host.run(argv, timeout=max(1.0, remaining))
+            if result.ok:
+                break
+            failed = (f"exited {result.exit_code}", result.stdout + result.stderr)
+            last = failed
+        except CommandError as error:  # it ran past the deadline and was stopped
+            # A run cut short says less than the failure before it: report that one.
+            last = failed or ("did not finish in time", error.output)
+        if time.monotonic() >= deadline:
+            what, output = last
+            tail = "\n".join(output.rstrip().splitlines()[-_TAIL_LINES:])
+            quoted = "\n".join(f"    {line}" for line in tail.splitlines())
+            raise HealthError(
+                f"the health command `{shown}` did not succeed in the {web} container within {timeout:g}s "
+                f"(last: {what})" + (f"; its last output:\n{quoted}" if quoted else ""),
+                hint=f"run it on the host to see why: docker compose exec {web} {shown}",
+            )
+        time.sleep(interval)
+    log(f"`{_clip(shown)}` succeeded in {web}")
+    return f"`{_clip(shown)}` exited 0 in {web}"
+
+
+def _wait_containers(target: Target, deadline: float, timeout: float, settle: float, interval: float) -> str:
+    # All running, healthy where they have a healthcheck, and no restarts while we watch.
     while True:
         containers = project.service_containers(target)
         bad = [c for c in containers if not c.is_healthy]
@@ -87,7 +248,7 @@ def wait_healthy(
             break
         last = ", ".join(f"{c.service}: {c.state} {c.health}".strip() for c in bad) or "no containers"
         if time.monotonic() >= deadline:
-            raise HealthError(f"containers not healthy within {timeout:.0f}s ({last})")
+            raise HealthError(f"containers not healthy within {timeout:g}s ({last})")
         time.sleep(interval)
     restarts = {c.id: c.restart_count for c in containers}
     # Settle: every container must have run for ``settle`` seconds without a restart. Time
@@ -99,11 +260,11 @@ def wait_healthy(
     for container in after:
         if container.id not in restarts or container.restart_count != restarts[container.id] or container.state != "running":
             raise HealthError(
-                f"{container.service} ({container.name}) restarted or stopped during the {settle:.0f}s settle period "
+                f"{container.service} ({container.name}) restarted or stopped during the {settle:g}s settle period "
                 f"(state {container.state}, restarts {container.restart_count})",
                 hint="check the service's logs: it may crash at start",
             )
-    return f"healthy: {len(after)} containers up for {settle:.0f}s or more" + (f", {url} answered" if url else "")
+    return f"{len(after)} containers up for {settle:g}s or more without a restart"
 
 
 def _age(started_at: str) -> float:
@@ -113,4 +274,4 @@ def _age(started_at: str) -> float:
         return 0.0
     stamp = match.group(1) + (match.group(2) or "")[:7] + ("+00:00" if match.group(3) in (None, "Z") else match.group(3))
     started = datetime.fromisoformat(stamp)
-    return max(0.0, (datetime.now(timezone.utc) - started).total_seconds())
+    return max(0.0, (datetime.now(UTC) - started).total_seconds())
