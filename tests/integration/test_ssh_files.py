@@ -148,8 +148,7 @@ def test_a_cut_connection_during_put_leaves_the_old_file(
     target.write_text("the old, complete content\n")
     source = folder / "big.bin"
     with open(source, "wb") as handle:
-        for _ in range(256):
-            handle.write(os.urandom(1024 * 1024))
+        handle.writelines(os.urandom(1024 * 1024) for _ in range(256))
     client_port = remote._transport.sock.getsockname()[1]
     errors: list[BaseException] = []
 

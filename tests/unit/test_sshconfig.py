@@ -10,7 +10,11 @@ import pytest
 
 from deployer.errors import ConfigError
 from deployer.hosts.spec import HostSpec
-from deployer.hosts.ssh import DEFAULT_SERVER_ALIVE_COUNT_MAX, DEFAULT_SERVER_ALIVE_INTERVAL, resolve_target
+from deployer.hosts.ssh import (
+    DEFAULT_SERVER_ALIVE_COUNT_MAX,
+    DEFAULT_SERVER_ALIVE_INTERVAL,
+    resolve_target,
+)
 from deployer.hosts.sshconfig import MAX_INCLUDE_DEPTH, SSHConfig, parse_jump
 
 
