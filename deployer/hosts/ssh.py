@@ -1372,6 +1372,7 @@ class SSHProcess:
         self._pid_known = threading.Event()
         self._stderr = bytearray()
         self._send_lock = threading.Lock()
+        self._killing = False
         self._reader = threading.Thread(
             target=self._read, name=f"ssh-process {argv[0]}", daemon=True
         )
@@ -1408,7 +1409,11 @@ class SSHProcess:
             partial += decoder.decode(b"", final=True)
             if partial:
                 self._lines.put(partial)
-            if self._host._ended_by_lost_connection(channel, self._connection):
+            # A command we killed ends without an exit status by design: no need to watch
+            # for a dying connection then.
+            if not self._killing and self._host._ended_by_lost_connection(
+                channel, self._connection
+            ):
                 self._lost = self._host._lost(connection=self._connection)
         except (paramiko.SSHException, EOFError, OSError) as exc:  # the connection broke
             self._lost = self._host._lost(exc, self._connection)
@@ -1489,6 +1494,7 @@ class SSHProcess:
         if self._finished.is_set():
             return
         self._pid_known.wait(self._host.target.connect_timeout)
+        self._killing = True
         pid = self._report.pid
         try:
             if pid is not None:

@@ -17,7 +17,7 @@ from deployer.errors import CommandError, HostError, HostKeyError
 from deployer.hosts import Host, connect
 from deployer.hosts.spec import HostSpec, parse_host
 from deployer.hosts.ssh import SSHHost, fingerprint, resolve_target
-from tests.bench.sshd import SSHBench, SSHHome, free_port, write_ed25519_key
+from tests.bench.sshd import BenchUser, SSHBench, SSHDFactory, SSHHome, free_port, write_ed25519_key
 
 pytestmark = pytest.mark.integration
 
@@ -420,3 +420,30 @@ def test_pid_report_is_removed_from_stderr_even_when_split() -> None:
     )
     assert report.pid == 4231
     assert report.flush() == b""
+
+
+def test_a_non_root_docker_group_user_can_log_in_and_use_docker(
+    sshd: SSHBench, ssh_home: SSHHome, bench_user: BenchUser
+) -> None:
+    with connect(
+        bench_user.spec(sshd), known_hosts_path=sshd.known_hosts, ssh_config_path=os.devnull
+    ) as host:
+        ids = host.run(["sh", "-c", "id -u; id -Gn; echo $HOME"], check=True).stdout.split("\n")
+        assert ids[0] == str(bench_user.uid) and ids[0] != "0"
+        assert bench_user.docker_group in ids[1].split()
+        assert ids[2] == str(bench_user.home)
+        # The Docker engine answers this user through the socket's group, as in production.
+        version = host.run(["docker", "version", "--format", "{{.Server.Version}}"], check=True)
+        assert version.stdout.strip()
+        host.write_text(f"{bench_user.home}/deployer-bench-check", "mine\n", mode=0o600)
+        assert os.stat(f"{bench_user.home}/deployer-bench-check").st_uid == bench_user.uid
+        host.run(["rm", f"{bench_user.home}/deployer-bench-check"], check=True)
+
+
+def test_sshd_factory_passes_extra_config_lines(sshd_factory: SSHDFactory, ssh_home: SSHHome) -> None:
+    server = sshd_factory(extra=["SetEnv DEPLOYER_BENCH_SETENV=from-sshd"], sftp=False)
+    assert server.options["sftp"] is False
+    with connect(server.spec, known_hosts_path=server.known_hosts, ssh_config_path=os.devnull) as host:
+        shown = host.run(["sh", "-c", 'echo "$DEPLOYER_BENCH_SETENV"'], check=True)
+        assert shown.stdout == "from-sshd\n"
+    assert "Accepted publickey" in server.log()

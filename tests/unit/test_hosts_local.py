@@ -362,3 +362,86 @@ def test_put_get_and_missing_files(local: LocalHost, tmp_path: Path) -> None:
 def test_forward_yields_the_address_unchanged(local: LocalHost) -> None:
     with local.forward("127.0.0.1", 5432) as address:
         assert address == ("127.0.0.1", 5432)
+
+
+# -- durability and the file scripts used over SSH -----------------------------------------
+
+
+def test_write_text_fsyncs_the_file_and_its_directory(
+    local: LocalHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    local.write_text(str(tmp_path / "state.json"), "{}\n", mode=0o600)
+    # The temporary file's data first, then the directory that now holds the new name.
+    assert len(synced) == 2
+    assert Path(synced[0]).parent == tmp_path and Path(synced[0]).name.startswith(".state.json.")
+    assert synced[1] == str(tmp_path)
+    assert (tmp_path / "state.json").read_text() == "{}\n"
+
+
+def test_put_streams_large_files(local: LocalHost, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    with open(source, "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+        handle.seek(12345)
+        handle.write(b"marker")
+    local.put(source, str(tmp_path / "copy.bin"), mode=0o640)
+    copy = tmp_path / "copy.bin"
+    assert copy.stat().st_size == source.stat().st_size
+    assert copy.stat().st_mode & 0o777 == 0o640
+    with open(copy, "rb") as handle:
+        handle.seek(12345)
+        assert handle.read(6) == b"marker"
+
+
+def _sh(argv: list[str], data: bytes, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(argv, input=data, capture_output=True, cwd=cwd, check=False)
+
+
+def test_write_script_is_atomic_keeps_modes_and_refuses_short_input(tmp_path: Path) -> None:
+    from deployer.hosts import scripts
+
+    target = tmp_path / "app.env"
+    done = _sh(scripts.write_argv(str(target), 6, 0o600), b"A=1\nB\n", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert target.read_bytes() == b"A=1\nB\n" and target.stat().st_mode & 0o777 == 0o600
+    # Input cut short (a dropped connection): the old file stays, no temporary file left.
+    short = _sh(scripts.write_argv(str(target), 100, None), b"partial", tmp_path)
+    assert short.returncode == scripts.INCOMPLETE
+    assert b"received 7 of 100 bytes" in short.stderr
+    assert target.read_bytes() == b"A=1\nB\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.env"]
+    # Replacing without a mode keeps the old one; relative and option-like names work.
+    assert _sh(scripts.write_argv("app.env", 2, None), b"ok", tmp_path).returncode == 0
+    assert target.read_bytes() == b"ok" and target.stat().st_mode & 0o777 == 0o600
+    assert _sh(scripts.write_argv("-n", 1, None), b"x", tmp_path).returncode == 0
+    assert (tmp_path / "-n").read_bytes() == b"x"
+    missing = _sh(scripts.write_argv(str(tmp_path / "nope" / "f"), 1, None), b"x", tmp_path)
+    assert missing.returncode == scripts.MISSING
+
+
+def test_read_script_statuses(tmp_path: Path) -> None:
+    from deployer.hosts import scripts
+
+    (tmp_path / "f").write_bytes(b"\x00bytes\xff")
+    assert _sh(scripts.read_argv(str(tmp_path / "f")), b"", tmp_path).stdout == b"\x00bytes\xff"
+    assert _sh(scripts.read_argv("missing"), b"", tmp_path).returncode == scripts.MISSING
+    assert _sh(scripts.read_argv(str(tmp_path)), b"", tmp_path).returncode == scripts.IS_DIRECTORY
+
+
+def test_local_process_basics(local: LocalHost) -> None:
+    process = local.start([sys.executable, "-c", "import sys; print(sys.stdin.readline().upper(), end='')"])
+    process.send("hello\n")
+    assert process.readline(timeout=10) == "HELLO"
+    assert process.readline(timeout=10) == ""
+    assert process.wait(timeout=10) == 0
+    killed = local.start(["sleep", "30"])
+    killed.kill()
+    assert killed.wait(timeout=5) == 128 + 15
