@@ -17,7 +17,14 @@ from deployer.errors import CommandError, HostError, HostKeyError
 from deployer.hosts import Host, connect
 from deployer.hosts.spec import HostSpec, parse_host
 from deployer.hosts.ssh import SSHHost, fingerprint, resolve_target
-from tests.bench.sshd import BenchUser, SSHBench, SSHDFactory, SSHHome, free_port, write_ed25519_key
+from tests.bench.sshd import (
+    BenchUser,
+    SSHBench,
+    SSHDFactory,
+    SSHHome,
+    free_port,
+    write_ed25519_key,
+)
 
 pytestmark = pytest.mark.integration
 
