@@ -158,8 +158,7 @@ class SSHHost:
             reason = detail
         return ConnectionLost(
             f"lost the SSH connection to {self.target.label}: {reason}",
-            hint="check the network and the server; deployer reconnects on the next command "
-            "it runs, or run the command again",
+            hint="check the network and the server, then run the command again",
         )
 
     def _open_session(self) -> tuple[paramiko.Channel, Connection]:

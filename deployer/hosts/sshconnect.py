@@ -39,6 +39,10 @@ MAX_JUMPS = 8
 # Bigger windows than paramiko's default: bulk copies (backups) are several times faster.
 WINDOW_SIZE = 8 * 1024 * 1024
 MAX_PACKET_SIZE = 32 * 1024
+# The channel to the next hop is read a few bytes at a time by the next hop's transport,
+# and paramiko's channel buffer moves its whole content on every read: a smaller window
+# there is faster (measured: 100 MB through one jump in 3.9 s with 2 MiB, 10.4 s with 8 MiB).
+JUMP_WINDOW_SIZE = 2 * 1024 * 1024
 _STDERR_TAIL_BYTES = 16 * 1024
 _GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 
@@ -513,7 +517,7 @@ def _open_jump_channel(
             (target.hostname, target.port),
             ("127.0.0.1", 0),
             timeout=target.connect_timeout,
-            window_size=WINDOW_SIZE,
+            window_size=JUMP_WINDOW_SIZE,
             max_packet_size=MAX_PACKET_SIZE,
         )
     except paramiko.ChannelException as exc:

@@ -191,12 +191,15 @@ def test_proxyjump_and_proxycommand_compete_first_wins(home: Path) -> None:
         home,
         "Host a\n  ProxyJump j1,deploy@j2:2222\n  ProxyCommand nc %h %p\n"
         "Host b\n  ProxyCommand nc %h %p\n  ProxyJump j1\n"
-        "Host c\n  ProxyJump none\nHost *\n  ProxyJump never-used\n",
+        "Host c\n  ProxyJump none\nHost d\n  ProxyCommand none\n"
+        "Host *\n  ProxyJump never-used\n",
     )
     a, b, c = cfg.lookup("a"), cfg.lookup("b"), cfg.lookup("c")
     assert (a.proxy_jump, a.proxy_command) == (("j1", "deploy@j2:2222"), None)
     assert (b.proxy_jump, b.proxy_command) == ((), "nc b 22")
     assert (c.proxy_jump, c.proxy_command) == ((), None)
+    # "none" is a value too: it stops a later Host * from adding a jump.
+    assert (cfg.lookup("d").proxy_jump, cfg.lookup("d").proxy_command) == ((), None)
 
 
 @pytest.mark.parametrize(
