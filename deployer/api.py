@@ -1,9 +1,14 @@
-"""deployer as Python functions: what the CLI calls and what tests call."""
+"""deployer as Python functions: what the CLI calls and what tests call.
+
+Every function loads deploy.toml, opens the environment's target, and scrubs every secret of
+the configuration from what leaves it — progress lines and error messages alike.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,13 +16,11 @@ from deployer import config as configuration
 from deployer.errors import DeployerError
 
 if TYPE_CHECKING:
+    from deployer.engine import Outcome, Plan
     from deployer.hosts import Host
-    from deployer.server.lock import LockInfo
-    from deployer.plan import Plan
-    from deployer.playbook import Playbook
-    from deployer.release import Options
-    from deployer.runner import Outcome
+    from deployer.server.lock import LockState
     from deployer.status import History, Status
+    from deployer.steps.playbook import Playbook
 
 
 def load(config_path: Path | None = None, *, cwd: Path | None = None) -> configuration.Config:
@@ -37,7 +40,7 @@ def _noop(_: str) -> None:
 
 
 @contextmanager
-def _redacted(cfg: configuration.Config) -> Iterator[None]:
+def redacted(cfg: configuration.Config) -> Iterator[None]:
     """No secret of the configuration leaves in an error message (e.g. quoted command output)."""
     try:
         yield
@@ -62,45 +65,13 @@ def release(
     host: Host | None = None,
 ) -> Outcome | Plan:
     """Release the configured branch (or ``ref``) to ``env``; with ``dry_run``, only plan it."""
-    from deployer.playbook import load_playbook
-    from deployer.release import STEPS, Options
+    from deployer.steps.context import Options
+    from deployer.steps.playbook import load_playbook
 
     cfg = load(config_path)
     book = load_playbook(playbook or cfg.environment(env).playbook, cfg.root)
     options = Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm)
-    return _operate(cfg, env, book, options, STEPS, kind="release", log=log, host=host)
-
-
-def _operate(
-    cfg: configuration.Config,
-    env: str,
-    book: Playbook,
-    options: Options,
-    steps: Mapping[str, Callable[..., str]],
-    *,
-    kind: str,
-    log: Callable[[str], None],
-    host: Host | None,
-) -> Outcome | Plan:
-    """Run (or, for a dry run, plan) a playbook on one environment; the shared body of release and rollback."""
-    from deployer.plan import build_plan
-    from deployer.release import Run
-    from deployer.runner import execute
-    from deployer.server.target import open_target
-
-    cfg.environment(env)
-    target = open_target(cfg, env, host=host, prepare=not options.dry_run)
-    try:
-        with _redacted(cfg):
-            run = Run(target=target, playbook=book, options=options, log=lambda line: log(cfg.redact(line)), kind=kind)
-            if options.dry_run:
-                preflight = next(step for step in book.steps if step.name == "preflight")
-                steps["preflight"](run, preflight)
-                return build_plan(run)
-            return execute(run, steps)
-    finally:
-        if host is None:
-            target.host.close()
+    return _operate(cfg, env, book, options, kind="release", log=log, host=host)
 
 
 def rollback(
@@ -117,16 +88,99 @@ def rollback(
     host: Host | None = None,
 ) -> Outcome | Plan:
     """Roll ``env`` back to a release, an alembic revision, or ``previous``; schema, code and images together."""
-    from deployer import rollback as rollbacks
-    from deployer.release import Options
+    from deployer.steps import rollback as rollbacks
+    from deployer.steps.context import Options
 
     cfg = load(config_path)
     options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm)
-    return _operate(cfg, env, rollbacks.playbook(), options, rollbacks.step_functions(), kind="rollback", log=log, host=host)
+    return _operate(cfg, env, rollbacks.playbook(), options, kind="rollback", log=log, host=host)
+
+
+def _context(cfg: configuration.Config, target: Any, options: Any, kind: str, log: Callable[[str], None]) -> Any:
+    from deployer.steps.context import Context
+
+    return Context(target=target, options=options, log=lambda line: log(cfg.redact(line)), kind=kind)
+
+
+def _operate(
+    cfg: configuration.Config,
+    env: str,
+    book: Playbook,
+    options: Any,
+    *,
+    kind: str,
+    log: Callable[[str], None],
+    host: Host | None,
+) -> Outcome | Plan:
+    """Run (or, for a dry run, plan) a playbook on one environment; converge an interrupted run first."""
+    from deployer import engine
+    from deployer.server.target import open_target
+
+    cfg.environment(env)
+    target = open_target(cfg, env, host=host)
+    try:
+        with redacted(cfg):
+            ctx = _context(cfg, target, options, kind, log)
+            if options.dry_run:
+                record = engine.interrupted(ctx)
+                if record is not None:
+                    ctx.scratch["converge_first"] = engine.describe_interrupted(record) + "; converged back first"
+                return engine.plan(ctx, book)
+            converged = engine.converge(_context(cfg, target, replace(options, restore_backup=False), kind, log))
+            outcome = engine.execute(ctx, book)
+            return replace(outcome, converged=converged.converged) if converged is not None else outcome
+    finally:
+        if host is None:
+            target.host.close()
+
+
+def recover(
+    env: str,
+    *,
+    config_path: Path | None = None,
+    forward: bool = False,
+    restore_backup: bool = False,
+    dry_run: bool = False,
+    verbose: bool = False,
+    log: Callable[[str], None] = _noop,
+    host: Host | None = None,
+) -> Outcome | Plan | None:
+    """Converge an interrupted run: back to where it started (default), or ``forward``.
+
+    With ``dry_run``, the plan of what it would do. None: no run was interrupted.
+    """
+    from deployer import engine
+    from deployer.server.target import open_target
+    from deployer.steps.context import Options
+
+    cfg = load(config_path)
+    options = Options(dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, forward=forward)
+    target = open_target(cfg, env, host=host)
+    try:
+        with redacted(cfg):
+            ctx = _context(cfg, target, options, "release", log)
+            if not dry_run:
+                return engine.converge(ctx, forward=forward, restore_backup=restore_backup)
+            record = engine.interrupted(ctx)
+            if record is None:
+                return None
+            ctx.planning = True
+            engine.converge(ctx, forward=forward, restore_backup=restore_backup)
+            return engine.Plan(
+                environment=env, host=str(target.env.host), playbook="recover", commit=record.goal.commit, ref=record.id,
+                previous_commit=record.source.commit, database_revision=record.source.revision, heads=record.goal.heads,
+                pending=(), kind="recover",
+                steps=(engine.PlannedStep(step="recover", label="forward" if forward else "recovery",
+                                          commands=tuple(text for _, text in ctx.trace),
+                                          note=engine.describe_interrupted(record)),),
+            )
+    finally:
+        if host is None:
+            target.host.close()
 
 
 def status(env: str, *, config_path: Path | None = None) -> Status:
-    """Deployed commit vs branch, database vs code, containers, lock, last release, newest backup."""
+    """Deployed commit vs branch, database vs running code, containers, lock, interrupted runs."""
     from deployer.status import status as read_status
 
     return read_status(config_path, env)
@@ -139,30 +193,21 @@ def history(env: str, *, config_path: Path | None = None, limit: int | None = No
     return read_history(config_path, env, limit=limit)
 
 
-def lock_status(env: str, *, config_path: Path | None = None) -> LockInfo | None:
-    """Who holds the environment's deploy lock, or None."""
+def lock_status(env: str, *, config_path: Path | None = None) -> LockState:
+    """Who holds the environment's deploy lock (read-only)."""
     from deployer.server.lock import read_lock
     from deployer.server.target import open_target
 
     cfg = load(config_path)
-    target = open_target(cfg, env)
-    try:
+    with open_target(cfg, env, probe_compose=False) as target, redacted(cfg):
         return read_lock(target.host, target.state_dir)
-    finally:
-        target.host.close()
 
 
-def lock_release(env: str, *, config_path: Path | None = None) -> LockInfo | None:
-    """Break the environment's deploy lock (after a crashed run); returns who held it."""
-    from deployer.server.lock import read_lock
-    from deployer.server.lock import release as release_lock
+def lock_release(env: str, *, config_path: Path | None = None) -> LockState:
+    """Clear a stale lock record (a live holder is never broken: the lease frees itself)."""
+    from deployer.server.lock import break_lock
     from deployer.server.target import open_target
 
     cfg = load(config_path)
-    target = open_target(cfg, env)
-    try:
-        holder = read_lock(target.host, target.state_dir)
-        release_lock(target.host, target.state_dir)
-        return holder
-    finally:
-        target.host.close()
+    with open_target(cfg, env, probe_compose=False) as target, redacted(cfg):
+        return break_lock(target.host, target.state_dir)

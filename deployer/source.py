@@ -120,3 +120,14 @@ def migration_scripts(repo, sha: str, migrations_dir: str) -> MigrationScripts:
         for path in version_files(blobs, migrations_dir)
     }
     return scripts_from_sources(sources, location=f"{migrations_dir} at {sha[:12]}")
+
+
+def file_at(repo, sha: str, path: str) -> str | None:  # noqa: ANN001 - git.Repo
+    """The text of ``path`` (relative to the repository root) in commit ``sha``; None if absent."""
+    try:
+        blob = repo.commit(sha).tree / path.strip("/")
+    except KeyError:
+        return None
+    if blob.type != "blob":
+        return None
+    return blob.data_stream.read().decode("utf-8", errors="replace")

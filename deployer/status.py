@@ -54,6 +54,7 @@ class StatusCode(IntEnum):
     MULTIPLE_HEADS = 13  # the deployed code or the branch tip has unmerged migration heads
     NOT_INITIALISED = 14  # no migration applied yet, or nothing deployed at all
     DRIFT = 15  # schema fine, but the code is not the branch tip or a service is not healthy
+    INTERRUPTED = 16  # a release or rollback was interrupted: `deployer recover ENV` converges it
 
 
 # Verdict names as they appear in text and JSON (migrations.VerdictKind values, plus two).
@@ -140,6 +141,8 @@ class LockState:
     holder: str | None = None
     command: str | None = None
     acquired_at: str | None = None
+    stale: bool = False  # left by an owner that is gone (the lease itself is free)
+    gone_since: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,8 @@ class Status:
     last_backup: BackupSummary | None
     problems: tuple[str, ...]
     exit_code: int
+    interrupted: str | None = None  # an interrupted run, described
+    running: str | None = None  # the commit the running web container was built from
 
     @property
     def in_sync(self) -> bool:
@@ -322,8 +327,10 @@ def code_problems(code: CodeState) -> list[str]:
     return [f"the deployed commit {code.deployed[:12]} is not the tip of {code.branch} ({code.tip[:12]})"]
 
 
-def exit_code_for(database: DatabaseState, problems: Sequence[str]) -> int:
-    """The schema verdict decides first; otherwise any other problem is drift (15)."""
+def exit_code_for(database: DatabaseState, problems: Sequence[str], interrupted: str | None = None) -> int:
+    """An interrupted run first (16), then the schema verdict; any other problem is drift (15)."""
+    if interrupted:
+        return int(StatusCode.INTERRUPTED)
     code = _VERDICT_CODES.get(database.verdict, StatusCode.DRIFT)
     if code != StatusCode.IN_SYNC:
         return int(code)
@@ -334,15 +341,16 @@ def exit_code_for(database: DatabaseState, problems: Sequence[str]) -> int:
 
 
 def read_containers(host: Host, project: str) -> list[Container]:
+    """Every container of the project, the one-off ones (migrations) included."""
     from deployer.commands import docker as facts
 
-    result = host.run(facts.project_argv(project), timeout=30)
+    result = host.run(facts.project_argv(project, oneoff=True), timeout=30)
     if not result.ok:
         raise DeployerError(
             f"cannot list the containers on {host.name}: {(result.stderr or result.stdout).strip()[-300:]}",
             hint="the user deployer logs in as must be able to run `docker ps`",
         )
-    return [c for c in facts.parse_inspect(result.stdout) if not c.oneoff]
+    return facts.parse_inspect(result.stdout)
 
 
 def _service(c: Container) -> Service:
@@ -421,21 +429,27 @@ def _import_database() -> None:
 
 
 def _target(cfg: Config, env_name: str, host: Host) -> Target:
-    """A Target without probing compose: status runs no compose command."""
-    from deployer.commands import compose as compose_cmds
-    from deployer.server.target import ENV_FILE, STATE_DIR, Target
+    """A Target without probing compose: status runs no compose command it can avoid."""
+    from deployer.server.target import Target, make_compose
 
     env = cfg.environment(env_name)
-    compose = compose_cmds.Compose(
-        program=compose_cmds.V2, project=cfg.app.name, project_dir=env.path,
-        files=(posixpath.join(env.path, cfg.app.compose_file),),
-        env_file=posixpath.join(env.path, STATE_DIR, ENV_FILE) if env.env else None,
-    )
-    return Target(config=cfg, env=env, host=host, compose=compose)
+    return Target(config=cfg, env=env, host=host, compose=make_compose(cfg, env))
+
+
+def _locate_database(target: Target) -> Any:
+    """Where the database is: deploy.toml's database_url, else the checkout's compose config."""
+    from deployer.db.backups import location_of
+    from deployer.server import facts
+
+    if target.env.database_url:
+        return location_of(target)
+    if not target.host.run(["test", "-e", target.compose.files[0]], timeout=30).ok:
+        return None
+    return facts.database_location(target, facts.compose_config(target))
 
 
 def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | None = None) -> Status:
-    """Read the state of environment ``env`` (see the module docstring).
+    """Read the state of environment ``env`` (see the module docstring). Writes nothing.
 
     Raises :class:`~deployer.errors.HostError` (exit 3) when the host cannot be reached;
     an unreachable database is a verdict in the report, not an exception.
@@ -446,11 +460,8 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
     environment = cfg.environment(env)
     branch = environment.branch or cfg.app.branch
     # Light modules first, in this thread, so no two threads import the same module.
-    from deployer.db import backups
-    from deployer.commands import docker as containers
-    from deployer.commands import git as gitops
-    from deployer.server import journal
-    from deployer.server import lock
+    from deployer.commands import docker as containers_cmds, git as gitops  # noqa: F401
+    from deployer.server import journal, lock, runlog  # noqa: F401
     from deployer.server import target as _  # noqa: F401
     from deployer.hosts import connect
 
@@ -474,25 +485,33 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         lock_f = pool.submit(lock.read_lock, host, state_dir)
         journal_f = pool.submit(journal.read, host, state_dir)
         backup_f = pool.submit(read_newest_backup, host, environment.backup_dir)
+        runlog_f = pool.submit(runlog.read, host, state_dir)
+        location_f = pool.submit(_after, warm, _locate_database, target)
 
-        containers = containers_f.result()
+        every = containers_f.result()
+        containers = [c for c in every if not c.oneoff]
         db_error: str | None = None
         db_revisions: tuple[str, ...] | None = None
-        db = next((c for c in containers if c.service == cfg.app.db_service and c.state == "running"), None)
-        if db is None:
-            states = [c.state for c in containers if c.service == cfg.app.db_service]
-            db_error = f"the {cfg.app.db_service} container is " + (states[0] if states else "missing")
-        else:
-            warm.result()
-            db_revisions, db_error = _read_db(target, db)
+        try:
+            location = location_f.result()
+        except DeployerError as error:
+            location, db_error = None, error.message
+        if location is not None:
+            db_revisions, db_error = _read_db(target, location, every)
+        elif db_error is None:
+            db_error = "nothing deployed: no compose file to locate the database with"
 
         head = head_f.result()
         deployed_sha = gitops.parse_sha(head.stdout) if head.ok else None
         repo, tip, tip_error = repo_future.result()
+        records = journal_f.result()
+        interrupted_run = runlog_f.result()
+        running_sha, running_problem = _running_commit(cfg, containers, records, interrupted_run, deployed_sha)
+        judged_sha = running_sha or deployed_sha
         deployed_scripts, deployed_subject, ahead, behind = None, None, None, None
-        if deployed_sha is not None:
+        if judged_sha is not None:
             deployed_scripts, deployed_subject, ahead, behind = _deployed_code(
-                repo, host, environment.path, deployed_sha, tip.sha if tip else None, cfg.app.migrations_dir
+                repo, host, environment.path, judged_sha, tip.sha if tip else None, cfg.app.migrations_dir
             )
         code = CodeState(
             branch=branch, deployed=deployed_sha, deployed_subject=deployed_subject,
@@ -502,14 +521,30 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         warm.result()
         database = assess(db_revisions, deployed_scripts, tip.scripts if tip else None, error=db_error)
         services = tuple(sorted((_service(c) for c in containers), key=lambda s: (s.service, s.container)))
-        holder = lock_f.result()
-        records = journal_f.result()
+        state = lock_f.result()
         last = records[-1] if records else None
         problems = code_problems(code)
+        if running_problem:
+            problems.append(running_problem)
         if deployed_sha is not None:
-            problems += service_problems(services, (cfg.app.db_service, cfg.app.web_service))
-        if last is not None and last.outcome != journal.SUCCEEDED:
+            expected = [s for s in (cfg.app.db_service, cfg.app.web_service) if s]
+            problems += service_problems(services, expected)
+        leftovers = [c.name for c in every if c.oneoff and "-migrate-" in c.name or c.oneoff and "-downgrade-" in c.name]
+        if leftovers:
+            problems.append(f"a migration container is left from an interrupted run: {', '.join(leftovers)}")
+        interrupted = None
+        if interrupted_run is not None and not state.held:
+            from deployer.engine import describe_interrupted
+
+            interrupted = describe_interrupted(interrupted_run) + f": `deployer recover {env}` converges it"
+            problems.append(interrupted)
+        if state.stale and state.info is not None:
+            problems.append(f"the lock's owner {state.info.holder} is gone"
+                            + (f" since {state.gone_since}" if state.gone_since else "")
+                            + ": the next command takes it over")
+        if last is not None and last.outcome != journal.SUCCEEDED and interrupted_run is None:
             problems.append(f"the last {last.kind} {last.id} {last.outcome}")
+        info = state.info
         return Status(
             environment=env,
             host=host.name,
@@ -519,15 +554,17 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
             code=code,
             database=database,
             services=services,
-            lock=LockState(held=True, holder=holder.holder, command=holder.command, acquired_at=holder.acquired_at)
-            if holder else LockState(held=False),
+            lock=LockState(held=state.held, holder=info.holder if info else None, command=info.command if info else None,
+                           acquired_at=info.acquired_at if info else None, stale=state.stale, gone_since=state.gone_since),
             last_release=ReleaseSummary(
                 id=last.id, kind=last.kind, outcome=last.outcome, commit=last.commit,
                 finished_at=last.finished_at, user=last.user,
             ) if last else None,
             last_backup=backup_f.result(),
             problems=tuple(problems),
-            exit_code=exit_code_for(database, problems),
+            exit_code=exit_code_for(database, problems, interrupted),
+            interrupted=interrupted,
+            running=running_sha,
         )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -536,20 +573,47 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
             host.close()
 
 
+def _running_commit(cfg: Config, containers: Sequence[Container], records: Sequence[Record], run: Any,
+                    deployed: str | None) -> tuple[str | None, str | None]:
+    """The commit the running web container was built from, and a problem when that is not the checkout's.
+
+    The journal records each release's image ids; an interrupted run's step log records what
+    it built. The checkout alone proves nothing: a run killed after sync leaves it ahead.
+    """
+    from deployer.server import journal
+
+    web = next((c for c in containers if c.service == cfg.app.web_service and c.state == "running"), None)
+    if web is None:
+        return None, None
+    released = journal.running_image_release(records, web.image_id)
+    sha = released.commit if released else None
+    if sha is None and run is not None and web.image_id in run.built.values():
+        sha = run.goal.commit
+    if sha is None:
+        if any(r.image_ids for r in records):
+            return None, (f"the running {web.service} image {web.image_id[:19]} is from no recorded release: "
+                          "compared with the checkout")
+        return None, None
+    if deployed is not None and sha != deployed:
+        return sha, f"the checkout is at {deployed[:12]} but the running code is {sha[:12]} (judged by the running code)"
+    return sha, None
+
+
 def _after(first: Future[None], fn: Callable[..., T], *args: Any) -> T:
     first.result()
     return fn(*args)
 
 
-def _read_db(target: Target, db: Container) -> tuple[tuple[str, ...] | None, str | None]:
-    from deployer.db.migrations import database_revisions
-    from deployer.server.facts import database_url_here
+def _read_db(target: Target, location: Any, found: Sequence[Container]) -> tuple[tuple[str, ...] | None, str | None]:
+    from deployer.server.facts import read_revisions
 
     try:
-        with database_url_here(target, db) as url:
-            return database_revisions(url, connect_timeout=5), None
+        revisions = read_revisions(target, location, found, connect_timeout=5)
     except DeployerError as error:
         return None, error.message
+    if revisions is None:
+        return None, f"the database is not running ({location.source})"
+    return revisions, None
 
 
 def _open_repo_and_tip(cfg: Config, remote: str | None, branch: str) -> tuple[Any, _Tip | None, str | None]:
@@ -600,7 +664,6 @@ def _deployed_code(
 def history(cfg_or_path: Config | str | Path | None, env: str, *, limit: int | None = None, host: Host | None = None) -> History:
     """The environment's releases and rollbacks, newest first (at most ``limit``)."""
     from deployer.server import journal
-    from deployer.server.target import STATE_DIR
 
     cfg = _load(cfg_or_path)
     environment = cfg.environment(env)
@@ -610,7 +673,7 @@ def history(cfg_or_path: Config | str | Path | None, env: str, *, limit: int | N
 
         host = connect(environment.host)
     try:
-        records = journal.read(host, posixpath.join(environment.path, STATE_DIR))
+        records = journal.read(host, environment.state_dir)
     finally:
         if own_host:
             host.close()
@@ -690,8 +753,12 @@ def render_status(s: Status, now: datetime | None = None) -> str:
     if s.lock.held:
         lines.append(f"  lock       held by {s.lock.holder} for '{s.lock.command}' since {s.lock.acquired_at} "
                      f"({_age(s.lock.acquired_at, now)} ago)")
+    elif s.lock.stale:
+        lines.append(f"  lock       free (left by {s.lock.holder}, gone" + (f" since {s.lock.gone_since})" if s.lock.gone_since else ")"))
     else:
         lines.append("  lock       free")
+    if s.running and s.running != c.deployed:
+        lines.append(f"  running    {_short(s.running)} (the running web container's code)")
     r = s.last_release
     lines.append(
         f"  release    {r.id} {r.kind} {r.outcome} {_age(r.finished_at, now)} ago by {r.user}" if r else "  release    none recorded"

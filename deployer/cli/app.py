@@ -176,7 +176,8 @@ app.command("history")(history_cmd)
 
 @lock_app.command("status")
 def lock_status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Say whether ENV's deploy lock is held, by whom and since when.
+    """Say whether ENV's deploy lock is held, by whom and since when (or left by an owner
+    that is gone). Changes nothing.
 
     Example:  deployer lock status production
     """
@@ -184,34 +185,89 @@ def lock_status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: Json
 
     from deployer import api
 
-    holder = api.lock_status(env, config_path=config)
+    state = api.lock_status(env, config_path=config)
     if as_json:
-        typer.echo(json.dumps({"held": holder is not None, "holder": asdict(holder) if holder else None}))
-    elif holder is None:
-        typer.echo(f"{env}: lock free")
+        typer.echo(json.dumps({"held": state.held, "stale": state.stale, "gone_since": state.gone_since,
+                               "holder": asdict(state.info) if state.info else None}))
     else:
-        typer.echo(f"{env}: lock {holder.describe()}")
+        typer.echo(f"{env}: lock {state.describe()}")
 
 
 @lock_app.command("release")
 def lock_release_cmd(env: EnvArgument, config: ConfigOption = None) -> None:
-    """Break ENV's deploy lock, e.g. after a run was killed. Make sure nobody is releasing.
+    """Clear the record a vanished lock owner left. The lock itself frees itself when its
+    owner's process ends; a live holder is never broken.
 
     Example:  deployer lock release production
     """
     from deployer import api
+    from deployer.errors import LockHeldError
 
-    holder = api.lock_release(env, config_path=config)
-    typer.echo(f"{env}: lock released (was {holder.describe()})" if holder else f"{env}: lock was free")
+    state = api.lock_release(env, config_path=config)
+    if state.held:
+        raise LockHeldError(f"{env}: lock {state.describe()}: its owner is alive",
+                            hint="wait for it to finish; the lock frees itself when that run ends")
+    typer.echo(f"{env}: lock free (cleared: {state.describe()})" if state.stale else f"{env}: lock was free")
+
+
+@app.command("recover")
+def recover_cmd(
+    env: EnvArgument,
+    config: ConfigOption = None,
+    forward: Annotated[bool, typer.Option("--forward", help="Finish the interrupted run (its changes were all made) instead of undoing it.")] = False,
+    restore_backup: Annotated[
+        bool, typer.Option("--restore-backup", help="Restore the run's pre-upgrade backup even if that discards writes made since it.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what it would do and change nothing.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the output of the commands run.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Converge ENV after a release or rollback that was interrupted (killed, disconnected):
+    back to where it started, from its step log on the host. `release` and `rollback` do
+    this first on their own; `status` shows an interrupted run.
+
+    Example:  deployer recover production --dry-run
+    """
+    from deployer import api
+    from deployer.cli.render import progress_printer, render_plan
+
+    result = api.recover(env, config_path=config, forward=forward, restore_backup=restore_backup, dry_run=dry_run,
+                         verbose=verbose, log=progress_printer())
+    if result is None:
+        if as_json:
+            typer.echo(json.dumps({"environment": env, "interrupted": None}))
+        else:
+            typer.echo(f"{env}: no interrupted run: nothing to recover")
+        return
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    elif dry_run:
+        render_plan(result)  # type: ignore[arg-type]
+    else:
+        typer.echo(f"{env}: {result.converged}; {result.recovery}")  # type: ignore[union-attr]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and turn foreseen failures into one message + exit code."""
+    from deployer import interrupts
+
+    interrupts.install()
     try:
         app(args=argv, prog_name="deployer")
     except DeployerError as error:
-        typer.echo(f"error: {error}", err=True)
+        _say(f"error: {error}")
         sys.exit(int(error.exit_code))
+    except interrupts.Interrupted as interruption:
+        _say(f"interrupted ({interruption.name})")
+        sys.exit(interruption.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        _say("interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
+
+
+def _say(text: str) -> None:
+    """An error line on stderr; a closed terminal (SIGHUP) must not turn it into a traceback."""
+    try:
+        typer.echo(text, err=True)
+    except (OSError, ValueError):
+        pass

@@ -36,8 +36,12 @@ def progress_printer():  # noqa: ANN201 - Callable[[str], None]
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    broken = False
 
     def log(line: str) -> None:
+        nonlocal broken
+        if broken:
+            return
         style = None
         if line.startswith("✓"):
             style = "green"
@@ -45,7 +49,11 @@ def progress_printer():  # noqa: ANN201 - Callable[[str], None]
             style = "red"
         elif line.startswith("  |"):
             style = "dim"
-        console.print(line, style=style, markup=False)
+        try:
+            console.print(line, style=style, markup=False)
+        except (OSError, ValueError):
+            # The terminal went away (SIGHUP): the run goes on, and recovers, without it.
+            broken = True
 
     return log
 
@@ -58,9 +66,13 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.plan.Plan
     out = lambda text="": console.print(text, markup=False)  # noqa: E731
     what = f"rollback to {plan.target_release}" if plan.kind == "rollback" else f"playbook {plan.playbook}"
     out(f"{plan.kind} plan for {plan.environment} on {plan.host} ({what}) — nothing will change")
+    if plan.converge_first:
+        out(f"  first    {plan.converge_first}")
     out(f"  commit   {plan.commit} ({plan.ref}); deployed now: {plan.previous_commit or 'nothing'}")
     db = "not running" if plan.database_revision is None else (", ".join(plan.database_revision) or "no revision")
     out(f"  database {db} -> {', '.join(plan.heads) or 'no migrations'}")
+    if plan.database:
+        out(f"  at       {plan.database}")
     label = "downgrades" if plan.kind == "rollback" else "pending migrations"
     if plan.pending:
         out(f"  {label}, in order:")
@@ -78,4 +90,6 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.plan.Plan
     for number, step in enumerate(plan.steps, start=1):
         out(f"{number:2d}. {step.label}" + (f"  ({step.note})" if step.note else ""))
         for command in step.commands:
-            out(f"      $ {command}")
+            out(f"      {'' if command.startswith(('wait:', 'read:', 'write ', 'take the')) else '$ '}{command}")
+    for line in plan.footer:
+        out(f"  ({line})")

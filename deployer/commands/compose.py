@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 V2: tuple[str, ...] = ("docker", "compose")
 V1: tuple[str, ...] = ("docker-compose",)
@@ -90,6 +90,7 @@ class Compose:
         env: Mapping[str, str] | None = None,
         no_deps: bool = True,
         name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[str]:
         """A one-off container of ``service`` running ``command``, removed afterwards.
 
@@ -101,17 +102,33 @@ class Compose:
             argv += ["--name", name]
         if no_deps:
             argv.append("--no-deps")
+        for key, value in (labels or {}).items():
+            argv += ["--label", f"{key}={value}"]
         for key, value in (env or {}).items():
             argv += ["-e", f"{key}={value}"]
         return [*argv, service, *command]
 
-    def exec(self, service: str, command: Sequence[str]) -> list[str]:
-        return [*self.base(), "exec", "-T", service, *command]
+    def exec(self, service: str, command: Sequence[str], *, env: Mapping[str, str] | None = None) -> list[str]:
+        """``command`` in the running container of ``service`` (no TTY)."""
+        argv = [*self.base(), "exec", "-T"]
+        for key, value in (env or {}).items():
+            argv += ["-e", f"{key}={value}"]
+        return [*argv, service, *command]
 
     def stop(self, services: Sequence[str] = (), *, timeout: int | None = None) -> list[str]:
         argv = [*self.base(), "stop"]
         if timeout is not None:
             argv += ["--timeout", str(timeout)]
+        return argv + list(services)
+
+    def start(self, services: Sequence[str] = ()) -> list[str]:
+        return [*self.base(), "start", *services]
+
+    def rm(self, services: Sequence[str], *, stop: bool = False) -> list[str]:
+        """Remove the containers of ``services`` (stopping them first with ``stop``)."""
+        argv = [*self.base(), "rm", "--force"]
+        if stop:
+            argv.append("--stop")
         return argv + list(services)
 
     def down(self, *, volumes: bool = False) -> list[str]:
@@ -136,6 +153,108 @@ class Compose:
 
     def config_services(self) -> list[str]:
         return [*self.base(), "config", "--services"]
+
+    def config(self) -> list[str]:
+        """The resolved configuration of the checkout, as YAML (parse with :func:`parse_config`)."""
+        return [*self.base(), "config"]
+
+    def config_of(self, compose_file: str, variables: str | None) -> tuple[list[str], bytes]:
+        """argv and stdin that resolve ``compose_file`` (a file's text) on the host, read-only.
+
+        Preflight resolves the compose file of the commit about to ship, with the variables
+        deploy.toml gives it, before anything on the host changed: both travel on stdin
+        (the variables first, ``len`` bytes, into a private temporary file the script
+        removes), never on a command line. ``variables`` None: compose reads the project
+        directory's ``.env`` as it would for every other command.
+        """
+        argv = [*self.program, "--project-name", self.project, "--project-directory", self.project_dir, "--file", "-"]
+        body = compose_file.encode("utf-8")
+        if variables is None:
+            return [*argv, "config"], body
+        head = variables.encode("utf-8")
+        return ["sh", "-c", _CONFIG_WITH_VARIABLES, "sh", str(len(head)), *argv], head + body
+
+
+# $1: the length of the env file at the front of stdin; the rest of the arguments are the
+# compose command, to which --env-file and `config` are added; compose reads the rest of stdin.
+_CONFIG_WITH_VARIABLES = (
+    'set -e; umask 077; d=$(mktemp -d); trap \'rm -rf "$d"\' EXIT; n=$1; shift; '
+    'head -c "$n" > "$d/env"; "$@" --env-file "$d/env" config'
+)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service of a resolved compose configuration."""
+
+    name: str
+    image: str = ""
+    environment: Mapping[str, str] = field(default_factory=dict)
+    build_context: str | None = None  # absolute on the host after `compose config`
+    dockerfile: str | None = None
+    depends_on: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()  # named volumes it mounts (their keys in `volumes:`)
+    has_healthcheck: bool = False
+    publishes_ports: bool = False
+
+
+@dataclass(frozen=True)
+class ComposeConfig:
+    """What ``compose config`` says: services, and the named volumes with their engine names."""
+
+    services: Mapping[str, ServiceConfig]
+    volumes: Mapping[str, str] = field(default_factory=dict)  # key -> the docker volume's name
+
+    @property
+    def build_contexts(self) -> dict[str, str]:
+        """service -> build context, for the services compose builds."""
+        return {name: s.build_context for name, s in self.services.items() if s.build_context}
+
+
+def parse_config(text: str, project: str) -> ComposeConfig:
+    """Parse ``compose config`` YAML (v1 or v2); ``project`` names volumes without a ``name:``."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"compose config printed something that is not YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError("compose config printed no mapping")
+    services: dict[str, ServiceConfig] = {}
+    for name, raw in (data.get("services") or {}).items():
+        raw = raw or {}
+        environment = raw.get("environment") or {}
+        if isinstance(environment, list):  # KEY=VALUE items (older output)
+            environment = dict(item.partition("=")[::2] for item in environment)
+        build = raw.get("build")
+        if isinstance(build, str):
+            build = {"context": build}
+        depends = raw.get("depends_on") or ()
+        mounts = []
+        for volume in raw.get("volumes") or ():
+            if isinstance(volume, dict) and volume.get("type", "volume") == "volume" and volume.get("source"):
+                mounts.append(str(volume["source"]))
+            elif isinstance(volume, str) and ":" in volume and not volume.startswith(("/", ".", "~")):
+                mounts.append(volume.split(":", 1)[0])
+        services[str(name)] = ServiceConfig(
+            name=str(name),
+            image=str(raw.get("image") or ""),
+            environment={str(k): "" if v is None else str(v) for k, v in environment.items()},
+            build_context=str(build["context"]) if isinstance(build, dict) and build.get("context") else None,
+            dockerfile=str(build.get("dockerfile")) if isinstance(build, dict) and build.get("dockerfile") else None,
+            depends_on=tuple(sorted(depends)) if isinstance(depends, (dict, list)) else (),
+            volumes=tuple(mounts),
+            has_healthcheck=bool(raw.get("healthcheck")) and not (raw.get("healthcheck") or {}).get("disable"),
+            publishes_ports=bool(raw.get("ports")),
+        )
+    volumes = {}
+    for key, raw in (data.get("volumes") or {}).items():
+        raw = raw or {}
+        external = raw.get("external")
+        default = str(key) if external else f"{project}_{key}"
+        volumes[str(key)] = str(raw.get("name") or default)
+    return ComposeConfig(services=services, volumes=volumes)
 
 
 @dataclass(frozen=True)

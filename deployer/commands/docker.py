@@ -26,6 +26,8 @@ class Container:
     ips: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     oneoff: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    exit_code: int | None = None
 
     @property
     def is_healthy(self) -> bool:
@@ -39,15 +41,16 @@ def inspect_argv(ids: Sequence[str]) -> list[str]:
 # Lists a compose project's containers and inspects them in ONE round trip (no compose file
 # to load). A constant script: the project name arrives as $1, never formatted into it.
 _PROJECT_SCRIPT = (
-    'ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$1" '
-    '--filter "label=com.docker.compose.oneoff=False") || exit $?; '
+    'ids=$(docker ps --all --quiet --no-trunc --filter "label=com.docker.compose.project=$2" $1) || exit $?; '
     '[ -z "$ids" ] && echo "[]" && exit 0; exec docker inspect --type container $ids'
 )
+_SERVICES_ONLY = "--filter=label=com.docker.compose.oneoff=False"
 
 
-def project_argv(project: str) -> list[str]:
-    """argv listing and inspecting a compose project's (non one-off) containers."""
-    return ["sh", "-c", _PROJECT_SCRIPT, "sh", project]
+def project_argv(project: str, *, oneoff: bool = False) -> list[str]:
+    """argv listing and inspecting a compose project's containers: its services' only, or
+    with ``oneoff`` also the one-off containers (``compose run``: migrations)."""
+    return ["sh", "-c", _PROJECT_SCRIPT, "sh", "" if oneoff else _SERVICES_ONLY, project]
 
 
 def parse_inspect(stdout: str) -> list[Container]:
@@ -77,6 +80,8 @@ def parse_inspect(stdout: str) -> list[Container]:
                 ips=tuple(net.get("IPAddress") for net in networks.values() if net.get("IPAddress")),
                 env=env,
                 oneoff=labels.get(ONEOFF_LABEL, "False") == "True",
+                labels=dict(labels),
+                exit_code=int(state["ExitCode"]) if isinstance(state.get("ExitCode"), int) else None,
             )
         )
     return containers

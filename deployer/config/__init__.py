@@ -492,8 +492,10 @@ def _plain(obj: Any) -> dict[str, Any]:
         value = getattr(obj, f.name)
         if isinstance(value, HostSpec):
             value = str(value)
-        elif isinstance(value, tuple):
+        elif isinstance(value, tuple) and all(isinstance(item, str) for item in value):
             value = shlex.join(value)
+        elif isinstance(value, tuple):
+            value = list(value)
         elif isinstance(value, Mapping):
             value = dict(value)
         out[f.name] = value

@@ -21,11 +21,14 @@ import os
 import posixpath
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from deployer.actions import Arg, Command, Read, Value, Write, drive, resolve
+from deployer.db.url import DatabaseLocation, parse
+from deployer.db.writes import SQLITE_COUNTS
 from deployer.errors import CommandError, DeployerError, RefusedError
 from deployer.server.target import Target, shell
 
@@ -45,9 +48,11 @@ DUMP_TIMEOUT = 6 * 3600.0
 
 # Run inside the db container, whose environment names the database (official postgres image).
 # A lock wait timeout: a backup must fail, not hang, behind a transaction holding a table lock.
+# PGUSER/PGDATABASE come from the app's database URL when deployer knows it; $2, when given,
+# is the snapshot a transaction of deployer's exported (the rows it counted are the dump's).
 PG_DUMP = (
-    'exec pg_dump --format=custom --lock-wait-timeout="$1" '
-    '--username="${POSTGRES_USER:-postgres}" "${POSTGRES_DB:-${POSTGRES_USER:-postgres}}"'
+    'exec pg_dump --format=custom --lock-wait-timeout="$1" ${2:+--snapshot="$2"} '
+    '--username="${PGUSER:-${POSTGRES_USER:-postgres}}" "${PGDATABASE:-${POSTGRES_DB:-${POSTGRES_USER:-postgres}}}"'
 )
 PG_LIST = "exec pg_restore --list"
 # Reads every data block (pg_restore --list only reads the table of contents at the front).
@@ -58,11 +63,11 @@ PG_RESTORE = (
     "set -e; sql=$(mktemp); trap 'rm -f \"$sql\"' EXIT; pg_restore --no-owner --file=\"$sql\"; "
     "{ echo 'DROP SCHEMA public CASCADE; CREATE SCHEMA public;'; cat \"$sql\"; } | "
     'psql --quiet --no-psqlrc --set=ON_ERROR_STOP=1 --single-transaction '
-    '--username="${POSTGRES_USER:-postgres}" --dbname="${POSTGRES_DB:-${POSTGRES_USER:-postgres}}" >/dev/null'
+    '--username="${PGUSER:-${POSTGRES_USER:-postgres}}" --dbname="${PGDATABASE:-${POSTGRES_DB:-${POSTGRES_USER:-postgres}}}" >/dev/null'
 )
 
 # SQLite, run with python3 in a one-off web container; argv[1] is the database file.
-SQLITE_DUMP = """\
+SQLITE_DUMP = "COUNTS = " + repr(SQLITE_COUNTS) + """
 import os, shutil, sqlite3, sys, tempfile
 source = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
 fd, copy = tempfile.mkstemp(suffix=".sqlite")
@@ -71,6 +76,12 @@ try:
     target = sqlite3.connect(copy)
     source.backup(target)  # online: consistent even while the app writes
     target.close()
+    sys.argv[1] = copy
+    import io, contextlib
+    counted = io.StringIO()
+    with contextlib.redirect_stdout(counted):
+        exec(COUNTS)
+    sys.stderr.write("deployer-baseline: " + counted.getvalue().strip() + "\n")
     with open(copy, "rb") as handle:
         shutil.copyfileobj(handle, sys.stdout.buffer, 1 << 20)
 finally:
@@ -97,17 +108,6 @@ except sqlite3.DatabaseError as error:
 finally:
     os.unlink(copy)
 """
-SQLITE_REVISION = """\
-import os, sqlite3, sys
-if not os.path.exists(sys.argv[1]):
-    sys.exit(0)
-db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
-try:
-    rows = db.execute("SELECT version_num FROM alembic_version").fetchall()
-except sqlite3.OperationalError:
-    rows = []
-print(" ".join(row[0] for row in rows))
-"""
 
 
 class BackupError(DeployerError):
@@ -132,6 +132,9 @@ class Backup:
     path: str
     engine: str = POSTGRESQL
     reason: str = PRE_RELEASE
+    # What the dump holds (rows per table, the snapshot it was taken in): what restoring it
+    # would throw away is measured against this (deployer.db.writes).
+    baseline: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -164,46 +167,93 @@ def new_id(now: datetime | None = None) -> str:
 # --------------------------------------------------------------------------- engines
 
 
-def engine_of(target: Target) -> str:
-    """``sqlite`` when the environment's database_url is a SQLite one, else ``postgresql``."""
-    url = target.env.database_url or ""
-    return SQLITE if url.startswith("sqlite") else POSTGRESQL
+def location_of(target: Target, location: DatabaseLocation | None = None) -> DatabaseLocation:
+    """Where the database is: as located by the caller, else from deploy.toml's database_url,
+    else the db service's own variables (the official postgres image's contract)."""
+    from deployer.db.url import FROM_CONFIG, engine_of as url_engine
+
+    if location is not None:
+        return location
+    if target.env.database_url:
+        return DatabaseLocation(target.env.database_url, url_engine(target.env.database_url), FROM_CONFIG)
+    return DatabaseLocation("postgresql://", POSTGRESQL, "the db service's variables")
+
+
+def engine_of(target: Target, location: DatabaseLocation | None = None) -> str:
+    """``sqlite`` or ``postgresql``: how this environment's database is dumped."""
+    return location_of(target, location).engine
 
 
 def sqlite_path(database_url: str) -> str:
     """The database file a ``sqlite:///...`` URL names, as the web container sees it."""
-    from sqlalchemy.engine import make_url
-
-    database = make_url(database_url).database
+    database = parse(database_url).database
     if not database or database == ":memory:":
         raise BackupError(f"the SQLite URL {database_url!r} names no database file")
     return database
 
 
-def _pg_exec(target: Target, script: str, *args: str) -> list[str]:
-    return target.compose.exec(target.config.app.db_service, ["sh", "-c", script, "sh", *args])
+def _pg_env(location: DatabaseLocation) -> dict[str, str]:
+    """PGUSER/PGDATABASE for the tools in the db container, from the app's URL."""
+    if location.url == "postgresql://":
+        return {}
+    url = parse(location.url)
+    variables = {}
+    if url.username:
+        variables["PGUSER"] = url.username
+    if url.database:
+        variables["PGDATABASE"] = url.database
+    return variables
+
+
+def _pg_exec(target: Target, script: str, *args: Arg, location: DatabaseLocation | None = None) -> list[Arg]:
+    where = location_of(target, location)
+    return [*target.compose.exec(target.config.app.db_service, ["sh", "-c", script, "sh"], env=_pg_env(where)), *args]
 
 
 def _sqlite_run(target: Target, script: str, *args: str) -> list[str]:
     return target.compose.run(target.config.app.web_service, ["python3", "-c", script, *args])
 
 
-def dump_argv(target: Target, *, lock_wait_timeout: float = 60.0) -> list[str]:
+def dump_argv(target: Target, *, lock_wait_timeout: float = 60.0, location: DatabaseLocation | None = None,
+              snapshot: Arg | None = None) -> list[Arg]:
     """The command that writes the database's dump to stdout, run on the host."""
-    if engine_of(target) == SQLITE:
-        return _sqlite_run(target, SQLITE_DUMP, sqlite_path(target.env.database_url or ""))
-    return _pg_exec(target, PG_DUMP, f"{int(lock_wait_timeout * 1000)}ms")
+    where = location_of(target, location)
+    if where.engine == SQLITE:
+        return list(_sqlite_run(target, SQLITE_DUMP, sqlite_path(where.url)))
+    args: list[Arg] = [f"{int(lock_wait_timeout * 1000)}ms"]
+    if snapshot is not None:
+        args.append(snapshot)
+    return _pg_exec(target, PG_DUMP, *args, location=where)
+
+
+# Constant wrappers: a file path is an argument, never part of the script.
+_TO_FILE = 'umask 077; out=$1; shift; exec "$@" > "$out"'
+_FROM_FILE = 'in=$1; shift; exec "$@" < "$in"'
+
+
+def to_file(argv: list[Arg], path: Arg) -> tuple[Arg, ...]:
+    """``argv`` with its stdout written to ``path`` on the host (created 0600)."""
+    return ("sh", "-c", _TO_FILE, "sh", path, *argv)
+
+
+def from_file(argv: list[Arg], path: Arg) -> tuple[Arg, ...]:
+    """``argv`` reading its stdin from ``path`` on the host."""
+    return ("sh", "-c", _FROM_FILE, "sh", path, *argv)
 
 
 # --------------------------------------------------------------------------- file facts
 
 
+def _parse_sha256(stdout: str, path: str) -> str:
+    match = re.match(r"([0-9a-f]{64})\b", stdout)
+    if not match:
+        raise BackupError(f"unexpected sha256sum output for {path}: {stdout.strip()!r}")
+    return match.group(1)
+
+
 def _sha256(target: Target, path: str) -> str:
     result = target.host.run(["sha256sum", path], timeout=3600).check(f"checksum {path}")
-    match = re.match(r"([0-9a-f]{64})\b", result.stdout)
-    if not match:
-        raise BackupError(f"unexpected sha256sum output for {path}: {result.stdout.strip()!r}")
-    return match.group(1)
+    return _parse_sha256(result.stdout, path)
 
 
 def _size(target: Target, path: str) -> int:
@@ -211,29 +261,160 @@ def _size(target: Target, path: str) -> int:
 
 
 def _last_line(text: str, default: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip() and not line.startswith("deployer-baseline:")]
     return lines[-1] if lines else default
 
 
-def _readable(target: Target, path: str, engine: str) -> tuple[bool, str]:
-    """Can the dump be read to its end? ``(ok, what was found or why not)``."""
-    host = target.host
+def readable_steps(target: Target, path: Arg, engine: str, location: DatabaseLocation | None = None):  # noqa: ANN201
+    """Probes that read a dump to its end; returns ``(ok, what was found or why not)``."""
     if engine == SQLITE:
-        result = host.run(shell(_sqlite_run(target, SQLITE_CHECK), stdin_path=path), timeout=DUMP_TIMEOUT)
+        result = yield Command(from_file(_sqlite_run(target, SQLITE_CHECK), path), check=False, timeout=DUMP_TIMEOUT)
         if not result.ok:
             return False, _last_line(result.stderr, "the SQLite integrity check failed")
-        return True, f"integrity_check ok, {result.stdout.strip().splitlines()[-1]} tables"
-    listed = host.run(shell(_pg_exec(target, PG_LIST), stdin_path=path), timeout=DUMP_TIMEOUT)
+        found = result.stdout.strip().splitlines()
+        return True, f"integrity_check ok, {found[-1] if found else '?'} tables"
+    listed = yield Command(from_file(_pg_exec(target, PG_LIST, location=location), path), check=False, timeout=DUMP_TIMEOUT)
     if not listed.ok:
         return False, _last_line(listed.stderr, "pg_restore --list failed")
     entries = sum(1 for line in listed.stdout.splitlines() if line and not line.startswith(";"))
-    full = host.run(shell(_pg_exec(target, PG_READ_ALL), stdin_path=path), timeout=DUMP_TIMEOUT)
+    full = yield Command(from_file(_pg_exec(target, PG_READ_ALL, location=location), path), check=False, timeout=DUMP_TIMEOUT)
     if not full.ok:
         return False, _last_line(full.stderr, "pg_restore could not read the dump to its end")
     return True, f"{entries} archive entries, read to the end"
 
 
+def _readable(target: Target, path: str, engine: str, location: DatabaseLocation | None = None) -> tuple[bool, str]:
+    return drive(target.host, readable_steps(target, path, engine, location), {})
+
+
 # --------------------------------------------------------------------------- create / verify / list
+
+BACKUP_ID = "backup_id"
+
+
+def create_steps(
+    target: Target,
+    *,
+    backup_id: str,
+    release: str | None,
+    revision: tuple[str, ...],
+    reason: str = PRE_RELEASE,
+    lock_wait_timeout: float = 60.0,
+    location: DatabaseLocation | None = None,
+    planning: bool = False,
+):  # noqa: ANN201 - a generator of actions returning the Backup
+    """The actions that dump the database into ``backup_dir``; it counts only once read back.
+
+    ``backup_id`` is shown in a plan as the run-time value ``{backup_id}``. On any failure the temporary file is
+    removed and :class:`BackupError` says why; nothing named ``*.dump`` or ``*.json`` is left.
+    """
+    where = location_of(target, location)
+    engine = where.engine
+    backup_dir = target.env.backup_dir
+    final = Value(BACKUP_ID, posixpath.join(backup_dir, "{}" + DUMP_SUFFIX))
+    partial = Value(BACKUP_ID, posixpath.join(backup_dir, "{}" + DUMP_SUFFIX + PARTIAL_SUFFIX))
+    yield Command(("mkdir", "-p", backup_dir))
+    yield Command(("chmod", "700", backup_dir))
+    baseline: dict[str, Any] | None = None
+    try:
+        if engine == POSTGRESQL:
+            holder = yield Read("open a snapshot for the dump and count every table in it",
+                                lambda ctx: None if planning else _open_baseline(target, where))
+            try:
+                snapshot = holder.snapshot_id if holder else None
+                result = yield Command(to_file(dump_argv(target, lock_wait_timeout=lock_wait_timeout, location=where,
+                                                         snapshot=Value("dump_snapshot") if planning else snapshot), partial),
+                                       what="dump the database", check=False, timeout=DUMP_TIMEOUT)
+                baseline = holder.baseline if holder else None
+            finally:
+                if holder is not None:
+                    holder.close()
+        else:
+            result = yield Command(to_file(dump_argv(target, location=where), partial), what="dump the database",
+                                   check=False, timeout=DUMP_TIMEOUT)
+            baseline = _sqlite_baseline(result.stderr)
+        if not result.ok:
+            raise BackupError(
+                f"the {engine} dump failed on {target.host.name} (exit {result.exit_code}): {_last_line(result.stderr, '')[-500:]}",
+                hint=f"nothing was changed; check the database service's logs and the free space in {backup_dir}",
+            )
+        ok, why = yield from readable_steps(target, partial, engine, where)
+        if not ok:
+            raise BackupError(f"the fresh dump does not read back: {why}", hint=f"nothing was changed; check the free space in {backup_dir}")
+        size = yield Command(("stat", "-c", "%s", partial), what="size the dump", check=not planning)
+        digest = yield Command(("sha256sum", partial), what="checksum the dump", timeout=3600)
+        backup = Backup(
+            id=backup_id, environment=target.name, release=release, revision=tuple(revision),
+            size=0 if planning else int(size.stdout.strip()),
+            sha256="" if planning else _parse_sha256(digest.stdout, str(partial)),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            path=final.fill({BACKUP_ID: backup_id}), engine=engine, reason=reason, baseline=baseline,
+        )
+        yield Command(("mv", "-f", partial, final), what="keep the verified dump")
+    except GeneratorExit:
+        raise
+    except BaseException:
+        # Ctrl-C and a lost connection included; if the host is gone, prune clears it later.
+        try:
+            yield Command(("rm", "-f", partial), check=False, timeout=60)
+        except Exception:  # noqa: BLE001 - the original failure is the one to report
+            pass
+        raise
+    # Written last: a dump without its description is not listed, never restored.
+    yield Write(Value(BACKUP_ID, posixpath.join(backup_dir, "{}" + META_SUFFIX)), backup.to_json(), mode=0o600,
+                what="the backup's description")
+    return backup
+
+
+class _Baseline:
+    """An open transaction whose exported snapshot ``pg_dump --snapshot`` uses."""
+
+    def __init__(self, context, baseline: dict[str, Any]) -> None:  # noqa: ANN001
+        self._context = context
+        self.baseline = {"snapshot": baseline["snapshot"], "tables": baseline["tables"]}
+        self.snapshot_id = baseline["snapshot_id"]
+
+    def close(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self._context.__exit__(None, None, None)
+
+
+def _open_baseline(target: Target, location: DatabaseLocation) -> _Baseline | None:
+    """Open the snapshot (through the SSH connection); None when the database is not reachable."""
+    from deployer.db.writes import pg_baseline
+    from deployer.server.facts import connectable_url
+
+    if location.url == "postgresql://":
+        return None  # nothing to connect with: the dump goes on, without a baseline
+    urls = connectable_url(target, location)
+    url = urls.__enter__()
+    baseline_cm = pg_baseline(url)
+    try:
+        opened = baseline_cm.__enter__()
+    except BaseException:
+        urls.__exit__(None, None, None)
+        raise
+
+    class _Both:
+        def __exit__(self, *exc: object) -> None:
+            try:
+                baseline_cm.__exit__(None, None, None)
+            finally:
+                urls.__exit__(None, None, None)
+
+    return _Baseline(_Both(), opened)
+
+
+def _sqlite_baseline(stderr: str) -> dict[str, Any] | None:
+    for line in stderr.splitlines():
+        if line.startswith("deployer-baseline: "):
+            try:
+                return json.loads(line[len("deployer-baseline: "):])
+            except ValueError:
+                return None
+    return None
 
 
 def create(
@@ -243,60 +424,29 @@ def create(
     revision: tuple[str, ...],
     reason: str = PRE_RELEASE,
     lock_wait_timeout: float = 60.0,
+    location: DatabaseLocation | None = None,
 ) -> Backup:
     """Dump the environment's database into ``backup_dir``; it counts only once read back.
 
-    Call under the deploy lock. On any failure (the dump exits non-zero, the connection is
-    lost, the file cannot be read back) the temporary file is removed and
-    :class:`BackupError` says why; nothing named ``*.dump`` or ``*.json`` is left.
+    Call under the deploy lock. See :func:`create_steps`.
     """
-    host = target.host
-    engine = engine_of(target)
-    backup_dir = target.env.backup_dir
-    host.run(["mkdir", "-p", backup_dir], check=True)
-    host.run(["chmod", "700", backup_dir], check=True)
-    backup_id = new_id()
-    final = posixpath.join(backup_dir, backup_id + DUMP_SUFFIX)
-    partial = final + PARTIAL_SUFFIX
-    script = shell(dump_argv(target, lock_wait_timeout=lock_wait_timeout), stdout_path=partial)
-    script[2] = "umask 077; " + script[2]
+    values = {BACKUP_ID: new_id()}
+    body = create_steps(target, backup_id=values[BACKUP_ID], release=release, revision=revision, reason=reason,
+                        lock_wait_timeout=lock_wait_timeout, location=location)
+    return _drive_with_reads(target, body, values)
+
+
+def _drive_with_reads(target: Target, body, values: dict[str, str]):  # noqa: ANN001, ANN202
+    """:func:`deployer.actions.drive`, also answering Read actions (outside a release)."""
+    from deployer.actions import perform
+
+    result = None
     try:
-        result = host.run(script, timeout=DUMP_TIMEOUT)
-        if not result.ok:
-            raise BackupError(
-                f"the {engine} dump failed on {host.name} (exit {result.exit_code}): {result.stderr.strip()[-500:]}",
-                hint=f"nothing was changed; check the database service's logs and the free space in {backup_dir}",
-            )
-        ok, why = _readable(target, partial, engine)
-        if not ok:
-            raise BackupError(f"the fresh dump does not read back: {why}", hint=f"nothing was changed; check the free space in {backup_dir}")
-        backup = Backup(
-            id=backup_id,
-            environment=target.name,
-            release=release,
-            revision=tuple(revision),
-            size=_size(target, partial),
-            sha256=_sha256(target, partial),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            path=final,
-            engine=engine,
-            reason=reason,
-        )
-        host.run(["mv", "-f", partial, final], check=True)
-    except BaseException:
-        # Ctrl-C and a lost connection included; if the host is gone, prune clears it later.
-        try:
-            host.run(["rm", "-f", partial], timeout=60)
-        except Exception:  # noqa: BLE001 - the original failure is the one to report
-            pass
-        raise
-    try:
-        # Written last: a dump without its description is not listed, never restored.
-        host.write_text(backup.meta_path, backup.to_json(), mode=0o600)
-    except BaseException:
-        host.run(["rm", "-f", final], timeout=60)
-        raise
-    return backup
+        while True:
+            action = body.send(result)
+            result = action.read(None) if isinstance(action, Read) else perform(target.host, action, values)
+    except StopIteration as stop:
+        return stop.value
 
 
 def check(target: Target, backup: Backup) -> str | None:
@@ -338,6 +488,8 @@ def list_backups(target: Target, *, all_environments: bool = False) -> list[Back
             backup = Backup.from_dict(json.loads(host.read_text(path)))
         except (ValueError, TypeError, CommandError, OSError):
             continue
+        # Beside its description, wherever it was made (backups move with the state dir).
+        backup = replace(backup, path=posixpath.join(posixpath.dirname(path), backup.id + DUMP_SUFFIX))
         if all_environments or backup.environment == target.name:
             backups.append(backup)
     return sorted(backups, key=lambda b: b.id)
@@ -389,16 +541,19 @@ def download(target: Target, backup: Backup, directory: Path) -> Path:
 # --------------------------------------------------------------------------- restore
 
 
-def restore(target: Target, backup: Backup) -> None:
-    """Replace the database's contents with the backup's (verified first), in one transaction."""
-    verify(target, backup)
-    if backup.engine != engine_of(target):
-        raise BackupError(f"backup {backup.id} is a {backup.engine} dump; {target.name} uses {engine_of(target)}")
+def restore_steps(target: Target, backup: Backup, location: DatabaseLocation | None = None):  # noqa: ANN201
+    """The command that replaces the database's contents with the backup's, in one transaction.
+
+    Verify the backup first (:func:`verify`); recovery checks it when it plans the restore.
+    """
+    where = location_of(target, location)
+    if backup.engine != where.engine:
+        raise BackupError(f"backup {backup.id} is a {backup.engine} dump; {target.name} uses {where.engine}")
     if backup.engine == SQLITE:
-        argv = _sqlite_run(target, SQLITE_CHECK, "restore", sqlite_path(target.env.database_url or ""))
+        argv: list[Arg] = list(_sqlite_run(target, SQLITE_CHECK, "restore", sqlite_path(where.url)))
     else:
-        argv = _pg_exec(target, PG_RESTORE)
-    result = target.host.run(shell(argv, stdin_path=backup.path), timeout=DUMP_TIMEOUT)
+        argv = _pg_exec(target, PG_RESTORE, location=where)
+    result = yield Command(from_file(argv, backup.path), what=f"restore backup {backup.id}", check=False, timeout=DUMP_TIMEOUT)
     if not result.ok:
         raise BackupError(
             f"restoring backup {backup.id} failed (exit {result.exit_code}): {result.stderr.strip()[-500:]}",
@@ -406,18 +561,29 @@ def restore(target: Target, backup: Backup) -> None:
         )
 
 
-def current_revision(target: Target) -> tuple[str, ...]:
-    """The database's alembic revision(s) now; () for an empty database."""
-    if engine_of(target) == SQLITE:
-        path = sqlite_path(target.env.database_url or "")
-        result = target.host.run(_sqlite_run(target, SQLITE_REVISION, path), timeout=300)
-        result.check("read the SQLite database's revision")
-        return tuple(result.stdout.split())
-    from deployer.server import facts as project
+def restore(target: Target, backup: Backup, location: DatabaseLocation | None = None) -> None:
+    """Replace the database's contents with the backup's (verified first), in one transaction."""
+    verify(target, backup)
+    drive(target.host, restore_steps(target, backup, location), {})
 
-    revisions = project.read_revisions(target)
+
+def locate(target: Target) -> DatabaseLocation:
+    """The database of the deployed checkout, as its compose configuration states it."""
+    from deployer.server import facts
+
+    if target.env.database_url:
+        return location_of(target)
+    return facts.database_location(target, facts.compose_config(target))
+
+
+def current_revision(target: Target, location: DatabaseLocation | None = None) -> tuple[str, ...]:
+    """The database's alembic revision(s) now; () for an empty database."""
+    from deployer.server import facts
+
+    where = location or locate(target)
+    revisions = facts.read_revisions(target, where)
     if revisions is None:
-        db = target.config.app.db_service
+        db = target.config.app.db_service or target.config.app.web_service
         raise BackupError(
             f"the {db} service of {target.name} is not running",
             hint=f"start it first: docker compose up -d {db} (in {target.env.path})",
@@ -469,16 +635,18 @@ def restore_environment(
         if not confirm(question):
             raise RefusedError(refusal + ": not confirmed")
     with lock.held(target.host, target.state_dir, f"backups restore {target.name} {backup.id}", env_name=target.name):
-        before = current_revision(target)
+        refuse_interrupted_run(target)
+        where = locate(target)
+        before = current_revision(target, where)
         safety = None
         if safety_backup:
             current = journal.last_succeeded(journal.read(target.host, target.state_dir))
             log("taking a safety backup of the current state ...")
-            safety = create(target, release=current.id if current else None, revision=before, reason=PRE_RESTORE)
+            safety = create(target, release=current.id if current else None, revision=before, reason=PRE_RESTORE, location=where)
             log(f"safety backup {safety.id} ({safety.size} bytes)")
         log(f"restoring {backup.id} ...")
-        restore(target, backup)
-        after = current_revision(target)
+        restore(target, backup, where)
+        after = current_revision(target, where)
     if set(after) != set(backup.revision):
         raise BackupError(
             f"after restoring {backup.id} the database is at {', '.join(after) or 'no revision'}, "
@@ -486,6 +654,18 @@ def restore_environment(
             hint=f"the state before the restore is in the safety backup {safety.id if safety else '(none taken)'}",
         )
     return RestoreOutcome(backup=backup, safety_backup=safety, revision_before=before, revision_after=after)
+
+
+def refuse_interrupted_run(target: Target) -> None:
+    """A restore over an interrupted release would mix two half-states: converge first."""
+    from deployer.server import runlog
+
+    record = runlog.read(target.host, target.state_dir)
+    if record is not None:
+        raise RefusedError(
+            f"{record.kind} {record.id} of {target.name} was interrupted at step {record.current_step}",
+            hint=f"converge it first: `deployer recover {target.name}` (add --dry-run to see what it does)",
+        )
 
 
 def create_environment(
@@ -499,10 +679,11 @@ def create_environment(
     from deployer.server import lock
 
     with lock.held(target.host, target.state_dir, f"backups create {target.name}", env_name=target.name):
-        revision = current_revision(target)
+        where = locate(target)
+        revision = current_revision(target, where)
         current = journal.last_succeeded(journal.read(target.host, target.state_dir))
         # create() read the dump back to its end and checksummed it before it counted
-        backup = create(target, release=current.id if current else None, revision=revision, reason=MANUAL)
+        backup = create(target, release=current.id if current else None, revision=revision, reason=MANUAL, location=where)
     local = download(target, backup, download_to) if download_to is not None else None
     if local is not None:
         log(f"downloaded to {local}")

@@ -1,91 +1,203 @@
-"""Reading the live state of an environment's compose project: containers and database."""
+"""Facts about an environment on its host, each read in one place: its containers, its resolved
+compose configuration, where its database is, and the database's alembic revision.
+
+Every command that needs one of these (status, release, rollback, backups) asks here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from deployer.commands import docker as facts
-from deployer.errors import DeployerError, HostError
+from deployer.commands import docker as containers_cmds
+from deployer.commands.compose import ComposeConfig, parse_config
+from deployer.db.url import POSTGRESQL, SQLITE, DatabaseLocation, locate, parse
+from deployer.errors import ConfigError, DeployerError, HostError
 from deployer.server.target import Target
 
-POSTGRES_PORT = 5432
+Container = containers_cmds.Container
+
+# Run with python3 in a container of the web image; argv[1] is the database file.
+SQLITE_REVISION = """\
+import os, sqlite3, sys
+if not os.path.exists(sys.argv[1]):
+    sys.exit(0)
+db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+try:
+    rows = db.execute("SELECT version_num FROM alembic_version").fetchall()
+except sqlite3.OperationalError:
+    rows = []
+print(" ".join(row[0] for row in rows))
+"""
 
 
-def service_containers(target: Target, service: str | None = None) -> list[facts.Container]:
+# --------------------------------------------------------------------------- containers
+
+
+def service_containers(target: Target, service: str | None = None) -> list[Container]:
     """The project's containers (one service's, or all), one-off containers left out.
 
     One ``docker ps | docker inspect`` round trip by the project's label: no compose file
     to load, and it works before the first checkout exists.
     """
-    result = target.host.run(facts.project_argv(target.compose.project), timeout=60)
-    result.check(f"list the containers of {target.compose.project}")
-    found = [c for c in facts.parse_inspect(result.stdout) if not c.oneoff]
-    return [c for c in found if service is None or c.service == service]
+    return [c for c in all_containers(target) if not c.oneoff and (service is None or c.service == service)]
 
 
-def running_db(target: Target) -> facts.Container | None:
-    for container in service_containers(target, target.config.app.db_service):
-        if container.state == "running":
-            return container
-    return None
-
-
-def database_url_on_host(target: Target, db: facts.Container) -> str:
-    """The database URL as the host sees it.
-
-    ``database_url`` from deploy.toml wins (a hostname equal to the db service's name means
-    that container); otherwise the URL is derived from the official postgres image's
-    variables (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB) in the db container.
-    """
-    from sqlalchemy.engine import make_url
-
-    if not db.ips:
-        raise HostError(f"the {db.service} container {db.name} has no network address")
-    configured = target.env.database_url
-    if configured:
-        url = make_url(configured)
-        if url.host in (None, "", target.config.app.db_service):
-            url = url.set(host=db.ips[0])
-        return url.render_as_string(hide_password=False)
-    user = db.env.get("POSTGRES_USER", "postgres")
-    password = db.env.get("POSTGRES_PASSWORD")
-    if password is None and db.env.get("POSTGRES_HOST_AUTH_METHOD") != "trust":
-        raise DeployerError(
-            f"cannot tell how to reach the database of {target.name}: the {db.service} container sets no POSTGRES_PASSWORD",
-            hint=f"set environments.{target.name}.database_url in deploy.toml",
+def all_containers(target: Target) -> list[Container]:
+    """Every container of the project, one-off ones (migrations) included."""
+    result = target.host.run(containers_cmds.project_argv(target.compose.project, oneoff=True), timeout=60)
+    if not result.ok:
+        raise HostError(
+            f"cannot list the containers of {target.compose.project} on {target.host.name}: "
+            f"{(result.stderr or result.stdout).strip()[-300:]}",
+            hint="the user deployer logs in as must be able to run `docker ps` (the docker group, or root)",
         )
-    from sqlalchemy.engine import URL
+    return containers_cmds.parse_inspect(result.stdout)
 
-    return URL.create(
-        "postgresql+psycopg2",
-        username=user,
-        password=password,
-        host=db.ips[0],
-        port=POSTGRES_PORT,
-        database=db.env.get("POSTGRES_DB", user),
-    ).render_as_string(hide_password=False)
+
+def running(found: Sequence[Container], service: str) -> Container | None:
+    """The running container of ``service`` among ``found``, if any."""
+    return next((c for c in found if c.service == service and c.state == "running" and not c.oneoff), None)
+
+
+def running_db(target: Target) -> Container | None:
+    """The running container of the db service (None without one, or for a SQLite app)."""
+    if not target.config.app.has_db_service:
+        return None
+    return running(service_containers(target, target.config.app.db_service), target.config.app.db_service)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def compose_config(target: Target, compose_file: str | None = None) -> ComposeConfig:
+    """The resolved compose configuration on the host, with the host's variables.
+
+    ``compose_file`` is the text of a compose file to resolve instead of the checkout's
+    (preflight: the file of the commit about to ship, with deploy.toml's variables, so that
+    nothing on the host changes). A file compose refuses is a ConfigError with compose's reason.
+    """
+    from deployer.server.target import env_file_text
+
+    compose = target.compose
+    if compose_file is None:
+        argv, stdin = compose.config(), None
+    else:
+        variables = env_file_text(target.env.env) if target.env.env else None
+        argv, stdin = compose.config_of(compose_file, variables)
+    result = target.host.run(argv, stdin=stdin, timeout=120)
+    if not result.ok:
+        reason = [line.strip() for line in (result.stderr or result.stdout).strip().splitlines()[-3:]]
+        raise ConfigError(
+            f"docker compose cannot read {target.config.app.compose_file} on {target.host.name}: " + " ".join(reason),
+            hint="fix the compose file, or the variables in deploy.toml's env table (`deployer config show ENV`)",
+        )
+    try:
+        return parse_config(result.stdout, compose.project)
+    except ValueError as error:
+        raise ConfigError(f"cannot read the output of `docker compose config`: {error}") from None
+
+
+def database_location(target: Target, config: ComposeConfig) -> DatabaseLocation:
+    """Where the app's database is (see :mod:`deployer.db.url`); ConfigError when unknown."""
+    return locate(target.config.app, target.env, config)
+
+
+# --------------------------------------------------------------------------- the database
+
+
+class DatabaseNotRunning(DeployerError):
+    """The database's container is not running (or, for SQLite, nothing can read the file yet)."""
+
+
+def _container_for(found: Sequence[Container], service: str) -> Container | None:
+    return running(found, service)
 
 
 @contextmanager
-def database_url_here(target: Target, db: facts.Container) -> Iterator[str]:
-    """A URL this process can connect to: through an SSH tunnel for a remote host."""
-    from sqlalchemy.engine import make_url
+def connectable_url(target: Target, location: DatabaseLocation, found: Sequence[Container] | None = None) -> Iterator[str]:
+    """A URL this process can connect to: the service's container address, through the SSH
+    connection for a remote host, with the password read from its file when there is one.
 
-    url = make_url(database_url_on_host(target, db))
-    with target.host.forward(url.host or "127.0.0.1", url.port or POSTGRES_PORT) as (host, port):
-        yield url.set(host=host, port=port).render_as_string(hide_password=False)
-
-
-def read_revisions(target: Target, db: facts.Container | None = None) -> tuple[str, ...] | None:
-    """The database's alembic revision(s); ``None`` when the db service is not running.
-
-    ``db`` is the db container when the caller already knows it (one round trip less).
+    Raises :class:`DatabaseNotRunning` when the URL names a compose service with no running
+    container.
     """
+    if location.engine != POSTGRESQL:
+        raise ConfigError(f"deployer connects to PostgreSQL only, not to {location.engine} ({location.shown})")
+    from deployer.db.url import driver_url
+
+    url = driver_url(location.url)
+    found = all_containers(target) if found is None else found
+    services = {c.service for c in found if not c.oneoff}
+    host = url.host or "127.0.0.1"
+    if host in services or host == target.config.app.db_service:
+        container = _container_for(found, host)
+        if container is None:
+            raise DatabaseNotRunning(f"the {host} service of {target.name} is not running")
+        if not container.ips:
+            raise HostError(f"the {host} container {container.name} has no network address")
+        host = container.ips[0]
+        if location.password_file:
+            url = url.set(password=_read_password_file(target, container, location.password_file))
+    port = url.port or 5432
+    with target.host.forward(host, port) as (here, local_port):
+        yield url.set(host=here, port=local_port).render_as_string(hide_password=False)
+
+
+def _read_password_file(target: Target, container: Container, path: str) -> str:
+    result = target.host.run(["docker", "exec", container.id, "cat", path], timeout=30)
+    if not result.ok:
+        raise ConfigError(
+            f"cannot read POSTGRES_PASSWORD_FILE {path} in the {container.service} container: {result.stderr.strip()[-200:]}",
+            hint="set database_url in deploy.toml instead",
+        )
+    return result.stdout.rstrip("\r\n")
+
+
+def read_revisions(
+    target: Target, location: DatabaseLocation, found: Sequence[Container] | None = None, *, connect_timeout: int = 10
+) -> tuple[str, ...] | None:
+    """The database's alembic revision(s), sorted; ``()`` when none is applied.
+
+    ``None`` means the database is not there to ask: its container is not running (for a
+    SQLite app: neither a web container nor, before the first build, its image).
+    Raises :class:`HostError` when a running database cannot be reached and
+    :class:`ConfigError` for a URL or credentials that cannot work.
+    """
+    found = all_containers(target) if found is None else found
+    if location.engine == SQLITE:
+        return _sqlite_revisions(target, location, found)
     from deployer.db.migrations import database_revisions
 
-    db = db or running_db(target)
-    if db is None:
+    try:
+        with connectable_url(target, location, found) as url:
+            return database_revisions(url, connect_timeout=connect_timeout)
+    except DatabaseNotRunning:
         return None
-    with database_url_here(target, db) as url:
-        return database_revisions(url)
+
+
+def _sqlite_revisions(target: Target, location: DatabaseLocation, found: Sequence[Container]) -> tuple[str, ...] | None:
+    web = running(found, target.config.app.web_service)
+    script = ["python3", "-c", SQLITE_REVISION, location.sqlite_path]
+    if web is not None:
+        result = target.host.run(["docker", "exec", web.id, *script], timeout=120)
+    else:
+        if not target.host.run(["test", "-e", target.compose.files[0]]).ok:
+            return None
+        result = target.host.run(target.compose.run(target.config.app.web_service, script), timeout=300)
+        if not result.ok and "No such image" in (result.stderr + result.stdout):
+            return None
+    if not result.ok:
+        raise HostError(
+            f"cannot read the SQLite database {location.sqlite_path} of {target.name}: "
+            f"{(result.stderr or result.stdout).strip()[-300:]}"
+        )
+    return tuple(sorted(result.stdout.split()))
+
+
+def wait_gone(target: Target, names: Sequence[str]) -> None:
+    """Remove containers by name (one-off migrations left behind), ignoring absent ones."""
+    if names:
+        with contextlib.suppress(DeployerError):
+            target.host.run(["docker", "rm", "--force", *names], timeout=120)

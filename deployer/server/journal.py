@@ -54,6 +54,7 @@ class Record:
     recovery: str | None = None
     previous_release: str | None = None
     target_release: str | None = None  # rollbacks: the release they brought back
+    image_ids: dict[str, str] = field(default_factory=dict)  # service -> image id it ran (status tells the running code by it)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)
@@ -98,14 +99,32 @@ def parse(text: str) -> list[Record]:
 
 
 def append(host: Host, state_dir: str, record: Record) -> None:
-    """Add one record (call under the deploy lock)."""
+    """Add one record (call under the deploy lock), replacing one with the same id.
+
+    A record with the same id is an interrupted run journaled again once it converged.
+    """
     host.run(["mkdir", "-p", state_dir], check=True)
     path = journal_path(state_dir)
     existing = host.run(["cat", path])
-    text = existing.stdout if existing.ok else ""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    host.write_text(path, text + record.to_json() + "\n", mode=0o600)
+    lines = [line for line in (existing.stdout if existing.ok else "").splitlines() if line.strip()]
+    kept = [line for line in lines if _id_of(line) != record.id]
+    host.write_text(path, "".join(line + "\n" for line in kept) + record.to_json() + "\n", mode=0o600)
+
+
+def _id_of(line: str) -> str | None:
+    try:
+        value = json.loads(line).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def running_image_release(records: Sequence[Record], image_id: str) -> Record | None:
+    """The newest successful release or rollback whose web image is ``image_id``."""
+    for record in reversed(records):
+        if record.outcome == SUCCEEDED and image_id in record.image_ids.values():
+            return record
+    return None
 
 
 def last_succeeded(records: Sequence[Record]) -> Record | None:

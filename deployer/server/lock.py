@@ -1,37 +1,95 @@
-"""One release at a time per environment: a lock directory on the target host.
+"""One operation at a time per environment: a lease held by a live process on the host.
 
-``mkdir`` is atomic on every POSIX filesystem, so two deployers racing for the lock cannot
-both win (the same trick as Kamal's ``.kamal/lock-*``). The holder writes who, where, what
-and since when into the directory so a refused user can tell whether the lock is stale.
+Taking the lock starts a small shell process on the host (over the SSH connection, or as a
+child process locally) that ``flock``s ``<state_dir>/lock``, writes the holder record
+``lock.json`` and then waits for heartbeats on its standard input. The kernel releases the
+``flock`` when that process exits, so the lock lives exactly as long as its owner does:
+
+* the owner releases it: it sends ``release``; the process removes the record and exits;
+* the owner dies (``kill -9``, a closed laptop, a cut connection): the process sees end of
+  input — or no heartbeat within the lease time when the network silently drops — notes the
+  time in ``lock.gone``, stops the containers labelled with the owner's run (a migration
+  must not go on unattended) and exits. The record stays, so the next command can say
+  "stale: owner gone since …" and take the lock over; a live holder is always refused.
+
+Taking it is all-or-nothing: the record is written by the process that holds the ``flock``;
+if that write fails the process exits and nothing is held.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import posixpath
 import socket
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from deployer.errors import LockHeldError
-from deployer.hosts import Host
+from deployer.errors import CommandError, ConnectionLost, DeployerError, HostError, LockHeldError
+from deployer.hosts.base import Host
 
-LOCK_DIR = "lock"
-INFO_FILE = "info.json"
+LOCK_FILE = "lock"
+RECORD_FILE = "lock.json"
+GONE_SUFFIX = ".gone"
+# How long the holder waits for a heartbeat before it decides its owner is gone.
+LEASE_SECONDS = 30
+HEARTBEAT_SECONDS = 5.0
+
+# $1 lock file, $2 holder record, $3 a container label to stop if the owner vanishes (may
+# be empty), $4 the lease time in seconds. The holder record arrives as one line on stdin.
+LEASE_SCRIPT = r"""
+lock=$1 record=$2 label=$3 ttl=$4
+command -v flock >/dev/null 2>&1 || { echo NOFLOCK; exit 69; }
+mkdir -p "$(dirname "$lock")" 2>/dev/null
+exec 9>>"$lock" || { echo UNWRITABLE; exit 73; }
+flock -n 9 || { echo BUSY; exit 75; }
+IFS= read -r info || exit 70
+old=$(cat "$record" 2>/dev/null | head -n 1)
+gone=$(cat "$lock.gone" 2>/dev/null)
+tmp="$record.$$.tmp"
+if ! { printf '%s\n' "$info" > "$tmp" && mv -fT "$tmp" "$record"; }; then
+    rm -f "$tmp"; echo UNWRITABLE; exit 73
+fi
+rm -f "$lock.gone"
+printf 'LOCKED\n%s\n%s\n' "$old" "$gone"
+exec >/dev/null 2>&1
+trap '' HUP PIPE INT
+while line=$(timeout "$ttl" sh -c 'IFS= read -r l && printf %s "$l"'); do
+    [ "$line" = release ] && { rm -f "$record"; exit 0; }
+done
+date -u +%Y-%m-%dT%H:%M:%SZ > "$lock.gone"
+if [ -n "$label" ]; then
+    docker ps -q --filter "label=$label" | xargs -r docker rm -f
+fi
+exit 0
+"""
+
+# $1 lock file, $2 holder record. Prints FREE|HELD|NONE, the record, the time the owner left.
+STATUS_SCRIPT = r"""
+lock=$1 record=$2
+if [ ! -e "$lock" ]; then state=NONE
+elif flock -n "$lock" true 2>/dev/null; then state=FREE
+elif command -v flock >/dev/null 2>&1; then state=HELD
+else state=NOFLOCK; fi
+printf '%s\n' "$state"
+printf '%s\n' "$(head -n 1 "$record" 2>/dev/null)"
+printf '%s\n' "$(head -n 1 "$lock.gone" 2>/dev/null)"
+"""
 
 
 @dataclass(frozen=True)
 class LockInfo:
-    """Who holds the lock."""
+    """Who holds (or held) the lock."""
 
     holder: str  # user@machine that ran deployer
     command: str  # e.g. "release production"
     pid: int
     acquired_at: str  # ISO 8601, UTC
+    run: str | None = None  # the run id, when the holder is a release or rollback
 
     def age_seconds(self, now: datetime | None = None) -> float:
         now = now or datetime.now(timezone.utc)
@@ -39,6 +97,27 @@ class LockInfo:
 
     def describe(self, now: datetime | None = None) -> str:
         return f"held by {self.holder} for '{self.command}' since {self.acquired_at} ({format_age(self.age_seconds(now))} ago)"
+
+
+@dataclass(frozen=True)
+class LockState:
+    """What ``lock status`` reads: held by a live owner, free, or left by an owner that is gone."""
+
+    held: bool
+    info: LockInfo | None = None  # the holder (held), or the last owner's record (stale)
+    gone_since: str | None = None  # when a stale owner vanished
+
+    @property
+    def stale(self) -> bool:
+        return not self.held and self.info is not None
+
+    def describe(self) -> str:
+        if self.held and self.info:
+            return self.info.describe()
+        if self.stale and self.info:
+            since = f" since {self.gone_since}" if self.gone_since else ""
+            return f"stale: its owner {self.info.holder} ('{self.info.command}') is gone{since}"
+        return "free"
 
 
 def format_age(seconds: float) -> str:
@@ -53,76 +132,176 @@ def format_age(seconds: float) -> str:
     return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
 
 
-def new_info(command: str) -> LockInfo:
+def new_info(command: str, run: str | None = None) -> LockInfo:
     """Describe this process as a lock holder."""
     return LockInfo(
         holder=f"{getpass.getuser()}@{socket.gethostname()}",
         command=command,
         pid=os.getpid(),
         acquired_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run=run,
     )
 
 
 def lock_path(state_dir: str) -> str:
-    return posixpath.join(state_dir, LOCK_DIR)
+    return posixpath.join(state_dir, LOCK_FILE)
 
 
-def read_lock(host: Host, state_dir: str) -> LockInfo | None:
-    """The current holder, or ``None`` when the lock is free."""
-    path = lock_path(state_dir)
-    if not host.run(["test", "-d", path]).ok:
+def record_path(state_dir: str) -> str:
+    return posixpath.join(state_dir, RECORD_FILE)
+
+
+def lease_argv(state_dir: str, label: str = "", ttl: int = LEASE_SECONDS) -> list[str]:
+    """The process that holds the lease (a constant script; paths and label are arguments)."""
+    return ["sh", "-c", LEASE_SCRIPT, "sh", lock_path(state_dir), record_path(state_dir), label, str(ttl)]
+
+
+def status_argv(state_dir: str) -> list[str]:
+    return ["sh", "-c", STATUS_SCRIPT, "sh", lock_path(state_dir), record_path(state_dir)]
+
+
+def _parse_info(line: str) -> LockInfo | None:
+    line = line.strip()
+    if not line:
         return None
-    result = host.run(["cat", posixpath.join(path, INFO_FILE)])
-    if not result.ok:
-        # Taken a moment ago and not yet described, or left half-made by a killed process.
-        return LockInfo(holder="unknown", command="unknown", pid=0, acquired_at=_mtime(host, path))
     try:
-        return LockInfo(**json.loads(result.stdout))
+        data = json.loads(line)
+        return LockInfo(**{k: v for k, v in data.items() if k in LockInfo.__dataclass_fields__})
     except (ValueError, TypeError):
-        return LockInfo(holder="unknown (unreadable lock file)", command="unknown", pid=0, acquired_at=_mtime(host, path))
+        return LockInfo(holder="unknown (unreadable lock record)", command="unknown", pid=0,
+                        acquired_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def _mtime(host: Host, path: str) -> str:
-    result = host.run(["stat", "-c", "%Y", path])
+def parse_status(stdout: str) -> LockState:
+    """Parse :data:`STATUS_SCRIPT`'s output (pure)."""
+    lines = stdout.split("\n")
+    state = lines[0].strip() if lines else "NONE"
+    info = _parse_info(lines[1]) if len(lines) > 1 else None
+    gone = lines[2].strip() if len(lines) > 2 and lines[2].strip() else None
+    if state == "HELD":
+        return LockState(held=True, info=info)
+    return LockState(held=False, info=info, gone_since=gone)
+
+
+def read_lock(host: Host, state_dir: str) -> LockState:
+    """The lock's state, read without taking it (read-only)."""
+    result = host.run(status_argv(state_dir), timeout=30)
+    if not result.ok:
+        raise HostError(f"cannot read the deploy lock on {host.name}: {result.stderr.strip()[-300:]}")
+    state = parse_status(result.stdout)
+    if result.stdout.startswith("NOFLOCK"):
+        raise HostError(f"`flock` is not installed on {host.name}", hint="install util-linux there")
+    return state
+
+
+class Lease:
+    """A held lock: heartbeats go out from a thread; :meth:`release` ends it."""
+
+    def __init__(self, host: Host, state_dir: str, info: LockInfo, process: object, previous: LockState) -> None:
+        self.host = host
+        self.state_dir = state_dir
+        self.info = info
+        self.previous = previous  # a stale owner this lease took over, if any
+        self._process = process
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="deployer-lease", daemon=True)
+        self._thread.start()
+
+    @property
+    def lost(self) -> bool:
+        """True once heartbeats no longer reach the holder (the connection broke)."""
+        return self._lost.is_set() or not getattr(self._process, "alive", True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._process.send("hb\n")  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - any failure means the lease is gone
+                self._lost.set()
+                return
+
+    def release(self) -> None:
+        """End the lease: the holder removes its record and exits (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        process = self._process
+        try:
+            process.send("release\n")  # type: ignore[attr-defined]
+            if process.wait(10) is None:  # type: ignore[attr-defined]
+                process.kill()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - the holder is gone already: so is the flock
+            with contextlib.suppress(Exception):
+                process.kill()  # type: ignore[attr-defined]
+
+
+def acquire(
+    host: Host, state_dir: str, info: LockInfo, *, env_name: str, label: str = "", ttl: int = LEASE_SECONDS
+) -> Lease:
+    """Take the lock or raise :class:`LockHeldError` naming its live holder.
+
+    A lock whose owner is gone is taken over; the returned lease's ``previous`` says whose it was.
+    ``label`` (``KEY=VALUE``) names the containers the holder stops if this process vanishes.
+    """
+    process = host.start(lease_argv(state_dir, label, ttl))  # type: ignore[attr-defined]
     try:
-        stamp = datetime.fromtimestamp(int(result.stdout.strip()), timezone.utc)
-    except ValueError:
-        stamp = datetime.now(timezone.utc)
-    return stamp.isoformat(timespec="seconds")
+        try:
+            process.send(json.dumps(asdict(info)) + "\n")
+            unsent: Exception | None = None
+        except (ConnectionLost, HostError) as error:
+            unsent = error  # a busy lock: the holder script exits before it reads the record
+        first = process.readline(60)
+        if unsent is not None and first not in ("BUSY", "NOFLOCK", "UNWRITABLE"):
+            raise unsent
+        if first == "LOCKED":
+            old = process.readline(10) or ""
+            gone = process.readline(10) or ""
+            previous = LockState(held=False, info=_parse_info(old), gone_since=gone.strip() or None)
+            return Lease(host, state_dir, info, process, previous)
+    except (ConnectionLost, HostError, CommandError):
+        with contextlib.suppress(Exception):
+            process.kill()
+        raise
+    status = process.wait(10)
+    with contextlib.suppress(Exception):
+        process.kill()
+    if first == "BUSY":
+        state = read_lock(host, state_dir)
+        described = state.describe() if state.held else "held (it was released while we looked: try again)"
+        raise LockHeldError(
+            f"environment {env_name} is locked on {host.name}: {described}",
+            hint="wait for that run to finish: the lock frees itself when its owner's process ends "
+            f"(`deployer lock status {env_name}` shows it)",
+        )
+    if first == "NOFLOCK":
+        raise HostError(f"`flock` is not installed on {host.name}", hint="install util-linux there (every Debian and Ubuntu has it)")
+    if first == "UNWRITABLE":
+        raise DeployerError(
+            f"cannot take the deploy lock on {host.name}: {state_dir} is not writable by the deploy user",
+            hint=f"create it and give it to that user (e.g. `sudo install -d -o USER {state_dir}`), "
+            "or set state_dir in deploy.toml",
+        )
+    raise DeployerError(f"cannot take the deploy lock on {host.name} (holder exited {status}, said {first!r})")
 
 
-def acquire(host: Host, state_dir: str, info: LockInfo, *, env_name: str) -> None:
-    """Take the lock or raise :class:`LockHeldError` naming its holder."""
-    host.run(["mkdir", "-p", state_dir], check=True)
-    path = lock_path(state_dir)
-    if host.run(["mkdir", path]).ok:
-        host.write_text(posixpath.join(path, INFO_FILE), json.dumps(asdict(info)) + "\n")
-        return
-    holder = read_lock(host, state_dir)
-    described = holder.describe() if holder else "held (it was released while we looked: try again)"
-    raise LockHeldError(
-        f"environment {env_name} is locked on {host.name}: {described}",
-        hint=(
-            "wait for that run to finish; if it is gone (a crashed run), release the lock with "
-            f"`deployer lock release {env_name}`"
-        ),
-    )
-
-
-def release(host: Host, state_dir: str) -> bool:
-    """Free the lock; ``True`` if there was one."""
-    path = lock_path(state_dir)
-    existed = host.run(["test", "-d", path]).ok
-    host.run(["rm", "-rf", path], check=True)
-    return existed
-
-
-@contextmanager
-def held(host: Host, state_dir: str, command: str, *, env_name: str) -> Iterator[LockInfo]:
+@contextlib.contextmanager
+def held(host: Host, state_dir: str, command: str, *, env_name: str) -> Iterator[Lease]:
     """Hold the lock for the duration of the block; released on every path, Ctrl-C included."""
-    info = new_info(command)
-    acquire(host, state_dir, info, env_name=env_name)
+    lease = acquire(host, state_dir, new_info(command), env_name=env_name)
     try:
-        yield info
+        yield lease
     finally:
-        release(host, state_dir)
+        lease.release()
+
+
+def break_lock(host: Host, state_dir: str) -> LockState:
+    """``deployer lock release``: the lease frees itself, so only a stale record is removed.
+
+    A live holder is never broken: its owner is running. Returns the state found.
+    """
+    state = read_lock(host, state_dir)
+    if state.held:
+        return state
+    host.run(["rm", "-f", record_path(state_dir), lock_path(state_dir) + GONE_SUFFIX], timeout=30, check=True)
+    return state

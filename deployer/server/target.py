@@ -1,4 +1,13 @@
-"""An environment made concrete: its config, a connected host, and its compose project there."""
+"""An environment made concrete: its config, a connected host, and its compose project there.
+
+deployer's own files live in the environment's ``state_dir`` (default: beside the checkout,
+``<path>.deployer``): the journal, the lock, the step log, and the compose env file that
+holds the secrets. Never inside the checkout: that is the docker build context of every app
+built from ``.``, and a ``COPY . .`` would bake them into the image.
+
+Opening a target writes nothing: read-only commands stay read-only. The env file is written
+by the commands that change the server (:func:`env_file_write`), under the lock.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +15,23 @@ import posixpath
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Self
 
 from deployer.commands import compose as compose_cmds
 from deployer.config import Config, Environment
 from deployer.errors import ConfigError, HostError
 from deployer.hosts import Host, connect
 
-STATE_DIR = ".deployer"
 ENV_FILE = "compose.env"
+# Where versions before state_dir kept their files: inside the checkout.
+LEGACY_STATE_DIR = ".deployer"
+LEGACY_BACKUP_DIR = "backups"
 
 
 @dataclass(frozen=True)
 class Target:
-    """Everything a step needs to act on one environment."""
+    """Everything a step needs to act on one environment. A context manager: leaving it
+    closes the host connection."""
 
     config: Config
     env: Environment
@@ -27,11 +40,21 @@ class Target:
 
     @property
     def state_dir(self) -> str:
-        return posixpath.join(self.env.path, STATE_DIR)
+        return self.env.state_dir
 
     @property
     def name(self) -> str:
         return self.env.name
+
+    @property
+    def env_file(self) -> str:
+        return posixpath.join(self.state_dir, ENV_FILE)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.host.close()
 
 
 def detect_compose(host: Host) -> tuple[str, ...]:
@@ -50,28 +73,30 @@ def detect_compose(host: Host) -> tuple[str, ...]:
     )
 
 
-def open_target(config: Config, env_name: str, *, host: Host | None = None, prepare: bool = True) -> Target:
-    """Connect to the environment's host and probe its compose flavour.
-
-    With ``prepare`` (not for dry runs, which change nothing), the compose env file is
-    (re)written from deploy.toml when the checkout exists, so every compose command sees
-    the configured variables even on an environment no release has touched yet.
-    """
-    env = config.environment(env_name)
-    host = host or connect(env.host)
-    program = detect_compose(host)
-    state_dir = posixpath.join(env.path, STATE_DIR)
-    compose = compose_cmds.Compose(
+def make_compose(config: Config, env: Environment, program: tuple[str, ...] = compose_cmds.V2) -> compose_cmds.Compose:
+    """The compose project of an environment (pure: nothing is probed)."""
+    return compose_cmds.Compose(
         program=program,
         project=config.app.name,
         project_dir=env.path,
         files=(posixpath.join(env.path, config.app.compose_file),),
-        env_file=posixpath.join(state_dir, ENV_FILE) if env.env else None,
+        env_file=posixpath.join(env.state_dir, ENV_FILE) if env.env else None,
     )
-    target = Target(config=config, env=env, host=host, compose=compose)
-    if prepare and compose.env_file and host.run(["test", "-d", env.path]).ok:
-        write_env_file(target)
-    return target
+
+
+def open_target(config: Config, env_name: str, *, host: Host | None = None, probe_compose: bool = True) -> Target:
+    """Connect to the environment's host and (unless told not to) probe its compose flavour.
+
+    Writes nothing on the host.
+    """
+    env = config.environment(env_name)
+    host = host or connect(env.host)
+    try:
+        program = detect_compose(host) if probe_compose else compose_cmds.V2
+    except BaseException:
+        host.close()
+        raise
+    return Target(config=config, env=env, host=host, compose=make_compose(config, env, program))
 
 
 def env_file_text(variables: Mapping[str, str]) -> str:
@@ -108,3 +133,47 @@ def shell(argv: list[str], *, stdin_path: str | None = None, stdout_path: str | 
     if stdout_path:
         script += " > " + shlex.quote(stdout_path)
     return ["sh", "-c", script]
+
+
+# Moves the files of a deployment made before state_dir existed out of its checkout, without
+# losing one: each file is moved only where nothing has that name yet; a name present in both
+# places is kept in both, and reported. $1 the old state dir, $2 the new one, $3 the old
+# backup dir ("" when it was configured explicitly), $4 the new backup dir.
+MIGRATE_SCRIPT = r"""
+set -u
+old=$1 new=$2 oldb=$3 newb=$4
+moved=0 kept=0
+move_all() {  # move_all FROM TO PATTERN
+    [ -d "$1" ] || return 0
+    mkdir -p "$2" || exit 1
+    chmod 700 "$2"
+    for f in "$1"/$3; do
+        [ -e "$f" ] || continue
+        name=$(basename "$f")
+        if [ -e "$2/$name" ]; then kept=$((kept + 1)); echo "kept $f"; continue; fi
+        mv "$f" "$2/$name" || exit 1
+        moved=$((moved + 1))
+    done
+    rmdir "$1" 2>/dev/null
+    return 0
+}
+if [ -d "$old/lock" ]; then echo "legacy-lock $old/lock"; exit 3; fi
+# Only the dumps deployer made (their ids are UTC times) leave the old backup folder.
+if [ -n "$oldb" ]; then move_all "$oldb" "$newb" '[0-9]*T[0-9]*Z.*'; fi
+move_all "$old" "$new" '*'
+
+echo "moved $moved kept $kept"
+"""
+
+
+def migrate_state_argv(target: Target) -> list[str] | None:
+    """The command that moves a legacy in-checkout state (and default backups) to state_dir.
+
+    None when the environment's state_dir is the legacy place (configured so): nothing moves.
+    """
+    old = posixpath.join(target.env.path, LEGACY_STATE_DIR)
+    if posixpath.normpath(target.state_dir) == posixpath.normpath(old):
+        return None
+    old_backups = posixpath.join(target.env.path, LEGACY_BACKUP_DIR)
+    explicit = posixpath.normpath(target.env.backup_dir) == posixpath.normpath(old_backups)
+    return ["sh", "-c", MIGRATE_SCRIPT, "sh", old, target.state_dir, "" if explicit else old_backups, target.env.backup_dir]

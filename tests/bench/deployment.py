@@ -90,14 +90,29 @@ class Deployment:
     def server_head(self) -> str:
         return git("-C", str(self.server_path), "rev-parse", "HEAD").strip()
 
+    @property
+    def state_path(self) -> Path:
+        """deployer's files on the server: beside the checkout, outside its build context."""
+        return Path(f"{self.server_path}.deployer")
+
+    @property
+    def backup_path(self) -> Path:
+        return self.state_path / "backups"
+
     def journal(self) -> list[dict]:
-        path = self.server_path / ".deployer" / "journal.jsonl"
+        path = self.state_path / "journal.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def lock_held(self) -> bool:
-        return (self.server_path / ".deployer" / "lock").exists()
+        """A live holder has the lease, or a record of one is left (the next command takes it over)."""
+        lock = self.state_path / "lock"
+        if (self.state_path / "lock.json").exists():
+            return True
+        if not lock.exists():
+            return False
+        return subprocess.run(["flock", "-n", str(lock), "true"], capture_output=True).returncode != 0
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = ["docker", "compose", "-p", self.name, "--project-directory", str(self.server_path),
@@ -171,6 +186,7 @@ class Deployment:
             ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.name}"],
             capture_output=True, text=True).stdout.split()], capture_output=True)
         subprocess.run(["docker", "volume", "rm", "-f", f"{self.name}_dbdata"], capture_output=True)
+        shutil.rmtree(self.state_path, ignore_errors=True)
         images = subprocess.run(["docker", "images", "-q", "--filter", f"reference={self.name}-web"], capture_output=True, text=True).stdout.split()
         if images:
             subprocess.run(["docker", "rmi", "-f", *sorted(set(images))], capture_output=True)

@@ -45,7 +45,7 @@ def rows(d: Deployment) -> dict[str, list[tuple]]:
 
 
 def backup_dir(d: Deployment) -> Path:
-    return d.server_path / "backups"
+    return d.backup_path
 
 
 def files(d: Deployment) -> set[str]:

@@ -80,9 +80,9 @@ def test_first_release_to_an_empty_server(deployment: Deployment) -> None:
     assert record["revision_before"] == [] and record["backup"] is None
     assert not d.lock_held()
     # the secret went to the host in a 0600 env file, never into the journal
-    env_file = d.server_path / ".deployer" / "compose.env"
+    env_file = d.state_path / "compose.env"
     assert env_file.stat().st_mode & 0o777 == 0o600
-    assert d.password not in (d.server_path / ".deployer" / "journal.jsonl").read_text()
+    assert d.password not in (d.state_path / "journal.jsonl").read_text()
 
 
 def test_release_with_a_migration_keeps_every_row(deployment: Deployment) -> None:
@@ -114,9 +114,9 @@ def test_release_with_a_migration_keeps_every_row(deployment: Deployment) -> Non
     assert steps["backup"] == "ok" and steps["migrate"] == "ok"
     # the pre-migration backup exists, with its description, readable only by its owner
     backup_id = journal[-1]["backup"]
-    dump = d.server_path / "backups" / f"{backup_id}.dump"
+    dump = d.backup_path / f"{backup_id}.dump"
     assert dump.stat().st_size > 0 and dump.stat().st_mode & 0o777 == 0o600
-    assert json.loads((d.server_path / "backups" / f"{backup_id}.json").read_text())["revision"] == [EXAMPLE_HEAD]
+    assert json.loads((d.backup_path / f"{backup_id}.json").read_text())["revision"] == [EXAMPLE_HEAD]
 
 
 def test_release_without_migration_skips_backup_and_migrate(deployment: Deployment) -> None:
@@ -194,7 +194,7 @@ def test_second_release_while_one_runs_is_refused(deployment: Deployment) -> Non
         assert d.lock_held(), "the first release never took the lock"
         second = d.deployer("release", d.env_name, "--yes")
         assert second.returncode == 4, second.stderr
-        assert "locked" in second.stderr and "held by" in second.stderr and "deployer lock release" in second.stderr
+        assert "locked" in second.stderr and "held by" in second.stderr and "deployer lock status" in second.stderr
         assert "Traceback" not in second.stderr
     finally:
         out, err = first.communicate(timeout=600)

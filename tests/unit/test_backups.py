@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from deployer.db import backups
+from deployer.server import lock
 from deployer.db.backups import Backup, BackupError, select_retention
 from deployer.commands.compose import Compose
 from deployer.config import load_config
@@ -229,7 +230,7 @@ def test_prune_removes_what_retention_drops_and_leftovers(target: Target) -> Non
     assert ids(done.removed) == ids(dry.removed)
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         f"{b.id}{suffix}" for b in placed[2:] for suffix in (".dump", ".json"))
-    assert not (Path(target.state_dir) / "lock").exists()
+    assert not lock.read_lock(target.host, target.state_dir).held  # the lease ended with the prune
 
 
 def test_download_checks_the_copy(target: Target, tmp_path: Path) -> None:

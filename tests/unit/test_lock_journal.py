@@ -23,39 +23,87 @@ def host() -> LocalHost:
 def test_lock_is_exclusive_and_names_its_holder(host: LocalHost, tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     first = lock.new_info("release production")
-    lock.acquire(host, state, first, env_name="production")
+    lease = lock.acquire(host, state, first, env_name="production")
     held = lock.read_lock(host, state)
-    assert held == first
+    assert held.held and held.info == first
     with pytest.raises(LockHeldError) as caught:
         lock.acquire(host, state, lock.new_info("release production"), env_name="production")
     message = str(caught.value)
     assert first.holder in message and "release production" in message and first.acquired_at in message
-    assert "deployer lock release production" in message
+    assert "deployer lock status production" in message  # the lease frees itself: nothing to break by hand
     assert caught.value.exit_code == ExitCode.LOCKED
-    assert lock.release(host, state) is True
-    assert lock.read_lock(host, state) is None
-    assert lock.release(host, state) is False
+    lease.release()
+    assert lock.read_lock(host, state) == lock.LockState(held=False)
+    lease.release()  # idempotent
 
 
 def test_lock_released_on_every_path(host: LocalHost, tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     with pytest.raises(KeyboardInterrupt):
         with lock.held(host, state, "release x", env_name="x"):
-            assert lock.read_lock(host, state) is not None
+            assert lock.read_lock(host, state).held
             raise KeyboardInterrupt
-    assert lock.read_lock(host, state) is None
+    assert not lock.read_lock(host, state).held and not lock.read_lock(host, state).stale
     with pytest.raises(RuntimeError):
         with lock.held(host, state, "release x", env_name="x"):
             raise RuntimeError("boom")
-    assert lock.read_lock(host, state) is None
+    assert not lock.read_lock(host, state).held
 
 
-def test_half_made_lock_is_reported_not_crashed(host: LocalHost, tmp_path: Path) -> None:
+OWNER = """
+import sys, time
+from deployer.hosts import LocalHost
+from deployer.server import lock
+lock.acquire(LocalHost(), sys.argv[1], lock.new_info("release doomed"), env_name="p")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_dead_owner_leaves_no_lock_only_a_record_the_next_command_takes_over(host: LocalHost, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    state = str(tmp_path / "state")
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, state], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None and owner.stdout.readline().strip() == "held"
+    assert lock.read_lock(host, state).held
+    owner.send_signal(signal.SIGKILL)  # no handler, no cleanup: only the kernel and the holder's EOF
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while lock.read_lock(host, state).held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stale = lock.read_lock(host, state)
+    assert not stale.held and stale.stale and stale.info is not None and stale.info.command == "release doomed"
+    assert stale.gone_since and "stale: its owner" in stale.describe()
+    lease = lock.acquire(host, state, lock.new_info("release next"), env_name="p")
+    assert lease.previous.info is not None and lease.previous.info.command == "release doomed"
+    lease.release()
+    assert lock.read_lock(host, state) == lock.LockState(held=False)
+
+
+def test_taking_the_lock_is_all_or_nothing(host: LocalHost, tmp_path: Path) -> None:
+    from deployer.errors import DeployerError
+
     state = tmp_path / "state"
-    (state / "lock").mkdir(parents=True)
-    (state / "lock" / "info.json").write_text("{not json")
+    state.mkdir()
+    (state / "lock.json").mkdir()  # the holder record cannot be written
+    with pytest.raises(DeployerError, match="not writable"):
+        lock.acquire(host, str(state), lock.new_info("release p"), env_name="p")
+    (state / "lock.json").rmdir()
+    assert not lock.read_lock(host, str(state)).held  # the flock went with the holder that failed
+    lock.acquire(host, str(state), lock.new_info("release p"), env_name="p").release()
+
+
+def test_an_unreadable_record_is_reported_not_crashed(host: LocalHost, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "lock").write_text("")
+    (state / "lock.json").write_text("{not json")
     info = lock.read_lock(host, str(state))
-    assert info is not None and "unreadable" in info.holder
+    assert info.stale and info.info is not None and "unreadable" in info.info.holder
 
 
 def test_age_formatting() -> None:

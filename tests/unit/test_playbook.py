@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import ConfigError, ExitCode
-from deployer.playbook import BUILTIN_DIR, load_playbook, parse_playbook
+from deployer.steps.playbook import BUILTIN_DIR, load_playbook, parse_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import pytest
 
 from deployer.commands.docker import parse_ids, parse_inspect
 from deployer.errors import ConfigError, DeployerError
-from deployer.release import downgrade_argv, new_release_id, saved_tag, split_image
+from deployer.steps.common import downgrade_argv, new_release_id, saved_tag, split_image
 from deployer.server.target import env_file_text, shell
 
 

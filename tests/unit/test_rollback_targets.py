@@ -6,7 +6,7 @@ import pytest
 
 from deployer.server import journal
 from deployer.db.backups import Backup
-from deployer.rollback import TargetError, replacing_backup, resolve_target
+from deployer.steps.rollback import TargetError, replacing_backup, resolve_target
 
 
 def rec(id_: str, rev: str, *, kind: str = "release", outcome: str = journal.SUCCEEDED, backup: str | None = None,

@@ -1,7 +1,8 @@
 """Playbooks: declarative step sequences in TOML, checked once when loaded.
 
-A playbook names built-in steps in order, each with optional parameters, plus ``run``
-steps (a command on the host, or in a one-off container of a service's new image)::
+A playbook names step kinds from the registry (:mod:`deployer.steps`) in order, each with
+optional parameters, plus ``run`` steps (a command on the host, or in a one-off container of
+a service's new image)::
 
     [[steps]]
     step = "health"
@@ -25,35 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from deployer.errors import ConfigError
+from deployer.steps import Param, kinds, playbook_kinds
+
+# Every step takes `name`: its label in the output and the journal.
+NAME_PARAM = Param((str,), "a label for the output")
 
 # Package data: present in every install (wheel, sdist, editable), read through importlib.resources.
+# Package data: present in every install (wheel, sdist, editable), read through importlib.resources.
 BUILTIN_DIR = Path(str(resources.files("deployer") / "playbooks"))
-
-# name -> {parameter: (type, description)}
-STEPS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
-    "preflight": {},
-    "lock": {},
-    "snapshot": {},
-    "sync": {},
-    "stop": {"services": (list, "services to stop (default: all but the db service)"), "timeout": (int, "seconds")},
-    "build": {"pull": (bool, "also pull newer base images")},
-    "database_up": {"timeout": (int, "seconds to wait until the database accepts connections")},
-    "backup": {"always": (bool, "back up even when no migration is pending")},
-    "migrate": {"timeout": (int, "seconds before the migration is killed")},
-    "up": {"services": (list, "services to recreate (default: all)"), "timeout": (int, "seconds")},
-    "verify": {},
-    "health": {"timeout": (int, "seconds to wait for health"), "settle": ((int, float), "seconds containers must stay up")},
-    "record": {},
-    "run": {
-        "command": ((str, list), "the command, a string (split like a shell) or a list"),
-        "service": (str, "run in a one-off container of this service's new image instead of on the host"),
-        "timeout": (int, "seconds"),
-        "name": (str, "a label for the output"),
-    },
-}
-REQUIRED = {"run": ("command",)}
-# Steps that change the server: the lock must be held before any of them.
-CHANGING = {"snapshot", "sync", "stop", "build", "database_up", "backup", "migrate", "up", "run", "record"}
 
 
 @dataclass(frozen=True)
@@ -100,12 +80,6 @@ def _suggest(word: str, choices: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
 def parse_playbook(data: Mapping[str, Any], *, name: str, path: Path) -> Playbook:
     """Check every step name and parameter; raise one ConfigError naming the first mistake."""
     where = str(path)
@@ -122,24 +96,24 @@ def parse_playbook(data: Mapping[str, Any], *, name: str, path: Path) -> Playboo
         if not isinstance(raw, dict):
             raise ConfigError(f"{at}: expected a table with `step = \"NAME\"`")
         step_name = raw.get("step")
+        known = playbook_kinds()
         if not isinstance(step_name, str):
-            raise ConfigError(f"{at}: missing `step = \"NAME\"`; known steps: {', '.join(STEPS)}")
-        if step_name not in STEPS:
-            raise ConfigError(f"{at}: unknown step {step_name!r}{_suggest(step_name, STEPS)}; known steps: {', '.join(STEPS)}")
+            raise ConfigError(f"{at}: missing `step = \"NAME\"`; known steps: {', '.join(known)}")
+        if step_name not in known:
+            raise ConfigError(f"{at}: unknown step {step_name!r}{_suggest(step_name, known)}; known steps: {', '.join(known)}")
         params = {key: value for key, value in raw.items() if key != "step"}
-        allowed = STEPS[step_name]
+        allowed = {**known[step_name].params, "name": NAME_PARAM}
         for key, value in params.items():
             if key not in allowed:
                 accepted = ", ".join(allowed) or "none"
                 raise ConfigError(f"{at} ({step_name}): unknown parameter {key!r}{_suggest(key, allowed)}; accepted: {accepted}")
-            kind = allowed[key][0]
-            kinds = kind if isinstance(kind, tuple) else (kind,)
-            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-                raise ConfigError(f"{at} ({step_name}).{key}: expected {_type_name(kind)}, got {value!r}")
-            if kind is int and value <= 0:
+            param = allowed[key]
+            if isinstance(value, bool) and bool not in param.types or not isinstance(value, param.types):
+                raise ConfigError(f"{at} ({step_name}).{key}: expected {param.type_name()}, got {value!r}")
+            if param.positive and value <= 0:
                 raise ConfigError(f"{at} ({step_name}).{key}: expected a positive number of seconds, got {value}")
-        for key in REQUIRED.get(step_name, ()):
-            if key not in params:
+        for key, param in allowed.items():
+            if param.required and key not in params:
                 raise ConfigError(f"{at} ({step_name}): missing parameter {key!r}")
         step = Step(step_name, params)
         if step_name == "run":
@@ -163,11 +137,12 @@ def _check_order(playbook: Playbook) -> None:
     if names[0] != "preflight":
         raise ConfigError(f"{where}: `preflight` must be the first step (it changes nothing and refuses early)")
     lock_at = names.index("lock")
-    changing_before = [n for n in names[:lock_at] if n in CHANGING]
+    registry = kinds()
+    changing_before = [n for n in names[:lock_at] if registry[n].changes]
     if changing_before:
         raise ConfigError(f"{where}: step `{changing_before[0]}` changes the server and must come after `lock`")
-    for name in ("preflight", "lock", "snapshot", "sync", "record"):
-        if names.count(name) > 1:
+    for name in names:
+        if registry[name].once and names.count(name) > 1:
             raise ConfigError(f"{where}: step `{name}` appears more than once")
     if "migrate" in names and "backup" in names and names.index("backup") > names.index("migrate"):
         raise ConfigError(f"{where}: `backup` must come before `migrate`: the backup is what makes the migration undoable")

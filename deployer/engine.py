@@ -1,0 +1,529 @@
+"""The one place that changes the world: run a playbook's steps, or list them (a dry run),
+from the same generators; keep the write-ahead step log; journal the outcome; recover.
+
+* :func:`execute` — run every step; on a failure after the server changed, undo in reverse
+  (:mod:`deployer.steps.recovery`), journal, release the lease, raise.
+* :func:`plan` — preflight for real, then every step's actions listed, none performed.
+* :func:`converge` — ``deployer recover`` (and the start of every release and rollback): a
+  run that died (killed, disconnected) is undone — or, with ``forward``, finished — from
+  its step log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from deployer import interrupts
+from deployer.actions import Command, Lease, Probe, Read, Wait, Write, resolve, shown
+from deployer.errors import DeployerError, LockHeldError, RecoveryFailed, RefusedError
+from deployer.hosts.base import Result
+from deployer.server import journal, lock, runlog
+from deployer.steps import kind as step_kind
+from deployer.steps.common import whoami
+from deployer.steps.context import Context
+from deployer.steps.playbook import Playbook, Step
+from deployer.steps.recovery import Recovery, undo_all
+
+class ReleaseFailed(DeployerError):
+    """A step failed; the previous release was put back (the message says how)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``deployer release`` / ``rollback`` / ``recover`` report (``--json`` prints this)."""
+
+    id: str
+    environment: str
+    outcome: str  # succeeded | failed | recovery-failed
+    commit: str | None
+    previous_commit: str | None
+    revision_before: tuple[str, ...]
+    revision_after: tuple[str, ...]
+    backup: str | None
+    steps: tuple[journal.StepTiming, ...]
+    seconds: float
+    error: str | None = None
+    recovery: str | None = None
+    exit_code: int = 0
+    kind: str = "release"
+    converged: str | None = None  # an interrupted run this command converged first
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step: str  # the kind
+    label: str
+    commands: tuple[str, ...]  # what runs on the host, in order (changes and reads)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    environment: str
+    host: str
+    playbook: str
+    commit: str
+    ref: str
+    previous_commit: str | None
+    database_revision: tuple[str, ...] | None
+    heads: tuple[str, ...]
+    pending: tuple[dict, ...]
+    steps: tuple[PlannedStep, ...]
+    kind: str = "release"
+    target_release: str | None = None
+    database: str = ""  # where the database is, as the app states it
+    converge_first: str | None = None  # an interrupted run that would be converged first
+    footer: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- performing actions
+
+
+def _perform(ctx: Context, action: Any) -> Any:
+    """Execute one action (or, planning, only the reads)."""
+    if isinstance(action, Read):
+        return action.read(ctx) if action.plan or not ctx.planning else None
+    if isinstance(action, Probe):
+        return _command(ctx, action)
+    if ctx.planning:
+        if isinstance(action, Command):
+            return Result(tuple(str(a) for a in action.argv), 0, "", "", 0.0)
+        return None
+    if isinstance(action, Command):
+        return _command(ctx, action)
+    if isinstance(action, Write):
+        ctx.host.write_text(resolve(action.path, ctx.values), action.text, mode=action.mode)
+        return None
+    if isinstance(action, Wait):
+        return action.until(ctx)
+    if isinstance(action, Lease):
+        ctx.lease = lock.acquire(
+            ctx.host, action.state_dir, lock.new_info(action.command, ctx.run_id), env_name=ctx.env.name,
+            label=resolve(action.label, ctx.values),
+        )
+        previous = ctx.lease.previous
+        if previous.info is not None:
+            since = f" since {previous.gone_since}" if previous.gone_since else ""
+            ctx.log(f"took over a stale lock: its owner {previous.info.holder} ('{previous.info.command}') was gone{since}")
+        return ctx.lease
+    raise TypeError(f"unknown action {action!r}")
+
+
+def _command(ctx: Context, action: Command) -> Result:
+    argv = action.resolved(ctx.values)
+    on_output = ctx.verbose() if action.stream else None
+    result = ctx.host.run(argv, cwd=action.cwd, timeout=action.timeout, stdin=action.stdin, on_output=on_output)
+    if action.check and not result.ok:
+        result.check(action.what or None)
+    return result
+
+
+def drive(ctx: Context, label: str, body: Generator[Any, Any, Any]) -> Any:
+    """Run a step's generator: perform each action, send its result back, return its value.
+
+    A failure while performing an action is thrown into the generator at that point, so a
+    step can clean up (remove a half-written dump) before the failure goes on.
+    """
+    send: Any = None
+    throw: BaseException | None = None
+    while True:
+        try:
+            action = body.throw(throw) if throw is not None else body.send(send)
+        except StopIteration as stop:
+            return stop.value
+        send, throw = None, None
+        ctx.trace.append((label, shown(action, ctx.values)))
+        try:
+            interrupts.check()
+            send = _perform(ctx, action)
+        except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - handed to the step first
+            throw = error
+
+
+# --------------------------------------------------------------------------- running a playbook
+
+
+def _journal_record(ctx: Context, outcome: str, timings: list[journal.StepTiming], started_at: str,
+                    *, error: str | None = None, recovery: str | None = None) -> journal.Record:
+    facts = ctx.facts
+    record = ctx.record
+    finished = datetime.now(timezone.utc)
+    started = datetime.fromisoformat(started_at)
+    revision_after = ctx.scratch.get("revision_after")
+    if revision_after is None and outcome == journal.SUCCEEDED and facts is not None:
+        revision_after = facts.heads
+    return journal.Record(
+        id=ctx.run_id or (record.id if record else ""),
+        kind=ctx.kind,
+        environment=ctx.env.name,
+        outcome=outcome,
+        commit=facts.commit.sha if facts else (record.goal.commit if record else None),
+        previous_commit=facts.deployed_commit if facts else (record.source.commit if record else None),
+        revision_before=tuple((record.source.revision if record else None) or (facts.revision if facts else None) or ()),
+        revision_after=tuple(revision_after or ()),
+        started_at=started_at,
+        finished_at=finished.isoformat(timespec="seconds"),
+        seconds=round((finished - started).total_seconds(), 3),
+        user=whoami(),
+        backup=record.backup if record else None,
+        images=dict(ctx.scratch.get("release_images") or {}) if outcome == journal.SUCCEEDED else {},
+        steps=tuple(timings),
+        error=error,
+        recovery=recovery,
+        previous_release=facts.previous_release.id if facts and facts.previous_release else None,
+        target_release=facts.target_release.id if facts and facts.target_release else None,
+        image_ids=dict(ctx.scratch.get("image_ids") or {}) if outcome == journal.SUCCEEDED else {},
+    )
+
+
+def _changed(record: runlog.RunRecord | None) -> bool:
+    """Whether a step that changes the server (beyond the lock) has started."""
+    if record is None:
+        return False
+    return any(step_kind(name).changes and name != "lock" for _, name in record.touched())
+
+
+def _message(failure: BaseException) -> str:
+    if isinstance(failure, interrupts.Interrupted):
+        return f"interrupted ({failure.name})"
+    if isinstance(failure, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(failure, DeployerError):
+        return failure.message
+    return str(failure) or type(failure).__name__
+
+
+def execute(ctx: Context, book: Playbook) -> Outcome:
+    """Run every step of the playbook; on failure recover, journal, and raise.
+
+    Raises :class:`ReleaseFailed` (recovered), :class:`RecoveryFailed` (not fully), the
+    interruption itself (recovered, exit 130), or the step's own error when nothing had
+    changed yet (a preflight refusal).
+    """
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    clock = time.monotonic()
+    ctx.scratch["steps"] = tuple((step.label, step.name) for step in book.steps)
+    ctx.scratch["playbook"] = book.name
+    timings: list[journal.StepTiming] = []
+    current: Step | None = None
+    try:
+        for step in book.steps:
+            current = step
+            detail, status = _run_step(ctx, step)
+            timings.append(journal.StepTiming(step.label, status, round(time.monotonic() - _step_started(ctx), 3), detail))
+        current = None
+        _finish(ctx, journal.SUCCEEDED, timings, started_at)
+        return _outcome(ctx, journal.SUCCEEDED, timings, clock)
+    except (Exception, KeyboardInterrupt) as failure:
+        return _failed(ctx, failure, current, timings, started_at, clock)
+    finally:
+        if ctx.lease is not None:
+            ctx.lease.release()
+            ctx.lease = None
+
+
+def _step_started(ctx: Context) -> float:
+    return float(ctx.scratch.get("step_started", time.monotonic()))
+
+
+def _run_step(ctx: Context, step: Step) -> tuple[str, str]:
+    from deployer.actions import Skip
+
+    ctx.scratch["step_started"] = time.monotonic()
+    ctx.log(f"> {step.label}")
+    if ctx.record is not None:
+        ctx.note(progress=ctx.record.with_progress(step.label, step.name, runlog.STARTED).progress)
+    try:
+        detail = drive(ctx, step.label, step_kind(step.name).run(ctx, step)) or ""
+        status = "ok"
+    except Skip as skipped:
+        detail, status = str(skipped), "skipped"
+    if ctx.record is not None:
+        state = runlog.DONE if status == "ok" else runlog.SKIPPED
+        # Kept in memory: written with the next step's start (a crash in between leaves the
+        # step marked started, which recovery treats as possibly done).
+        ctx.record = ctx.record.with_progress(step.label, step.name, state, detail[:300])
+    if step.name in ("migrate", "schema") and status == "ok":
+        ctx.scratch.setdefault("schema_changed_at", time.monotonic())
+    seconds = time.monotonic() - _step_started(ctx)
+    ctx.log(f"{'✓' if status == 'ok' else '-'} {step.label} {seconds:.1f}s  {detail}")
+    return detail, status
+
+
+def _finish(ctx: Context, outcome: str, timings: list[journal.StepTiming], started_at: str, **extra: Any) -> None:
+    """Journal the run, then clear its step log (a crash in between: the next command finds a
+    finished run in both and only clears the log)."""
+    journal.append(ctx.host, ctx.state_dir, _journal_record(ctx, outcome, timings, started_at, **extra))
+    runlog.clear(ctx.host, ctx.state_dir)
+
+
+def _outcome(ctx: Context, outcome: str, timings: list[journal.StepTiming], clock: float, **extra: Any) -> Outcome:
+    facts = ctx.facts
+    record = ctx.record
+    return Outcome(
+        id=ctx.run_id,
+        environment=ctx.env.name,
+        outcome=outcome,
+        commit=facts.commit.sha if facts else None,
+        previous_commit=facts.deployed_commit if facts else None,
+        revision_before=tuple((record.source.revision if record else None) or (facts.revision if facts else None) or ()),
+        revision_after=tuple(ctx.scratch.get("revision_after") or ()),
+        backup=record.backup if record else None,
+        steps=tuple(timings),
+        seconds=round(time.monotonic() - clock, 3),
+        kind=ctx.kind,
+        **extra,
+    )
+
+
+def _failed(ctx: Context, failure: BaseException, current: Step | None, timings: list[journal.StepTiming],
+            started_at: str, clock: float) -> Outcome:
+    label = current.label if current else "?"
+    message = _message(failure)
+    timings.append(journal.StepTiming(label, "failed", round(time.monotonic() - _step_started(ctx), 3), message[:500]))
+    ctx.log(f"x {label} failed: {message}")
+    if ctx.record is None:
+        raise failure  # nothing was locked or changed: a refusal
+    ctx.record = ctx.record.with_progress(label, current.name if current else "?", runlog.FAILED, message[:300])
+    if not _changed(ctx.record):
+        _finish(ctx, journal.FAILED, timings, started_at, error=message, recovery="nothing had changed")
+        raise failure
+    facts = ctx.known
+    recovery = Recovery(ctx.record, message, facts.database, facts.compose, restore_backup=False)
+    ctx.log("recovering the previous release ...")
+    ctx.note(phase=runlog.RECOVERING, error=message[:500])
+    try:
+        with interrupts.recovering(f"the step log {runlog.run_path(ctx.state_dir)} for the next command to converge from"):
+            drive(ctx, "recovery", undo_all(ctx, recovery))
+    except interrupts.Abandoned:
+        ctx.log(f"recovery abandoned: the step log {runlog.run_path(ctx.state_dir)} stays; "
+                f"`deployer recover {ctx.env.name}` converges from it")
+        raise
+    except (Exception, KeyboardInterrupt) as broken:  # noqa: BLE001 - recovery itself failed: say so, keep the log
+        recovery.left.append(f"finish the recovery: it stopped with: {_message(broken)}")
+    if recovery.left:
+        text = f"done: {recovery.report}; left to do: " + "; ".join(recovery.left)
+        journal.append(ctx.host, ctx.state_dir, _journal_record(ctx, journal.RECOVERY_FAILED, timings, started_at,
+                                                                error=message, recovery=text))
+        # The step log stays: `status` reports the half state and `recover` can finish it.
+        ctx.note(phase=runlog.RECOVERING)
+        raise RecoveryFailed(
+            f"recovery incomplete after: {message}\n  done: {recovery.report}\n  left to do: " + "; ".join(recovery.left),
+            hint=f"the deploy lock was released; `deployer status {ctx.env.name}` shows the state, "
+            f"`deployer recover {ctx.env.name}` finishes it",
+        ) from None
+    _finish(ctx, journal.FAILED, timings, started_at, error=message, recovery=recovery.report)
+    if isinstance(failure, KeyboardInterrupt):
+        raise failure
+    raise ReleaseFailed(
+        f"{ctx.kind} {ctx.run_id} failed at step `{label}`: {message}\n  recovered: {recovery.report}",
+        hint="the server runs the previous release; fix the cause and release again"
+        if not recovery.first_release else "nothing was deployed; fix the cause and release again",
+    ) from None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan(ctx: Context, book: Playbook) -> Plan:
+    """Preflight for real, then every later step's actions, listed and not performed."""
+    from deployer.actions import Skip
+    from deployer.steps.lock import intent
+
+    ctx.planning = True
+    ctx.scratch["steps"] = tuple((step.label, step.name) for step in book.steps)
+    ctx.scratch["playbook"] = book.name
+    planned: list[PlannedStep] = []
+    for step in book.steps:
+        before = len(ctx.trace)
+        note = ""
+        try:
+            detail = drive(ctx, step.label, step_kind(step.name).run(ctx, step)) or ""
+            if step.name in ("preflight", "rollback_preflight"):
+                note = "read-only: " + detail
+        except Skip as skipped:
+            note = f"skipped: {skipped}"
+        if step.name == "lock" and ctx.record is None and ctx.facts is not None:
+            ctx.record = intent(ctx, ctx.scratch["steps"])
+        commands = tuple(text for _, text in ctx.trace[before:])
+        planned.append(PlannedStep(step=step.name, label=step.label, commands=commands, note=note))
+    facts = ctx.known
+    return Plan(
+        environment=ctx.env.name,
+        host=str(ctx.env.host),
+        playbook=book.name,
+        commit=facts.commit.sha,
+        ref=facts.commit.ref,
+        previous_commit=facts.deployed_commit,
+        database_revision=facts.revision,
+        heads=facts.heads,
+        pending=tuple(
+            {"revision": m.revision, "message": m.message, "destructive": list(m.destructive_ops), "has_downgrade": m.has_downgrade}
+            for m in facts.pending
+        ),
+        steps=tuple(planned),
+        kind=ctx.kind,
+        target_release=facts.target_release.id if facts.target_release else None,
+        database=f"{facts.database.shown} ({facts.database.source})",
+        converge_first=ctx.scratch.get("converge_first"),
+        footer=(
+            f"the step log {runlog.run_path(ctx.state_dir)} records the intent, then each step's start and end",
+            f"the journal {journal.journal_path(ctx.state_dir)} gets the outcome; on failure, recovery undoes in reverse",
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- interrupted runs
+
+
+def interrupted(ctx: Context) -> runlog.RunRecord | None:
+    """The step log of a run that is not going on any more (None: no run, or a live one
+    raises :class:`LockHeldError`)."""
+    record = runlog.read(ctx.host, ctx.state_dir)
+    if record is None:
+        return None
+    state = lock.read_lock(ctx.host, ctx.state_dir)
+    if state.held:
+        info = state.info
+        raise LockHeldError(
+            f"environment {ctx.env.name} is locked on {ctx.host.name}: {state.describe()}",
+            hint=f"{record.kind} {record.id} is running (step {record.current_step}); wait for it: the lock frees "
+            f"itself when its owner's process ends (`deployer lock status {ctx.env.name}` shows it)",
+        )
+    return record
+
+
+def describe_interrupted(record: runlog.RunRecord) -> str:
+    source = record.source
+    return (f"{record.kind} {record.id} was interrupted at step {record.current_step} "
+            f"(from commit {(source.commit or 'none')[:12]}, revision {', '.join(source.revision or ()) or 'none'}; "
+            f"to commit {record.goal.commit[:12]}, revision {', '.join(record.goal.heads) or 'none'})")
+
+
+def converge(ctx: Context, *, forward: bool = False, restore_backup: bool = False) -> Outcome | None:
+    """Bring an environment whose last run was interrupted back to where that run started
+    (or, with ``forward``, to where it was going). None: nothing was interrupted."""
+    from deployer.server import facts as server_facts
+
+    record = interrupted(ctx)
+    if record is None:
+        return None
+    clock = time.monotonic()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    ctx.kind = record.kind
+    ctx.values["release_id"] = record.id
+    ctx.log(describe_interrupted(record) + ("; finishing it" if forward else "; converging back to where it started"))
+    if not ctx.planning:
+        ctx.lease = lock.acquire(ctx.host, ctx.state_dir, lock.new_info(f"recover {ctx.env.name}", record.id),
+                                 env_name=ctx.env.name, label=f"deployer.run={record.id}")
+    try:
+        record = runlog.read(ctx.host, ctx.state_dir) or record
+        ctx.record = record
+        compose = database = None
+        if ctx.host.run(["test", "-e", ctx.compose.files[0]], timeout=30).ok:
+            try:
+                compose = server_facts.compose_config(ctx.target)
+                database = server_facts.database_location(ctx.target, compose)
+            except DeployerError as error:
+                ctx.log(f"warning: cannot read the compose configuration: {error.message}")
+        recovery = Recovery(record, f"interrupted at step {record.current_step}", database, compose, restore_backup=restore_backup)
+        if forward:
+            return _forward(ctx, record, recovery, started_at, clock)
+        with interrupts.recovering(f"the step log {runlog.run_path(ctx.state_dir)}"):
+            drive(ctx, "recovery", undo_all(ctx, recovery))
+        if ctx.planning:
+            return None
+        timings = [journal.StepTiming(p.step, p.state, 0.0, p.detail) for p in record.progress]
+        error = f"interrupted at step {record.current_step}" + (f": {record.error}" if record.error else "")
+        outcome = journal.RECOVERY_FAILED if recovery.left else journal.FAILED
+        text = recovery.report + ("; left to do: " + "; ".join(recovery.left) if recovery.left else "")
+        journal.append(ctx.host, ctx.state_dir, _converged_record(ctx, record, outcome, timings, started_at, error, text))
+        if recovery.left:
+            ctx.note(phase=runlog.RECOVERING)
+            raise RecoveryFailed(
+                f"converging {record.kind} {record.id} is incomplete\n  done: {recovery.report}\n  left to do: "
+                + "; ".join(recovery.left),
+                hint=f"`deployer status {ctx.env.name}` shows the state",
+            )
+        runlog.clear(ctx.host, ctx.state_dir)
+        return Outcome(
+            id=record.id, environment=ctx.env.name, outcome=outcome, commit=record.goal.commit,
+            previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),
+            revision_after=tuple(record.source.revision or ()), backup=record.backup, steps=tuple(timings),
+            seconds=round(time.monotonic() - clock, 3), error=error, recovery=recovery.report, kind=record.kind,
+            converged=describe_interrupted(record),
+        )
+    finally:
+        if ctx.lease is not None:
+            ctx.lease.release()
+            ctx.lease = None
+
+
+def _converged_record(ctx: Context, record: runlog.RunRecord, outcome: str, timings: list[journal.StepTiming],
+                      started_at: str, error: str, recovery: str) -> journal.Record:
+    finished = datetime.now(timezone.utc)
+    return journal.Record(
+        id=record.id, kind=record.kind, environment=ctx.env.name, outcome=outcome, commit=record.goal.commit,
+        previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),
+        revision_after=tuple(record.source.revision or ()), started_at=record.started_at,
+        finished_at=finished.isoformat(timespec="seconds"),
+        seconds=round((finished - datetime.fromisoformat(record.started_at)).total_seconds(), 3),
+        user=whoami(), backup=record.backup, steps=tuple(timings), error=error, recovery=recovery,
+        previous_release=record.source.release,
+    )
+
+
+def _forward(ctx: Context, record: runlog.RunRecord, recovery: Recovery, started_at: str, clock: float) -> Outcome:
+    """Finish an interrupted run whose changes were all made: verify, health, record."""
+    from deployer.server import facts as server_facts
+    from deployer.server import health
+
+    changing = [name for _, name in record.steps if step_kind(name).changes and name not in ("lock", "record")]
+    labels = {name: label for label, name in record.steps}
+    not_done = [name for name in changing if record.state_of(labels[name]) != runlog.DONE]
+    if not_done:
+        raise RefusedError(
+            f"{record.kind} {record.id} cannot go forward: its steps {', '.join(not_done)} did not finish",
+            hint=f"`deployer recover {ctx.env.name}` (without --forward) brings back where it started",
+        )
+    if recovery.database is None:
+        raise RefusedError("cannot go forward: the compose configuration of the checkout cannot be read")
+    revision = server_facts.read_revisions(ctx.target, recovery.database)
+    if revision is None or set(revision) != set(record.goal.heads):
+        raise RefusedError(
+            f"cannot go forward: the database is at {', '.join(revision or ()) or 'nothing'}, not at {', '.join(record.goal.heads)}",
+            hint=f"`deployer recover {ctx.env.name}` (without --forward) brings back where it started",
+        )
+    if ctx.planning:
+        return _outcome(ctx, "planned", [], clock)
+    summary = health.wait_healthy(ctx.target, timeout=float(ctx.env.health_timeout), settle=2.0, log=ctx.log)
+    running = {c.service: c.image_id for c in server_facts.service_containers(ctx.target) if c.state == "running"}
+    timings = [journal.StepTiming(p.step, p.state, 0.0, p.detail) for p in record.progress]
+    timings.append(journal.StepTiming("forward", "ok", 0.0, summary))
+    finished = datetime.now(timezone.utc)
+    journal.append(ctx.host, ctx.state_dir, journal.Record(
+        id=record.id, kind=record.kind, environment=ctx.env.name, outcome=journal.SUCCEEDED, commit=record.goal.commit,
+        previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),
+        revision_after=tuple(revision), started_at=record.started_at, finished_at=finished.isoformat(timespec="seconds"),
+        seconds=round((finished - datetime.fromisoformat(record.started_at)).total_seconds(), 3), user=whoami(),
+        backup=record.backup, steps=tuple(timings), recovery="finished forward after an interruption",
+        previous_release=record.source.release, image_ids=running,
+    ))
+    runlog.clear(ctx.host, ctx.state_dir)
+    return Outcome(
+        id=record.id, environment=ctx.env.name, outcome=journal.SUCCEEDED, commit=record.goal.commit,
+        previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),
+        revision_after=tuple(revision), backup=record.backup, steps=tuple(timings),
+        seconds=round(time.monotonic() - clock, 3), kind=record.kind, recovery="finished forward",
+        converged=describe_interrupted(record),
+    )

@@ -1,0 +1,93 @@
+"""The step registry: every kind of step a playbook can name, in one table.
+
+A step kind declares its name, its parameters, what it changes on the server, how it runs
+(a generator of :mod:`~deployer.actions`, the same one the dry run lists) and how it
+is undone. Playbook validation, the dry run, the step log and recovery all read this table;
+adding a step kind is one module that calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deployer.actions import Action
+    from deployer.steps.context import Context
+    from deployer.steps.playbook import Step
+    from deployer.steps.recovery import Recovery
+
+StepBody = Generator["Action", Any, str]
+UndoBody = Generator["Action", Any, None]
+
+# What a step can change on the server (recovery and the lock-first rule read these).
+CHECKOUT = "checkout"
+IMAGES = "images"
+CONTAINERS = "containers"
+SCHEMA = "schema"
+BACKUPS = "backups"
+HOST_FILES = "files"
+ANYTHING = "anything"  # a user's command: deployer cannot tell
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a step kind."""
+
+    types: tuple[type, ...]
+    help: str
+    required: bool = False
+    positive: bool = False  # a number that must be > 0
+
+    def type_name(self) -> str:
+        names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+        return " or ".join(names.get(t, t.__name__) for t in self.types)
+
+
+@dataclass(frozen=True)
+class StepKind:
+    name: str
+    summary: str
+    run: Callable[[Context, Step], StepBody]
+    params: Mapping[str, Param] = field(default_factory=dict)
+    changes: frozenset[str] = frozenset()
+    undo: Callable[[Context, Step, Recovery], UndoBody] | None = None
+    in_playbooks: bool = True  # False: used by built-in flows only (rollback)
+    once: bool = False  # may appear at most once in a playbook
+
+
+_KINDS: dict[str, StepKind] = {}
+_MODULES = (
+    "preflight", "lock", "snapshot", "sync", "stop", "build", "database_up", "backup", "migrate",
+    "up", "verify", "health", "record", "run", "rollback",
+)
+
+
+def register(kind: StepKind) -> StepKind:
+    if kind.name in _KINDS:
+        raise ValueError(f"step kind {kind.name!r} is registered twice")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+_loaded: list[bool] = []
+
+
+def kinds() -> Mapping[str, StepKind]:
+    """Every registered step kind (the step modules are imported on first use)."""
+    if not _loaded:
+        for module in _MODULES:
+            importlib.import_module(f"deployer.steps.{module}")
+        _loaded.append(True)
+    return _KINDS
+
+
+def kind(name: str) -> StepKind:
+    return kinds()[name]
+
+
+def playbook_kinds() -> dict[str, StepKind]:
+    """The kinds a user's playbook may name."""
+    return {name: k for name, k in kinds().items() if k.in_playbooks}

@@ -1,0 +1,249 @@
+"""``migrate``: the configured migrate command, once, in a one-off container of the NEW image.
+
+The container is named after the run and labelled with it: should deployer vanish, the
+lease holder on the host stops it; should deployer give up (a timeout, Ctrl-C), it stops it
+and ends its database session itself. The revision is read back before anything is claimed.
+"""
+
+from __future__ import annotations
+
+from deployer.actions import Command, Read, Skip, templated
+from deployer.db import backups as backups_mod
+from deployer.db.launcher import failure_reason, launched
+from deployer.db.url import POSTGRESQL, SQLITE
+from deployer.errors import CommandError, DeployerError
+from deployer.steps import SCHEMA, Param, StepKind, register
+from deployer.steps.common import RUN_LABEL, migration_argv, shown_revisions
+from deployer.steps.context import Context
+from deployer.steps.database_up import pending
+from deployer.steps.playbook import Step
+from deployer.steps.recovery import Recovery, database_created_by_run, read_revision
+
+# The migration's database sessions carry this application_name (libpq reads PGAPPNAME).
+APP_NAME_VARIABLE = "PGAPPNAME"
+
+
+class MigrationFailed(DeployerError):
+    """The migrate command failed or did not finish."""
+
+
+def migration_name(app_name: str, run_id: str) -> str:
+    return f"{app_name}-migrate-{run_id}"
+
+
+def one_off(ctx: Context, argv: list[str], name: str) -> tuple:  # noqa: ANN201 - tuple[Arg, ...]
+    """A one-off container of the web service's image, named and labelled with the run."""
+    command = ctx.compose.run(ctx.app.web_service, argv, name=name, env={APP_NAME_VARIABLE: name},
+                              labels={RUN_LABEL: ctx.run_id or name})
+    return templated(command, ctx.values)
+
+
+def cancel_sessions(recovery_or_none: Recovery | None, ctx_location, name: str) -> Read:  # noqa: ANN001
+    """End the database sessions of a stopped migration (a session waiting on a lock outlives
+    its client and keeps every later query queued behind it)."""
+
+    def cancel(ctx: Context) -> int:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        from deployer.db.url import driver_url
+        from deployer.server import facts
+
+        location = ctx_location
+        if location is None or location.engine != POSTGRESQL or ctx.planning:
+            return 0
+        try:
+            with facts.connectable_url(ctx.target, location) as url:
+                engine = create_engine(driver_url(url), poolclass=NullPool, connect_args={"connect_timeout": 5})
+                try:
+                    with engine.begin() as connection:
+                        rows = connection.execute(text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :name AND pid <> pg_backend_pid()"), {"name": name}).fetchall()
+                        return len(rows)
+                finally:
+                    engine.dispose()
+        except DeployerError:
+            return 0
+        except Exception:  # noqa: BLE001 - best effort: the revision is read back either way
+            return 0
+
+    return Read(f"end the database sessions of {name}", cancel)
+
+
+def migrate(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
+    todo = pending(ctx)
+    if not todo:
+        raise Skip("no migration pending")
+    app = ctx.app
+    timeout = float(step.params.get("timeout", app.migrate_timeout))
+    name = migration_name(app.name, ctx.run_id)
+    ctx.note(migration=name)
+    try:
+        result = yield Command(one_off(ctx, launched(list(app.migrate_command)), name), what="migrate the database",
+                               check=False, timeout=timeout, stream=True)
+    except CommandError as error:
+        if "timed out" not in error.message:
+            raise
+        yield Command(("docker", "rm", "--force", name), what="stop the migration", check=False, timeout=120)
+        yield cancel_sessions(None, ctx.known.database, name)
+        raise MigrationFailed(
+            f"the migration did not finish within {timeout:.0f}s and was stopped (its database session ended)",
+            hint="a running web process or an open session may hold a lock the migration waits for",
+        ) from None
+    if not result.ok:
+        output = (result.stdout + "\n" + result.stderr).strip()
+        reason = failure_reason(output) or "it printed no reason"
+        tail = "\n".join("    " + line for line in output.splitlines()[-15:])
+        raise MigrationFailed(
+            f"the migration `{' '.join(app.migrate_command)}` exited {result.exit_code}: {reason}\n  its last output:\n{tail}"
+        )
+    ctx.note(migration=None)
+    return f"applied {len(todo)} migration(s): " + ", ".join(m.revision for m in todo)
+
+
+def undo_migrate(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
+    record = recovery.record
+    if record.migration:
+        yield Command(("docker", "rm", "--force", record.migration), what="stop the migration container", check=False, timeout=120)
+        yield cancel_sessions(recovery, recovery.database, record.migration)
+    if database_created_by_run(ctx, recovery):
+        recovery.done.append("the database this first release created goes with its volume")
+        return
+    before = tuple(record.source.revision or ())
+    now = yield read_revision("the database revision after the migration stopped", recovery, plan=True)
+    if now is None:
+        recovery.schema_back = False
+        recovery.code_stays = True
+        recovery.left.append(f"read the database's revision and bring it back to {shown_revisions(before)}")
+        return
+    if set(now) == set(before):
+        if not (yield from _half_applied(ctx, recovery)):
+            recovery.done.append(f"database still at {shown_revisions(before)} (read back after the migration stopped)")
+            return
+    else:
+        destination = before[0] if len(before) == 1 else "base" if not before else None
+        if destination is not None and not recovery.restore_backup:
+            argv = migration_argv(ctx.app.migrate_command, "downgrade", destination)
+            ctx.log(f"recovery: downgrade of the database {shown_revisions(now)} -> {destination}")
+            yield Command(one_off(ctx, launched(argv), f"{ctx.app.name}-downgrade-{record.id}"),
+                          what=f"downgrade to {destination}", check=False, timeout=float(ctx.app.migrate_timeout))
+            after = yield read_revision("the database revision after the downgrade", recovery)
+            if after is not None and set(after) == set(before):
+                recovery.done.append(f"database downgraded to {destination}")
+                return
+            now = after if after is not None else now
+    yield from restore_or_stop(ctx, recovery, now)
+
+
+def _half_applied(ctx: Context, recovery: Recovery):  # noqa: ANN201
+    """SQLite runs DDL outside a transaction: an unchanged revision may hide a changed schema."""
+    if recovery.database is None or recovery.database.engine != SQLITE or not recovery.record.backup:
+        return False
+    backup = yield Read("the backup's description", lambda c: _find_backup(c, recovery.record.backup), plan=True)
+    if backup is None or not backup.baseline:
+        return False
+    now = yield Read("the SQLite schema version now", lambda c: _sqlite_counts(c, recovery), plan=True)
+    from deployer.db.writes import schema_changed
+
+    return bool(now) and schema_changed(backup.baseline, now)
+
+
+def _find_backup(ctx: Context, backup_id: str):  # noqa: ANN202
+    try:
+        return backups_mod.find(ctx.target, backup_id)
+    except DeployerError:
+        return None
+
+
+def _sqlite_counts(ctx: Context, recovery: Recovery) -> dict | None:
+    import json
+
+    from deployer.db.writes import SQLITE_COUNTS
+    from deployer.server import facts
+
+    assert recovery.database is not None
+    script = ["python3", "-c", SQLITE_COUNTS, recovery.database.sqlite_path]
+    web = facts.running(facts.all_containers(ctx.target), ctx.app.web_service)
+    argv = ["docker", "exec", web.id, *script] if web else ctx.compose.run(ctx.app.web_service, script)
+    result = ctx.host.run(argv, timeout=300)
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1]) if result.ok else None
+    except (ValueError, IndexError):
+        return None
+
+
+def count_changes(ctx: Context, recovery: Recovery, backup):  # noqa: ANN001, ANN201
+    """The writes restoring ``backup`` would discard (None: cannot tell)."""
+    from deployer.db import writes
+    from deployer.server import facts
+
+    if not backup.baseline or recovery.database is None:
+        return None
+    try:
+        if recovery.database.engine == POSTGRESQL:
+            with facts.connectable_url(ctx.target, recovery.database) as url:
+                return writes.pg_changes(url, backup.baseline)
+        now = _sqlite_counts(ctx, recovery)
+        return writes.sqlite_changes(backup.baseline, now) if now is not None else None
+    except DeployerError:
+        return None
+
+
+def restore_or_stop(ctx: Context, recovery: Recovery, now: tuple[str, ...]):  # noqa: ANN201
+    """The schema did not come back by downgrade: restore the backup if that loses no
+    acknowledged write (or the user chose it); otherwise keep the new release and say why."""
+    record = recovery.record
+    before = tuple(record.source.revision or ())
+    env = ctx.env.name
+    if not record.backup:
+        recovery.code_stays = True
+        recovery.schema_back = False
+        recovery.left.append(f"bring the database from {shown_revisions(now)} back to {shown_revisions(before)} "
+                             "(no backup was taken)")
+        return
+    backup = yield Read(f"the description of backup {record.backup}", lambda c: _find_backup(c, record.backup), plan=True)
+    if backup is None:
+        recovery.code_stays = True
+        recovery.schema_back = False
+        recovery.left.append(f"restore the database to {shown_revisions(before)}: backup {record.backup} is not on the host")
+        return
+    # No write may slip in between counting and restoring: the app's services stop first.
+    services = sorted(s for s in (recovery.compose.services if recovery.compose else ()) if s != ctx.app.db_service)
+    if services:
+        yield Command(tuple(ctx.compose.stop(services)), what="hold writes: stop the app while deciding", check=False, timeout=300)
+    changes = yield Read("count the writes made since the backup", lambda c: count_changes(c, recovery, backup), plan=True)
+    if not recovery.restore_backup and (changes is None or changes.total):
+        if services:
+            yield Command(tuple(ctx.compose.start(services)), what="start the new release again", check=False, timeout=300)
+        recovery.code_stays = True
+        recovery.schema_back = False
+        what = (f"{changes.total} row change(s) made since it was taken ({changes.describe()})" if changes is not None
+                else "writes made since it was taken (deployer cannot count them for this database)")
+        recovery.left.append(
+            f"the database is at {shown_revisions(now)} and would not go back to {shown_revisions(before)} by downgrade; "
+            f"restoring backup {backup.id} would discard {what}. The new release stays in place. Choose: "
+            f"`deployer recover {env} --restore-backup` (discard them) or `deployer recover {env} --forward` (keep them)"
+        )
+        return
+    problem = yield Read(f"verify backup {backup.id}", lambda c: backups_mod.check(c.target, backup), plan=True)
+    if problem:
+        recovery.code_stays = True
+        recovery.schema_back = False
+        recovery.left.append(f"restore the database to {shown_revisions(before)}: backup {backup.id} is unusable ({problem})")
+        return
+    ctx.log(f"recovery: restoring the backup {backup.id} taken at the start")
+    yield from backups_mod.restore_steps(ctx.target, backup, recovery.database)
+    after = yield read_revision("the database revision after the restore", recovery)
+    lost = f"{changes.total} change(s) discarded as chosen" if changes is not None and changes.total else "no write since it was taken"
+    recovery.done.append(f"database restored from backup {backup.id} ({lost}; now at {shown_revisions(after)})")
+
+
+register(StepKind(
+    name="migrate",
+    summary="run the migrate command once, in a one-off container of the new image",
+    run=migrate,
+    undo=undo_migrate,
+    params={"timeout": Param((int,), "seconds before the migration is stopped", positive=True)},
+    changes=frozenset({SCHEMA}),
+))

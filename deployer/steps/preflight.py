@@ -1,0 +1,151 @@
+"""``preflight``: read everything the release needs, refuse what is unsafe, change nothing.
+
+The commit is resolved on the remote; its migrations and its compose file are read from the
+commit (never the work tree); the compose file is resolved on the host with deploy.toml's
+variables; the database is located as the app states it and its revision read; the
+checkout, containers, volumes and journal are read. Every later step plans from these facts.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+
+from deployer.commands import git as gitops
+from deployer.db.migrations import upgrade_path
+from deployer.errors import ConfigError, RefusedError
+from deployer.server import facts as server_facts
+from deployer.server import journal
+from deployer.steps import StepKind, register
+from deployer.steps.common import confirm, new_release_id, shown_revisions
+from deployer.steps.context import Context, Facts
+from deployer.steps.playbook import Step
+
+
+def read_host_state(ctx: Context) -> dict[str, object]:
+    """The host-side reads every preflight makes, at once on the one connection."""
+    host, env, target = ctx.host, ctx.env, ctx.target
+    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="preflight") as pool:
+        path = pool.submit(host.run, ["test", "-d", env.path], timeout=30)
+        head = pool.submit(host.run, gitops.rev_parse_head(env.path), timeout=30)
+        status = pool.submit(host.run, gitops.status(env.path), timeout=60)
+        containers = pool.submit(server_facts.all_containers, target)
+        volumes = pool.submit(host.run, ["docker", "volume", "ls", "--quiet", "--filter",
+                                         f"label=com.docker.compose.project={ctx.compose.project}"], timeout=30)
+        records = pool.submit(journal.read, host, target.state_dir)
+        head_result = head.result()
+        deployed = gitops.parse_sha(head_result.stdout) if head_result.ok else None
+        status_result = status.result()
+        dirty = [e.path for e in gitops.parse_status(status_result.stdout)] if deployed and status_result.ok else []
+        return {
+            "path_exists": path.result().ok,
+            "deployed": deployed,
+            "dirty": dirty,
+            "containers": tuple(containers.result()),
+            "volumes": tuple(sorted(volumes.result().stdout.split())) if volumes.result().ok else (),
+            "records": records.result(),
+        }
+
+
+def refuse_state_in_build_context(ctx: Context, repo, sha: str, contexts: dict[str, str]) -> None:  # noqa: ANN001
+    """A backup_dir or state_dir inside a build context would be baked into the image by ``COPY . .``."""
+    from docker.utils.build import PatternMatcher
+
+    from deployer import source
+
+    env = ctx.env
+    for service, context in sorted(contexts.items()):
+        for what, directory in (("backup_dir", env.backup_dir), ("state_dir", env.state_dir)):
+            inside = posixpath.normpath(directory)
+            base = posixpath.normpath(context)
+            if inside != base and not inside.startswith(base + "/"):
+                continue
+            relative = posixpath.relpath(inside, base)
+            in_repo = posixpath.relpath(base, posixpath.normpath(env.path))
+            ignore = source.file_at(repo, sha, posixpath.normpath(posixpath.join(in_repo, ".dockerignore"))) or ""
+            patterns = [line.strip() for line in ignore.splitlines() if line.strip() and not line.startswith("#")]
+            if PatternMatcher(patterns).matches(relative):
+                continue
+            raise RefusedError(
+                f"{what} {directory} lies inside the build context of the {service} service ({context}) "
+                "and is not in its .dockerignore: a `COPY . .` would bake "
+                + ("the database dumps" if what == "backup_dir" else "deployer's files, secrets included")
+                + " into the image",
+                hint=f"add `{relative}` to {posixpath.join(in_repo, '.dockerignore')} (and commit it), "
+                f"or set {what} in deploy.toml to a directory outside the checkout",
+            )
+
+
+def preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
+    from deployer import source
+
+    cfg = ctx.target.config
+    repo = source.open_repo(cfg.root)
+    remote = source.remote_url(repo, ctx.env.remote, cfg.root)
+    ref = ctx.options.ref or ctx.env.branch or cfg.app.branch
+    if ctx.options.ref == "":
+        raise ConfigError("--ref is empty", hint="give a branch, tag or commit, or leave --ref out for the configured branch")
+    commit = source.resolve(repo, remote, ref)
+    scripts = source.migration_scripts(repo, commit.sha, cfg.app.migrations_dir)
+    heads = scripts.heads
+    if len(heads) > 1:
+        listed = "; ".join(scripts.describe(head) for head in heads)
+        raise RefusedError(
+            f"commit {commit.sha[:12]} has {len(heads)} migration heads: {listed}",
+            hint="merge them (`flask db merge heads`), commit, push, and release again",
+        )
+    compose_text = source.file_at(repo, commit.sha, cfg.app.compose_file)
+    if compose_text is None:
+        raise ConfigError(
+            f"commit {commit.sha[:12]} has no {cfg.app.compose_file} (app.compose_file)",
+            hint="commit the compose file, or point app.compose_file at it (relative to the repository root)",
+        )
+    compose = server_facts.compose_config(ctx.target, compose_text)
+    database = server_facts.database_location(ctx.target, compose)
+    refuse_state_in_build_context(ctx, repo, commit.sha, compose.build_contexts)
+    state = read_host_state(ctx)
+    if state["dirty"]:
+        dirty = state["dirty"]
+        raise RefusedError(
+            f"the checkout {ctx.env.path} on {ctx.host.name} has local changes: {', '.join(dirty[:5])}",  # type: ignore[index]
+            hint=f"commit them to the repository, or discard them on the host (`git -C {ctx.env.path} checkout -- .`)",
+        )
+    containers = state["containers"]
+    revision = server_facts.read_revisions(ctx.target, database, containers)  # type: ignore[arg-type]
+    unknown = [r for r in revision or () if r not in scripts.revisions]
+    if unknown:
+        raise RefusedError(
+            f"the database of {ctx.env.name} is at {', '.join(unknown)}, which commit {commit.sha[:12]} does not know: "
+            "the database is ahead of the code you are releasing",
+            hint="release a commit that contains that migration, or roll the database back first",
+        )
+    pending = tuple(upgrade_path(scripts, revision or (), "heads") if heads else ())
+    destructive = [(m, op) for m in pending for op in m.destructive_ops]
+    if destructive:
+        listed = "; ".join(f"{m.revision} ({m.message}): {op}" for m, op in destructive)
+        ctx.log(f"warning: destructive migration operations: {listed}")
+        confirm(ctx, f"Run migrations that destroy data ({listed})?", f"the release would run destructive migrations ({listed})")
+    records = state["records"]
+    db = cfg.app.db_service
+    ctx.facts = Facts(
+        commit=commit, remote=remote, scripts=scripts, heads=heads, compose=compose, database=database,
+        containers=containers, deployed_commit=state["deployed"], path_exists=bool(state["path_exists"]),  # type: ignore[arg-type]
+        checkout_exists=state["deployed"] is not None, revision=revision, pending=pending,
+        previous_release=journal.running_release(records),  # type: ignore[arg-type]
+        volumes=state["volumes"], services=tuple(sorted(s for s in compose.services if s != db)),  # type: ignore[arg-type]
+    )
+    ctx.values["release_id"] = new_release_id(commit.sha)
+    shown = ", ".join(f"{m.revision} {m.message!r}" for m in pending) or "none"
+    return (
+        f"commit {commit.sha[:12]} ({commit.ref}: {commit.subject}); database {shown_revisions(revision)} "
+        f"({database.source}); pending migrations: {shown}"
+    )
+    yield  # a generator: preflight only reads
+
+
+register(StepKind(
+    name="preflight",
+    summary="read the commit, the compose file, the host and the database; refuse what is unsafe",
+    run=preflight,
+    once=True,
+))
