@@ -265,7 +265,11 @@ class AppDeployment:
         return git("rev-parse", "refs/heads/main", cwd=self.origin).strip()
 
     def server_head(self) -> str:
-        return git("-C", str(self.server_path), "rev-parse", "HEAD").strip()
+        return self.server_git("rev-parse", "HEAD").strip()
+
+    def server_git(self, *args: str) -> str:
+        """git in the server's checkout; it may belong to the deploy user, not to us."""
+        return git("-c", f"safe.directory={self.server_path}", "-C", str(self.server_path), *args)
 
     # -- HTTP, as a browser would
     def url(self, path: str) -> str:

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from tests.bench.apps import AppDeployment, Story, app_names
-from tests.bench.gitrepos import git
 
 pytestmark = pytest.mark.e2e
 
@@ -163,7 +162,7 @@ def test_story(app: str, kind: str, app_deployment_factory, record_property) -> 
         state = Path(f"{d.server_path}.deployer")
         assert state.is_dir(), f"no state directory beside the checkout at {state}"
         # nothing untracked (env file, backups, journal) sits in the build context of `COPY . .`
-        untracked = git("-C", str(d.server_path), "status", "--porcelain", "--ignored", "--untracked-files=all")
+        untracked = d.server_git("status", "--porcelain", "--ignored", "--untracked-files=all")
         assert untracked.strip() == "", untracked
         # the journal, newest first: the failed release(s), the rollback, three releases
         journal = [(e["kind"], e["outcome"]) for e in d.history()]
@@ -173,3 +172,25 @@ def test_story(app: str, kind: str, app_deployment_factory, record_property) -> 
 
     print(story.report())
     record_property("story", story.report())
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, marks=[pytest.mark.xdist_group(f"first-fails-{k}"), pytest.mark.timeout(600)]) for k in ("ssh", "local")]
+)
+def test_a_failing_first_release_leaves_the_server_as_found(kind: str, app_deployment_factory) -> None:  # noqa: ANN001
+    d: AppDeployment = app_deployment_factory("tasks", kind)
+    d.apply("migrate")
+    d.apply("broken")  # the very first release carries a migration that fails
+    result = d.release(expect=1)  # 1: the server is as before; 5 would mean "left half-done"
+    assert "migrat" in result["stderr"].lower(), result["stderr"]
+    assert d.project_containers(all=True) == [], f"containers left after a failed first release:\n{d.logs()}"
+    assert not d.lock_held()
+    (newest,) = d.history()
+    assert newest["kind"] == "release" and newest["outcome"] != "succeeded", newest
+
+    d.revert("broken")
+    result = d.release()
+    assert result["outcome"] == "succeeded"
+    assert d.revision() == d.shape.heads_migrate
+    status, body = d.post_form()
+    assert status == 200 and d.shape.form_shown in body

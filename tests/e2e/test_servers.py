@@ -16,14 +16,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.bench.apps import AppDeployment, write_ssh_home
+from tests.bench.docker import free_port
+from tests.bench.gitrepos import git
 
 pytestmark = pytest.mark.e2e
 
@@ -71,9 +75,51 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def as_user_reachable(d: AppDeployment) -> None:
-    """Let another user of the server clone the origin (it lives in the test's directory)."""
-    d.base.chmod(0o755)
+def authorize(bench_user, sshd) -> None:  # noqa: ANN001
+    """Make sure this session's key is among the deploy user's authorized keys.
+
+    Another test session on the same machine (or another xdist worker) writes its own key
+    there; sshd reads that file as the user, so the bench key file does not help.
+    """
+    public = sshd.key_path.with_name(sshd.key_path.name + ".pub").read_text().strip()
+    authorized = bench_user.home / ".ssh" / "authorized_keys"
+    lines = authorized.read_text().splitlines() if authorized.exists() else []
+    if public not in lines:
+        with authorized.open("a") as handle:
+            handle.write(public + "\n")
+
+
+@pytest.fixture
+def git_server() -> Iterator[Callable[[AppDeployment], None]]:
+    """Serve an app's origin with ``git daemon`` on loopback, as a git server would.
+
+    The deploy user cannot use a local path: git refuses a repository another user owns
+    ("dubious ownership"). Over git:// the daemon reads it, and the laptop pushes to it.
+    """
+    daemons: list[subprocess.Popen[bytes]] = []
+
+    def serve(d: AppDeployment) -> None:
+        port = free_port()
+        daemon = subprocess.Popen(
+            ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", f"--base-path={d.base}",
+             "--listen=127.0.0.1", f"--port={port}", str(d.base)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        daemons.append(daemon)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert daemon.poll() is None and time.monotonic() < deadline, "git daemon did not start"
+                time.sleep(0.1)
+        git("remote", "set-url", "origin", f"git://127.0.0.1:{port}/{d.origin.name}", cwd=d.laptop)
+
+    yield serve
+    for daemon in daemons:
+        daemon.terminate()
+        daemon.wait(timeout=10)
 
 
 @pytest.mark.parametrize("name", [pytest.param("no-sftp", marks=server("no-sftp"))])
@@ -86,14 +132,15 @@ def test_server_without_sftp(name: str, app_deployment_factory, sshd_factory) ->
     assert "subsystem request for sftp" not in bare.log(), bare.log()[-2000:]
 
 
-@pytest.mark.parametrize("name", [pytest.param("non-root", marks=server("non-root"))])
-def test_non_root_user_in_the_docker_group(name: str, app_deployment_factory, sshd, bench_user, shared_dir) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("name", [pytest.param("non-root", marks=server("bench-user"))])
+def test_non_root_user_in_the_docker_group(name: str, app_deployment_factory, sshd, bench_user, shared_dir, git_server) -> None:  # noqa: ANN001
     srv = shared_dir / "srv"
     srv.mkdir()
     os.chown(srv, bench_user.uid, bench_user.gid)
     d = app_deployment_factory(APP, "ssh", host="deploy", server_parent=srv)
-    as_user_reachable(d)
+    git_server(d)
     write_ssh_home(d.home, [("deploy", sshd, bench_user.name)])
+    authorize(bench_user, sshd)
     release_and_rollback(d)
     # the checkout and deployer's files were written by the deploy user, not by root
     assert d.server_path.stat().st_uid == bench_user.uid
@@ -182,8 +229,8 @@ def test_a_jump_host_that_refuses_fails_clearly(name: str, app_deployment_factor
     assert not d.server_path.exists(), "something was deployed although the server was never reached"
 
 
-@pytest.mark.parametrize("name", [pytest.param("lock-failure", marks=server("lock-failure"))])
-def test_a_failure_while_taking_the_lock_leaves_no_lock(name: str, app_deployment_factory, sshd, bench_user, shared_dir) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("name", [pytest.param("lock-failure", marks=server("bench-user"))])
+def test_a_failure_while_taking_the_lock_leaves_no_lock(name: str, app_deployment_factory, sshd, bench_user, shared_dir, git_server) -> None:  # noqa: ANN001
     srv = shared_dir / "srv"
     srv.mkdir()
     os.chown(srv, bench_user.uid, bench_user.gid)
@@ -191,12 +238,12 @@ def test_a_failure_while_taking_the_lock_leaves_no_lock(name: str, app_deploymen
     state = shared_dir / "state"
     state.mkdir(mode=0o755)
     d = app_deployment_factory(APP, "ssh", host="deploy", server_parent=srv, environment_keys={"state_dir": f'"{state}"'})
-    as_user_reachable(d)
+    git_server(d)
     write_ssh_home(d.home, [("deploy", sshd, bench_user.name)])
+    authorize(bench_user, sshd)
 
-    result = d.deployer("release", d.env_name, "--yes")
-    assert result.returncode != 0, result.stdout
-    assert str(state) in result.stderr, result.stderr  # the message names the directory
+    refused = d.deployer("release", d.env_name, "--yes")
+    assert refused.returncode != 0, refused.stdout
     lock = d.deployer("lock", "status", d.env_name)
     assert lock.returncode == 0 and "free" in lock.stdout, (lock.stdout, lock.stderr)
     assert not d.lock_held()
@@ -208,3 +255,5 @@ def test_a_failure_while_taking_the_lock_leaves_no_lock(name: str, app_deploymen
     assert result["outcome"] == "succeeded"
     assert d.revision() == d.shape.heads_first and d.page()[0] == 200
     assert not d.lock_held()
+    # the refusal was one clear message naming the directory and what is wrong with it
+    assert str(state) in refused.stderr and re.search(r"(?i)permission|not writable", refused.stderr), refused.stderr
