@@ -7,6 +7,7 @@ with the venv's ``deployer`` binary, never this repository's code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -61,6 +62,11 @@ def installed() -> Iterator[Installed]:
     if not wheels:
         pytest.fail(f"no offline wheelhouse at {WHEELHOUSE}: run scripts/setup (it downloads the runtime dependencies)",
                     pytrace=False)
+    stamp = WHEELHOUSE / ".setup-stamp"
+    wanted = hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text().strip() != wanted:
+        pytest.fail(f"the wheelhouse at {WHEELHOUSE} was made for another pyproject.toml (its dependencies changed): "
+                    "run scripts/setup to refresh it", pytrace=False)
     base = Path(tempfile.mkdtemp(prefix="deployer-wheel-"))
     try:
         source = base / "source"
