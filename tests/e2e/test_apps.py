@@ -12,6 +12,8 @@ team would check after each command:
 7. (some shapes) more: a release whose health command fails is put back;
 8. deployer's own files (journal, lock, secrets, backups) are outside the checkout.
 
+And a first release whose migration fails leaves the server as it found it (exit 1).
+
 One test per app and host kind, each on its own project, port and directories, grouped so
 pytest-xdist spreads them over its workers (``-n 3 --dist loadgroup``).
 """
