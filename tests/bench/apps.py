@@ -259,7 +259,7 @@ class AppDeployment:
 
     def revert(self, step: str) -> str:
         """Commit the removal of the files ``steps/STEP`` added (the team backs a change out)."""
-        return self.commit({path: None for path in self.shape.files(f"steps/{step}")}, f"{self.shape.name}: revert {step}")
+        return self.commit(dict.fromkeys(self.shape.files(f"steps/{step}")), f"{self.shape.name}: revert {step}")
 
     def head(self) -> str:
         return git("rev-parse", "refs/heads/main", cwd=self.origin).strip()
