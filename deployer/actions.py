@@ -68,6 +68,8 @@ class Command:
     check: bool = True
     stream: bool = False  # show its output with --verbose
     stdin: bytes | None = field(default=None, repr=False)
+    # Safe to run again after a lost connection (false for a migration: it may have run).
+    retry: bool = True
 
     @property
     def shown(self) -> str:

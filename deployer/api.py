@@ -117,6 +117,8 @@ def _operate(
     from deployer.server.target import open_target
 
     cfg.environment(env)
+    if options.verbose:
+        _library_logging()
     target = open_target(cfg, env, host=host)
     try:
         with redacted(cfg):
@@ -132,6 +134,13 @@ def _operate(
     finally:
         if host is None:
             target.host.close()
+
+
+def _library_logging() -> None:
+    """--verbose: paramiko's own log lines too."""
+    from deployer.hosts.ssh import library_logging
+
+    library_logging(True)
 
 
 def recover(

@@ -19,7 +19,7 @@ from typing import Any
 
 from deployer import interrupts
 from deployer.actions import Command, Lease, Probe, Read, Wait, Write, resolve, shown
-from deployer.errors import DeployerError, LockHeldError, RecoveryFailed, RefusedError
+from deployer.errors import ConnectionLost, DeployerError, LockHeldError, RecoveryFailed, RefusedError
 from deployer.hosts.base import Result
 from deployer.server import journal, lock, runlog
 from deployer.steps import kind as step_kind
@@ -88,6 +88,35 @@ class Plan:
 
 # --------------------------------------------------------------------------- performing actions
 
+RECONNECTS = 2  # per action
+RECONNECT_SECONDS = 60.0  # how long to keep trying to reach a host that went away
+
+
+def _reconnect(ctx: Context, lost: ConnectionLost) -> bool:
+    """Open the connection again and make sure the lease is still ours. False: give up."""
+    ctx.log(f"lost the connection to {ctx.host.name} ({lost.message}); reconnecting ...")
+    deadline = time.monotonic() + RECONNECT_SECONDS
+    delay = 1.0
+    while True:
+        try:
+            ctx.host.reconnect()
+            break
+        except DeployerError as error:
+            if time.monotonic() + delay > deadline:
+                ctx.log(f"cannot reconnect to {ctx.host.name}: {error.message}")
+                return False
+            interrupts.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    lease = ctx.lease
+    if lease is not None and (lease.lost or not lock.read_lock(ctx.host, ctx.state_dir).held):
+        # The holder saw its owner vanish and left: take the lock back for this run (the step
+        # log is ours), or give up if someone else took it meanwhile.
+        lease.release()
+        ctx.lease = lock.acquire(ctx.host, ctx.state_dir, lease.info, env_name=ctx.env.name,
+                                 label=f"deployer.run={ctx.run_id}")
+    return True
+
+
 
 def _perform(ctx: Context, action: Any) -> Any:
     """Execute one action (or, planning, only the reads)."""
@@ -143,11 +172,21 @@ def drive(ctx: Context, label: str, body: Generator[Any, Any, Any]) -> Any:
             return stop.value
         send, throw = None, None
         ctx.trace.append((label, shown(action, ctx.values)))
-        try:
-            interrupts.check()
-            send = _perform(ctx, action)
-        except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - handed to the step first
-            throw = error
+        for attempt in range(RECONNECTS + 1):
+            try:
+                interrupts.check()
+                send = _perform(ctx, action)
+                break
+            except ConnectionLost as lost:
+                # Reconnect (and take the lease back if the holder saw us go); run the action
+                # again only when that is safe — a migration may have run on its own.
+                if ctx.planning or attempt == RECONNECTS or not _reconnect(ctx, lost) or not getattr(action, "retry", True):
+                    throw = lost
+                    break
+                ctx.log(f"reconnected to {ctx.host.name}: doing `{shown(action, ctx.values)[:80]}` again")
+            except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - handed to the step first
+                throw = error
+                break
 
 
 # --------------------------------------------------------------------------- running a playbook

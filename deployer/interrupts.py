@@ -86,7 +86,7 @@ def install() -> None:
 def check() -> None:
     """Raise :class:`Interrupted` (or :class:`Abandoned`) if a signal arrived; cheap to call often."""
     pending = _state.pending
-    if pending is None:
+    if pending is None or threading.current_thread() is not threading.main_thread():
         return
     with _state.lock:
         if _state.abandon:

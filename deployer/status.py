@@ -101,10 +101,6 @@ class CodeState:
     behind: int | None  # commits in tip not in deployed
     error: str | None = None
 
-    @property
-    def at_tip(self) -> bool:
-        return self.deployed is not None and self.deployed == self.tip
-
 
 @dataclass(frozen=True)
 class DatabaseState:
@@ -193,7 +189,7 @@ class Status:
         data = asdict(self)
         data = {"schema": SCHEMA_VERSION, **data, "in_sync": self.in_sync}
         data["verdict"] = self.database.verdict
-        return _jsonable(data)
+        return data
 
 
 @dataclass(frozen=True)
@@ -206,15 +202,7 @@ class History:
     entries: tuple[Record, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable({"schema": SCHEMA_VERSION, **asdict(self)})
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
 
 
 # --------------------------------------------------------------------------- pure assessment
@@ -509,10 +497,13 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         running_sha, running_problem = _running_commit(cfg, containers, records, interrupted_run, deployed_sha)
         judged_sha = running_sha or deployed_sha
         deployed_scripts, deployed_subject, ahead, behind = None, None, None, None
-        if judged_sha is not None:
+        if deployed_sha is not None:
             deployed_scripts, deployed_subject, ahead, behind = _deployed_code(
-                repo, host, environment.path, judged_sha, tip.sha if tip else None, cfg.app.migrations_dir
+                repo, host, environment.path, deployed_sha, tip.sha if tip else None, cfg.app.migrations_dir
             )
+        if judged_sha is not None and judged_sha != deployed_sha:
+            # The schema is judged against the code that runs, not a checkout moved past it.
+            deployed_scripts = _deployed_code(repo, host, environment.path, judged_sha, None, cfg.app.migrations_dir)[0]
         code = CodeState(
             branch=branch, deployed=deployed_sha, deployed_subject=deployed_subject,
             tip=tip.sha if tip else None, tip_subject=tip.subject if tip else None,
@@ -612,8 +603,19 @@ def _read_db(target: Target, location: Any, found: Sequence[Container]) -> tuple
     except DeployerError as error:
         return None, error.message
     if revisions is None:
-        return None, f"the database is not running ({location.source})"
+        return None, _not_running(target, location, found)
     return revisions, None
+
+
+def _not_running(target: Target, location: Any, found: Sequence[Container]) -> str:
+    """Why the database did not answer: the state of the container that should run it."""
+    from deployer.db.url import parse
+
+    host = parse(location.url).host if location.engine == "postgresql" else None
+    services = {c.service for c in found if not c.oneoff}
+    service = host if host in services else target.config.app.db_service or target.config.app.web_service
+    states = [c.state for c in found if c.service == service and not c.oneoff]
+    return f"the {service} container is " + (states[0] if states else "missing") + f" (database from {location.source})"
 
 
 def _open_repo_and_tip(cfg: Config, remote: str | None, branch: str) -> tuple[Any, _Tip | None, str | None]:

@@ -10,3 +10,25 @@ pytest_plugins = [
     "tests.bench.deployment",
     "tests.bench.apps",
 ]
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ANN201 - pytest's hook
+    """Under pytest-xdist (``--dist loadgroup``) keep each module's story on one worker.
+
+    The end-to-end modules build state test after test on a module-scoped deployment (one
+    per transport parameter), so a module's tests run in order on one worker, one group per
+    module and parameter; tests that name their own ``xdist_group`` keep it.
+    """
+    import pytest
+
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        callspec = getattr(item, "callspec", None)
+        kind = ""
+        if callspec is not None:
+            for name in ("deployment", "kind", "transport"):
+                if name in callspec.params:
+                    kind = str(callspec.params[name])
+                    break
+        item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{kind}"))

@@ -1,7 +1,7 @@
 """docker compose command builders and fact parsers (pure: argv in, facts out).
 
 Supports Compose v2 (``docker compose``) and v1 (``docker-compose``); which one a host has
-is a fact probed once (:func:`detect_argvs` + :func:`parse_version`).
+is probed once per connection (:func:`deployer.server.target.detect_compose`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,6 @@ V1: tuple[str, ...] = ("docker-compose",)
 def version_argv(program: Sequence[str]) -> list[str]:
     """The argv that prints the version of one compose flavour."""
     return [*program, "version", "--short"]
-
-
-def parse_version(stdout: str) -> str:
-    """Extract ``2.40.3`` from ``v2.40.3`` / ``2.40.3`` / ``docker-compose version 1.29.2, build ...``."""
-    match = re.search(r"v?(\d+\.\d+(?:\.\d+)?)", stdout)
-    if not match:
-        raise ValueError(f"cannot read a compose version from {stdout.strip()!r}")
-    return match.group(1)
 
 
 @dataclass(frozen=True)
@@ -137,23 +129,6 @@ class Compose:
             argv.append("--volumes")
         return argv
 
-    def ps(self) -> list[str]:
-        """All containers of the project, stopped ones included, one JSON per line (v2)."""
-        if self.is_v2:
-            return [*self.base(), "ps", "--all", "--format", "json"]
-        return [*self.base(), "ps", "--all", "-q"]
-
-    def ps_ids(self, services: Sequence[str] = ()) -> list[str]:
-        """Container ids of the project (stopped ones included), one per line."""
-        return [*self.base(), "ps", "--all", "-q", *services]
-
-    def config_images(self) -> list[str]:
-        """The image name compose gives each service (v2: ``config --images``)."""
-        return [*self.base(), "config", "--images"]
-
-    def config_services(self) -> list[str]:
-        return [*self.base(), "config", "--services"]
-
     def config(self) -> list[str]:
         """The resolved configuration of the checkout, as YAML (parse with :func:`parse_config`)."""
         return [*self.base(), "config"]
@@ -255,51 +230,3 @@ def parse_config(text: str, project: str) -> ComposeConfig:
         default = str(key) if external else f"{project}_{key}"
         volumes[str(key)] = str(raw.get("name") or default)
     return ComposeConfig(services=services, volumes=volumes)
-
-
-@dataclass(frozen=True)
-class ServiceState:
-    """One container of the project as ``compose ps`` reports it."""
-
-    service: str
-    name: str
-    state: str  # running, exited, restarting, ...
-    health: str  # healthy, unhealthy, starting, or "" without a healthcheck
-    image: str
-    exit_code: int | None = None
-
-    @property
-    def is_up(self) -> bool:
-        return self.state == "running" and self.health in ("", "healthy")
-
-
-def parse_ps(stdout: str) -> list[ServiceState]:
-    """Parse ``compose ps --format json``: a JSON array (older v2) or one object per line."""
-    text = stdout.strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    states = []
-    for row in rows:
-        if not isinstance(row, dict):
-            raise ValueError(f"unexpected compose ps row: {row!r}")
-        exit_code = row.get("ExitCode")
-        states.append(
-            ServiceState(
-                service=str(row.get("Service", "")),
-                name=str(row.get("Name", "")),
-                state=str(row.get("State", "")).lower(),
-                health=str(row.get("Health", "") or "").lower(),
-                image=str(row.get("Image", "")),
-                exit_code=int(exit_code) if isinstance(exit_code, int) else None,
-            )
-        )
-    return sorted(states, key=lambda s: (s.service, s.name))
-
-
-def parse_lines(stdout: str) -> list[str]:
-    """Non-empty stripped lines: ``config --services`` / ``config --images`` output."""
-    return [line.strip() for line in stdout.splitlines() if line.strip()]

@@ -34,10 +34,6 @@ class Container:
         return self.state == "running" and self.health in ("", "healthy")
 
 
-def inspect_argv(ids: Sequence[str]) -> list[str]:
-    return ["docker", "inspect", "--type", "container", *ids]
-
-
 # Lists a compose project's containers and inspects them in ONE round trip (no compose file
 # to load). A constant script: the project name arrives as $1, never formatted into it.
 _PROJECT_SCRIPT = (
@@ -85,8 +81,3 @@ def parse_inspect(stdout: str) -> list[Container]:
             )
         )
     return containers
-
-
-def parse_ids(stdout: str) -> list[str]:
-    """Container ids from ``compose ps -q``."""
-    return [line.strip() for line in stdout.splitlines() if line.strip()]

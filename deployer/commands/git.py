@@ -24,20 +24,14 @@ from dataclasses import dataclass
 
 __all__ = [
     "StatusEntry",
-    "clone",
     "fetch",
-    "fetch_commit",
-    "has_commit",
     "is_full_sha",
     "list_files",
-    "ls_remote",
     "parse_file_list",
     "parse_ls_remote",
     "parse_sha",
     "parse_status",
     "pick_ref",
-    "resolve_remote_ref",
-    "rev_parse",
     "rev_parse_head",
     "show_file",
     "status",
@@ -71,16 +65,6 @@ def is_full_sha(value: str) -> bool:
 # --------------------------------------------------------------------------- builders
 
 
-def clone(url: str, path: str, *, remote: str = DEFAULT_REMOTE) -> list[str]:
-    """Clone ``url`` into the new directory ``path`` without checking anything out.
-
-    ``--no-checkout`` because the release then places the exact commit with
-    :func:`sync`; checking out the default branch first would be wasted work and,
-    for a moment, the wrong code.
-    """
-    return ["git", "clone", "--no-checkout", "--origin", _checked(remote, "remote"), "--", url, path]
-
-
 def fetch(path: str, *, remote: str = DEFAULT_REMOTE) -> list[str]:
     """Fetch every branch and tag of ``remote`` (pruning deleted branches).
 
@@ -88,31 +72,6 @@ def fetch(path: str, *, remote: str = DEFAULT_REMOTE) -> list[str]:
     instead of failing the fetch ("would clobber existing tag").
     """
     return _git(path, "fetch", "--prune", "--tags", "--force", _checked(remote, "remote"))
-
-
-def fetch_commit(path: str, sha: str, *, remote: str = DEFAULT_REMOTE) -> list[str]:
-    """Fetch one commit by id: for a commit no branch or tag of the remote reaches.
-
-    The remote must allow it (GitHub, GitLab and git's protocol v2 do for reachable
-    commits); :func:`fetch` is the first choice.
-    """
-    return _git(path, "fetch", _checked(remote, "remote"), _full_sha(sha))
-
-
-def has_commit(path: str, sha: str) -> list[str]:
-    """Exits 0 when the checkout has commit ``sha`` (after a fetch), non-zero otherwise."""
-    return _git(path, "cat-file", "-e", f"{_checked(sha, 'commit')}^{{commit}}")
-
-
-def ls_remote(path: str, ref: str, *, remote: str = DEFAULT_REMOTE) -> list[str]:
-    """Ask ``remote`` what ``ref`` (branch, tag, full ref name or HEAD) points at now.
-
-    Parse with :func:`resolve_remote_ref`: git matches ``ref`` against the end of
-    every ref name, so the output can list several refs. The second pattern,
-    ``REF^{}``, makes git also list the commit an annotated tag points at.
-    """
-    checked = _checked(ref, "ref")
-    return _git(path, "ls-remote", _checked(remote, "remote"), checked, f"{checked}^{{}}")
 
 
 def status(path: str, *, untracked: bool = False) -> list[str]:
@@ -136,11 +95,6 @@ def sync(path: str, sha: str) -> list[str]:
 def rev_parse_head(path: str) -> list[str]:
     """The commit the checkout is at (parse with :func:`parse_sha`)."""
     return _git(path, "rev-parse", "--verify", "HEAD^{commit}")
-
-
-def rev_parse(path: str, rev: str) -> list[str]:
-    """The full commit id of a local revision (a branch, tag, ``origin/main``, a short id)."""
-    return _git(path, "rev-parse", "--verify", f"{_checked(rev, 'revision')}^{{commit}}")
 
 
 def show_file(path: str, sha: str, file_path: str) -> list[str]:
@@ -226,11 +180,6 @@ def pick_ref(refs: Mapping[str, str], ref: str) -> str | None:
             + " or ".join(sorted(candidates))
         )
     return next(iter(candidates.values()), None)
-
-
-def resolve_remote_ref(stdout: str, ref: str) -> str | None:
-    """The commit ``ref`` points at, from the output of :func:`ls_remote`; None when absent."""
-    return pick_ref(parse_ls_remote(stdout), ref)
 
 
 @dataclass(frozen=True)

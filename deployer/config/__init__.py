@@ -111,11 +111,6 @@ class Config:
         """Every environment in the file, usable or not, sorted."""
         return tuple(sorted({*self.environments, *self.unresolved}))
 
-    @property
-    def migrations_path(self) -> Path:
-        """The local migrations directory (``app.migrations_dir`` under the repository root)."""
-        return self.root / self.app.migrations_dir
-
     def environment(self, name: str) -> Environment:
         """The environment called ``name``; a ConfigError if it is unknown or unresolved."""
         if name in self.environments:

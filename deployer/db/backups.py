@@ -319,11 +319,11 @@ def create_steps(
     try:
         if engine == POSTGRESQL:
             holder = yield Read("open a snapshot for the dump and count every table in it",
-                                lambda ctx: None if planning else _open_baseline(target, where))
+                                lambda ctx: _remember(ctx, _open_baseline(target, where)))
             try:
-                snapshot = holder.snapshot_id if holder else None
                 result = yield Command(to_file(dump_argv(target, lock_wait_timeout=lock_wait_timeout, location=where,
-                                                         snapshot=Value("dump_snapshot") if planning else snapshot), partial),
+                                                         snapshot=Value("dump_snapshot") if planning or holder else None),
+                                               partial),
                                        what="dump the database", check=False, timeout=DUMP_TIMEOUT)
                 baseline = holder.baseline if holder else None
             finally:
@@ -407,6 +407,13 @@ def _open_baseline(target: Target, location: DatabaseLocation) -> _Baseline | No
     return _Baseline(_Both(), opened)
 
 
+def _remember(ctx, holder: _Baseline | None) -> _Baseline | None:  # noqa: ANN001 - a Context, or None outside a run
+    """Name the exported snapshot in the run's values, so the plan and the trace show it as {dump_snapshot}."""
+    if ctx is not None and holder is not None:
+        ctx.values["dump_snapshot"] = holder.snapshot_id
+    return holder
+
+
 def _sqlite_baseline(stderr: str) -> dict[str, Any] | None:
     for line in stderr.splitlines():
         if line.startswith("deployer-baseline: "):
@@ -438,13 +445,16 @@ def create(
 
 def _drive_with_reads(target: Target, body, values: dict[str, str]):  # noqa: ANN001, ANN202
     """:func:`deployer.actions.drive`, also answering Read actions (outside a release)."""
+    from types import SimpleNamespace
+
     from deployer.actions import perform
 
+    run = SimpleNamespace(values=values, planning=False, target=target)
     result = None
     try:
         while True:
             action = body.send(result)
-            result = action.read(None) if isinstance(action, Read) else perform(target.host, action, values)
+            result = action.read(run) if isinstance(action, Read) else perform(target.host, action, values)
     except StopIteration as stop:
         return stop.value
 

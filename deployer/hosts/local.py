@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Self
 
+from deployer import interrupts
 from deployer.errors import CommandError, ConnectionLost
 from deployer.hosts.base import (
     OutputCallback,
@@ -26,6 +27,8 @@ from deployer.hosts.base import (
     timeout_error,
 )
 
+# How often a waiting command looks for a signal deployer received.
+_POLL = 0.05
 # After SIGTERM on timeout, how long a command gets to exit before SIGKILL.
 _KILL_GRACE_SECONDS = 2.0
 _CHUNK = 1024 * 1024
@@ -111,13 +114,14 @@ class LocalHost:
         open_streams = 2
         try:
             while open_streams:
+                interrupts.check()  # a signal is raised here, at a safe point (see deployer.interrupts)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise _Timeout
                 try:
-                    index, data = events.get(timeout=remaining)
+                    index, data = events.get(timeout=_POLL if remaining is None else min(remaining, _POLL))
                 except queue.Empty:
-                    raise _Timeout from None
+                    continue
                 if data is None:
                     open_streams -= 1
                 else:

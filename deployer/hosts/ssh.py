@@ -38,6 +38,7 @@ from typing import IO, Self
 
 import paramiko
 
+from deployer import interrupts
 from deployer.errors import (
     CommandError,
     ConnectionLost,
@@ -345,8 +346,13 @@ class SSHHost:
         report: _PidReport,
         deadline: float | None,
     ) -> bool:
-        """Read output until the command is done (True) or the deadline passes (False)."""
+        """Read output until the command is done (True) or the deadline passes (False).
+
+        A signal deployer received (Ctrl-C, SIGTERM) is raised here, between two reads: the
+        caller then stops the remote command, and no paramiko call is cut in half.
+        """
         while True:
+            interrupts.check()
             while channel.recv_ready():
                 on_stdout(channel.recv(_CHUNK))
             while channel.recv_stderr_ready():

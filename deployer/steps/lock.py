@@ -50,7 +50,9 @@ def take_lock(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
             )
         if not result.ok:
             result.check("move deployer's files out of the checkout")
-    ctx.record = intent(ctx, ctx.scratch["steps"])
+    # The step log begins with this step started: a run killed before the next step's start is
+    # written still says where it stopped.
+    ctx.record = intent(ctx, ctx.scratch["steps"]).with_progress(step.label, step.name, runlog.STARTED)
     yield Write(runlog.run_path(ctx.state_dir), ctx.record.to_json(), what="the step log: this run's intent")
     return f"held by {whoami()}; step log {runlog.run_path(ctx.state_dir)}"
 

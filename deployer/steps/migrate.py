@@ -81,7 +81,7 @@ def migrate(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     ctx.note(migration=name)
     try:
         result = yield Command(one_off(ctx, launched(list(app.migrate_command)), name), what="migrate the database",
-                               check=False, timeout=timeout, stream=True)
+                               check=False, timeout=timeout, stream=True, retry=False)
     except CommandError as error:
         if "timed out" not in error.message:
             raise
@@ -127,7 +127,7 @@ def undo_migrate(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
             argv = migration_argv(ctx.app.migrate_command, "downgrade", destination)
             ctx.log(f"recovery: downgrade of the database {shown_revisions(now)} -> {destination}")
             yield Command(one_off(ctx, launched(argv), f"{ctx.app.name}-downgrade-{record.id}"),
-                          what=f"downgrade to {destination}", check=False, timeout=float(ctx.app.migrate_timeout))
+                          what=f"downgrade to {destination}", check=False, timeout=float(ctx.app.migrate_timeout), retry=False)
             after = yield read_revision("the database revision after the downgrade", recovery)
             if after is not None and set(after) == set(before):
                 recovery.done.append(f"database downgraded to {destination}")

@@ -14,9 +14,9 @@ def run(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     timeout = float(step.params.get("timeout", 600))
     service = step.params.get("service")
     if service:
-        command = Command(tuple(ctx.compose.run(str(service), argv)), what=f"run step {step.label!r}", timeout=timeout, stream=True)
+        command = Command(tuple(ctx.compose.run(str(service), argv)), what=f"run step {step.label!r}", timeout=timeout, stream=True, retry=False)
     else:
-        command = Command(tuple(argv), what=f"run step {step.label!r}", timeout=timeout, cwd=ctx.env.path, stream=True)
+        command = Command(tuple(argv), what=f"run step {step.label!r}", timeout=timeout, cwd=ctx.env.path, stream=True, retry=False)
     yield command
     return f"`{' '.join(argv)}` ok"
 

@@ -56,7 +56,7 @@ def test_nothing_deployed_yet(deployment: Deployment) -> None:
     assert code == 14, text
     assert doc["verdict"] == "not deployed" and doc["code"]["deployed"] is None
     assert doc["code"]["tip"] == deployment.origin.head()
-    assert doc["services"] == [] and doc["lock"] == {"held": False, "holder": None, "command": None, "acquired_at": None}
+    assert doc["services"] == [] and doc["lock"] == {"held": False, "holder": None, "command": None, "acquired_at": None, "stale": False, "gone_since": None}
     assert doc["last_release"] is None and doc["exit_code"] == 14 and doc["in_sync"] is False
     assert "not deployed" in text and "(exit 14)" in text
 
@@ -125,6 +125,16 @@ def test_database_ahead_of_an_older_checkout(deployment: Deployment) -> None:
     older = git("-C", str(d.server_path), "rev-parse", "HEAD~1").strip()
     git("-C", str(d.server_path), "checkout", "--quiet", "--detach", older)
     try:
+        # A checkout moved by hand is not what runs: the running code decides the verdict.
+        code, doc, text = status(d)
+        assert code == 15, text
+        assert doc["verdict"] == "up to date" and doc["running"] == tip
+        assert any("the checkout is at" in p and "the running code is" in p for p in doc["problems"]), text
+        # Now really run the older release's image (old code on the newer schema).
+        previous = [r for r in d.journal() if r["outcome"] == "succeeded"][-2]
+        for image, tag in previous["images"].items():
+            subprocess.run(["docker", "tag", tag, image], check=True, capture_output=True)
+        d.compose("up", "--detach", "--no-build", "--no-deps", "web")
         code, doc, text = status(d)
         assert code == 11, text
         assert doc["verdict"] == "ahead"
@@ -134,6 +144,11 @@ def test_database_ahead_of_an_older_checkout(deployment: Deployment) -> None:
         assert "ahead" in text and "old code runs on a newer schema" in text
     finally:
         git("-C", str(d.server_path), "checkout", "--quiet", "--detach", tip)
+        latest = [r for r in d.journal() if r["outcome"] == "succeeded"][-1]
+        for image, tag in latest["images"].items():
+            subprocess.run(["docker", "tag", tag, image], check=True, capture_output=True)
+        d.compose("up", "--detach", "--no-build", "--no-deps", "web")
+        d.wait_answer("/health")
 
 
 def test_unknown_revision(deployment: Deployment) -> None:

@@ -310,7 +310,6 @@ def test_valid_file_gives_typed_frozen_objects(tmp_path: Path) -> None:
     config = load_text(tmp_path, VALID)
     assert config.path == tmp_path / "deploy.toml"
     assert config.root == tmp_path
-    assert config.migrations_path == tmp_path / "example" / "migrations"
     assert config.app == AppConfig(
         name="recipes", compose_file="docker-compose.prod.yml", web_service="web", db_service="db",
         migrations_dir="example/migrations", migrate_command=("flask", "db", "upgrade"),

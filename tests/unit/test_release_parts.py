@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from deployer.commands.docker import parse_ids, parse_inspect
+from deployer.commands.docker import parse_inspect
 from deployer.errors import ConfigError, DeployerError
 from deployer.steps.common import downgrade_argv, new_release_id, saved_tag, split_image
 from deployer.server.target import env_file_text, shell
@@ -71,7 +71,6 @@ def test_parse_inspect() -> None:
     assert container.name == "recipes-web-1" and container.service == "web" and container.image == "recipes-web"
     assert container.ips == ("172.18.0.3",) and container.env == {"A": "1", "B": "x=y"}
     assert container.restart_count == 2 and container.is_healthy and not container.oneoff
-    assert parse_ids("a\n\nb\n") == ["a", "b"]
 
 
 def test_container_age_from_docker_times() -> None:
