@@ -32,7 +32,7 @@ def show_config(env: str, *, config_path: Path | None = None) -> dict[str, Any]:
     """The resolved configuration of one environment, secrets redacted."""
     cfg = load(config_path)
     cfg.environment(env)  # an unknown environment is a ConfigError listing the known ones
-    return configuration.show_config(cfg, env)
+    return scrub(cfg, configuration.show_config(cfg, env))
 
 
 def _noop(_: str) -> None:
@@ -127,10 +127,10 @@ def _operate(
                 record = engine.interrupted(ctx)
                 if record is not None:
                     ctx.scratch["converge_first"] = engine.describe_interrupted(record) + "; converged back first"
-                return engine.plan(ctx, book)
+                return scrub(cfg, engine.plan(ctx, book))
             converged = engine.converge(_context(cfg, target, replace(options, restore_backup=False), kind, log))
             outcome = engine.execute(ctx, book)
-            return replace(outcome, converged=converged.converged) if converged is not None else outcome
+            return scrub(cfg, replace(outcome, converged=converged.converged) if converged is not None else outcome)
     finally:
         if host is None:
             target.host.close()
@@ -169,37 +169,69 @@ def recover(
         with redacted(cfg):
             ctx = _context(cfg, target, options, "release", log)
             if not dry_run:
-                return engine.converge(ctx, forward=forward, restore_backup=restore_backup)
+                return scrub(cfg, engine.converge(ctx, forward=forward, restore_backup=restore_backup))
             record = engine.interrupted(ctx)
             if record is None:
                 return None
             ctx.planning = True
             engine.converge(ctx, forward=forward, restore_backup=restore_backup)
-            return engine.Plan(
+            return scrub(cfg, engine.Plan(
                 environment=env, host=str(target.env.host), playbook="recover", commit=record.goal.commit, ref=record.id,
                 previous_commit=record.source.commit, database_revision=record.source.revision, heads=record.goal.heads,
                 pending=(), kind="recover",
                 steps=(engine.PlannedStep(step="recover", label="forward" if forward else "recovery",
                                           commands=tuple(text for _, text in ctx.trace),
                                           note=engine.describe_interrupted(record)),),
-            )
+            ))
     finally:
         if host is None:
             target.host.close()
+
+
+def scrub(cfg: configuration.Config, value: Any) -> Any:
+    """``value`` (a result: dataclasses, mappings, sequences, text) with every secret of the
+    configuration replaced by ``***``: what a command returns never carries one."""
+    from dataclasses import fields, is_dataclass
+
+    if isinstance(value, str):
+        return cfg.redact(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: scrub(cfg, getattr(value, f.name)) for f in fields(value) if f.init}
+        return replace(value, **changes)
+    if isinstance(value, dict):
+        return {scrub(cfg, k): scrub(cfg, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(scrub(cfg, item) for item in value)
+    return value
+
+
+@contextmanager
+def environment(env: str, *, config_path: Path | None = None, probe_compose: bool = True) -> Iterator[Any]:
+    """An environment's target, open for the block, every error scrubbed of secrets."""
+    from deployer.server.target import open_target
+
+    cfg = load(config_path)
+    with redacted(cfg):
+        with open_target(cfg, env, probe_compose=probe_compose) as target:
+            yield target
 
 
 def status(env: str, *, config_path: Path | None = None) -> Status:
     """Deployed commit vs branch, database vs running code, containers, lock, interrupted runs."""
     from deployer.status import status as read_status
 
-    return read_status(config_path, env)
+    cfg = load(config_path)
+    with redacted(cfg):
+        return scrub(cfg, read_status(cfg, env))
 
 
 def history(env: str, *, config_path: Path | None = None, limit: int | None = None) -> History:
     """The environment's journal, newest first."""
     from deployer.status import history as read_history
 
-    return read_history(config_path, env, limit=limit)
+    cfg = load(config_path)
+    with redacted(cfg):
+        return scrub(cfg, read_history(cfg, env, limit=limit))
 
 
 def lock_status(env: str, *, config_path: Path | None = None) -> LockState:
@@ -208,8 +240,8 @@ def lock_status(env: str, *, config_path: Path | None = None) -> LockState:
     from deployer.server.target import open_target
 
     cfg = load(config_path)
-    with open_target(cfg, env, probe_compose=False) as target, redacted(cfg):
-        return read_lock(target.host, target.state_dir)
+    with redacted(cfg), open_target(cfg, env, probe_compose=False) as target:
+        return scrub(cfg, read_lock(target.host, target.state_dir))
 
 
 def lock_release(env: str, *, config_path: Path | None = None) -> LockState:
@@ -218,5 +250,5 @@ def lock_release(env: str, *, config_path: Path | None = None) -> LockState:
     from deployer.server.target import open_target
 
     cfg = load(config_path)
-    with open_target(cfg, env, probe_compose=False) as target, redacted(cfg):
-        return break_lock(target.host, target.state_dir)
+    with redacted(cfg), open_target(cfg, env, probe_compose=False) as target:
+        return scrub(cfg, break_lock(target.host, target.state_dir))

@@ -26,14 +26,11 @@ backups_app = typer.Typer(help="Database backups: create, list, verify, restore,
 
 @contextmanager
 def _target(env: str, config: Path | None) -> Iterator[Target]:
-    from deployer.config import load_config
-    from deployer.server.target import open_target
+    """The environment, through the API: its errors never carry a secret."""
+    from deployer import api
 
-    target = open_target(load_config(config), env)
-    try:
+    with api.environment(env, config_path=config) as target:
         yield target
-    finally:
-        target.host.close()
 
 
 def _log(line: str) -> None:

@@ -23,10 +23,11 @@ def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOptio
 
     Example:  deployer status production --json
     """
+    from deployer import api
     from deployer import status as status_mod
 
     try:
-        report = status_mod.status(config, env)
+        report = api.status(env, config_path=config)
     except DeployerError as error:
         if as_json:
             # A monitor still gets one JSON object, with the same exit code.
@@ -54,9 +55,10 @@ def history_cmd(
 
     Example:  deployer history production --limit 5
     """
+    from deployer import api
     from deployer import status as status_mod
 
-    journal = status_mod.history(config, env, limit=limit)
+    journal = api.history(env, config_path=config, limit=limit)
     if as_json:
         typer.echo(json.dumps(journal.to_dict(), indent=2))
     else:

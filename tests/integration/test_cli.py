@@ -123,20 +123,42 @@ def test_unknown_host_key_is_refused_with_the_way_to_trust_it(tmp_path: Path, ss
 
 
 def test_lock_status_and_release_locally(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
     server = tmp_path / "srv"
     write(tmp_path, GOOD.format(host="local").replace("/srv/demo", str(server)))
     assert "lock free" in deployer("lock", "status", "prod", cwd=tmp_path).stdout
-    lock_dir = server / ".deployer" / "lock"
-    lock_dir.mkdir(parents=True)
-    (lock_dir / "info.json").write_text(json.dumps(
-        {"holder": "ana@laptop", "command": "release prod", "pid": 4242, "acquired_at": "2026-01-01T00:00:00+00:00"}))
-    held = deployer("lock", "status", "prod", cwd=tmp_path)
-    assert "ana@laptop" in held.stdout and "release prod" in held.stdout
-    as_json = json.loads(deployer("lock", "status", "prod", "--json", cwd=tmp_path).stdout)
-    assert as_json["held"] and as_json["holder"]["pid"] == 4242
-    refused = deployer("release", "prod", cwd=tmp_path)
-    # preflight needs a git repository first; with one, the lock refuses (tested end to end)
-    assert refused.returncode in (2, 4)
+    # A live holder: a process of ours holding the lease (the lock is a flock held by a process).
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from deployer.hosts import LocalHost\n"
+        "from deployer.server import lock\n"
+        "info = lock.LockInfo(holder='ana@laptop', command='release prod', pid=4242, acquired_at='2026-01-01T00:00:00+00:00')\n"
+        f"lock.acquire(LocalHost(), {str(server) + '.deployer'!r}, info, env_name='prod')\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        held = deployer("lock", "status", "prod", cwd=tmp_path)
+        assert "ana@laptop" in held.stdout and "release prod" in held.stdout
+        as_json = json.loads(deployer("lock", "status", "prod", "--json", cwd=tmp_path).stdout)
+        assert as_json["held"] and as_json["holder"]["pid"] == 4242
+        refused = deployer("release", "prod", cwd=tmp_path)
+        # preflight needs a git repository first; with one, the lock refuses (tested end to end)
+        assert refused.returncode in (2, 4)
+        live = deployer("lock", "release", "prod", cwd=tmp_path)
+        assert live.returncode == 4 and "alive" in live.stderr  # a live holder is never broken
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while "stale" not in (stale := deployer("lock", "status", "prod", cwd=tmp_path)).stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "stale" in stale.stdout and "ana@laptop" in stale.stdout  # the owner is gone: the lock is free
     released = deployer("lock", "release", "prod", cwd=tmp_path)
     assert released.returncode == 0 and "ana@laptop" in released.stdout
-    assert not lock_dir.exists()
+    assert "lock free" in deployer("lock", "status", "prod", cwd=tmp_path).stdout
