@@ -30,7 +30,7 @@ from tests.bench.apps import AppDeployment, Story, app_names
 pytestmark = pytest.mark.e2e
 
 STORIES = [
-    pytest.param(app, kind, id=f"{app}-{kind}", marks=[pytest.mark.xdist_group(f"app-{app}-{kind}"), pytest.mark.timeout(600)])
+    pytest.param(app, kind, id=f"{app}-{kind}", marks=[pytest.mark.xdist_group(f"app-{app}-{kind}"), pytest.mark.timeout(900)])
     for app in app_names()
     for kind in ("ssh", "local")
 ]
@@ -177,7 +177,7 @@ def test_story(app: str, kind: str, app_deployment_factory, record_property) -> 
 
 
 @pytest.mark.parametrize(
-    "kind", [pytest.param(k, marks=[pytest.mark.xdist_group(f"first-fails-{k}"), pytest.mark.timeout(600)]) for k in ("ssh", "local")]
+    "kind", [pytest.param(k, marks=[pytest.mark.xdist_group(f"first-fails-{k}"), pytest.mark.timeout(900)]) for k in ("ssh", "local")]
 )
 def test_a_failing_first_release_leaves_the_server_as_found(kind: str, app_deployment_factory) -> None:  # noqa: ANN001
     d: AppDeployment = app_deployment_factory("tasks", kind)

@@ -36,7 +36,7 @@ APP = "blog"
 
 def server(name: str):  # noqa: ANN201 - a list of pytest marks
     """Each server test on its own xdist group, with room for two releases and a rollback."""
-    return [pytest.mark.xdist_group(f"server-{name}"), pytest.mark.timeout(600)]
+    return [pytest.mark.xdist_group(f"server-{name}"), pytest.mark.timeout(900)]
 
 
 def release_and_rollback(d: AppDeployment) -> None:
