@@ -81,7 +81,7 @@ try:
     counted = io.StringIO()
     with contextlib.redirect_stdout(counted):
         exec(COUNTS)
-    sys.stderr.write("deployer-baseline: " + counted.getvalue().strip() + "\n")
+    sys.stderr.write("deployer-baseline: " + counted.getvalue().strip() + "\\n")
     with open(copy, "rb") as handle:
         shutil.copyfileobj(handle, sys.stdout.buffer, 1 << 20)
 finally:
@@ -202,6 +202,8 @@ def _pg_env(location: DatabaseLocation) -> dict[str, str]:
         variables["PGUSER"] = url.username
     if url.database:
         variables["PGDATABASE"] = url.database
+    if url.port:
+        variables["PGPORT"] = str(url.port)  # the server in the container listens there too
     return variables
 
 

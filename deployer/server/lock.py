@@ -45,6 +45,8 @@ LEASE_SCRIPT = r"""
 lock=$1 record=$2 label=$3 ttl=$4
 command -v flock >/dev/null 2>&1 || { echo NOFLOCK; exit 69; }
 mkdir -p "$(dirname "$lock")" 2>/dev/null
+# A failed redirection on `exec` would end the shell before it could say why: try first.
+( : >>"$lock" ) 2>/dev/null || { echo UNWRITABLE; exit 73; }
 exec 9>>"$lock" || { echo UNWRITABLE; exit 73; }
 flock -n 9 || { echo BUSY; exit 75; }
 IFS= read -r info || exit 70

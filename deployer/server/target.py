@@ -78,7 +78,8 @@ def make_compose(config: Config, env: Environment, program: tuple[str, ...] = co
     return compose_cmds.Compose(
         program=program,
         project=config.app.name,
-        project_dir=env.path,
+        # As compose itself: relative paths in the file are relative to the file's folder.
+        project_dir=posixpath.dirname(posixpath.join(env.path, config.app.compose_file)),
         files=(posixpath.join(env.path, config.app.compose_file),),
         env_file=posixpath.join(env.state_dir, ENV_FILE) if env.env else None,
     )

@@ -437,7 +437,10 @@ def bench_user(sshd: SSHBench) -> BenchUser:
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     public_key = sshd.key_path.with_name(sshd.key_path.name + ".pub").read_text()
     authorized = ssh_dir / "authorized_keys"
-    authorized.write_text(public_key)
+    # Append: several test sessions (and xdist workers) share this user, each with its key.
+    known = authorized.read_text() if authorized.exists() else ""
+    if public_key.strip() not in known:
+        authorized.write_text(known + ("" if not known or known.endswith("\n") else "\n") + public_key)
     for path in (home, ssh_dir, authorized):
         os.chown(path, entry.pw_uid, entry.pw_gid)
     authorized.chmod(0o600)
