@@ -365,14 +365,14 @@ class Stack:
         remove_project(self.name, extra_volumes=(f"{self.name}_dbdata",))
         # Release tags: every tag of the app's own web image, and the saved tags deployer put
         # on the shared postgres image (deployer-<release id> / deployer-before-<release id>).
-        tags = [t for t in quiet(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{self.name}-web"]).split()]
+        tags = list(quiet(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{self.name}-web"]).split())
         ids_seen = {r.get("id") for r in self.journal() if r.get("id")}
         for tag in quiet(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", POSTGRES_IMAGE.split(":")[0]]).split():
             suffix = tag.rsplit(":", 1)[-1]
             if any(suffix in (f"deployer-{i}", f"deployer-before-{i}") for i in ids_seen):
                 tags.append(tag)
         for record in self.journal():
-            for image, tag in (record.get("images") or {}).items():
+            for _image, tag in (record.get("images") or {}).items():
                 if tag not in (PYTHON_IMAGE, POSTGRES_IMAGE) and not tag.endswith((":15", ":bookworm")):
                     tags.append(tag)
         tags = sorted({t for t in tags if t not in (PYTHON_IMAGE, POSTGRES_IMAGE) and "<none>" not in t})

@@ -99,10 +99,10 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     ssh = ["ssh", "-F", str(d.home / ".ssh" / "config"), "-o", "BatchMode=yes", "bench", remote]
     manual = [_timed(ssh) for _ in range(RUNS)]
 
-    from deployer.server import facts as project
     from deployer.config import load_config
-    from deployer.status import read_containers
+    from deployer.server import facts as project
     from deployer.server.target import open_target
+    from deployer.status import read_containers
 
     old_home = os.environ.get("HOME")
     os.environ["HOME"] = str(d.home)  # paramiko reads ~/.ssh/config from $HOME

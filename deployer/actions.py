@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from deployer.steps.context import Context
@@ -45,7 +45,7 @@ class Value:
         return self.template.replace("{}", values[self.name])
 
 
-Arg = Union[str, Value]
+Arg = str | Value
 
 
 def resolve(arg: Arg, values: Mapping[str, str]) -> str:
@@ -146,7 +146,7 @@ class Lease:
         return f"take the deploy lock: flock {self.state_dir}/lock, held by a process on the host until the run ends"
 
 
-Action = Union[Command, Probe, Write, Wait, Read, Lease]
+Action = Command | Probe | Write | Wait | Read | Lease
 
 
 def is_change(action: Action) -> bool:

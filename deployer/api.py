@@ -211,9 +211,8 @@ def environment(env: str, *, config_path: Path | None = None, probe_compose: boo
     from deployer.server.target import open_target
 
     cfg = load(config_path)
-    with redacted(cfg):
-        with open_target(cfg, env, probe_compose=probe_compose) as target:
-            yield target
+    with redacted(cfg), open_target(cfg, env, probe_compose=probe_compose) as target:
+        yield target
 
 
 def status(env: str, *, config_path: Path | None = None) -> Status:

@@ -483,10 +483,10 @@ def converge(ctx: Context, *, forward: bool = False, restore_backup: bool = Fals
         if ctx.planning:
             return None
         timings = [journal.StepTiming(p.step, p.state, 0.0, p.detail) for p in record.progress]
-        error = f"interrupted at step {record.current_step}" + (f": {record.error}" if record.error else "")
+        why = f"interrupted at step {record.current_step}" + (f": {record.error}" if record.error else "")
         outcome = journal.RECOVERY_FAILED if recovery.left else journal.FAILED
         text = recovery.report + ("; left to do: " + "; ".join(recovery.left) if recovery.left else "")
-        journal.append(ctx.host, ctx.state_dir, _converged_record(ctx, record, outcome, timings, started_at, error, text))
+        journal.append(ctx.host, ctx.state_dir, _converged_record(ctx, record, outcome, timings, started_at, why, text))
         if recovery.left:
             ctx.note(phase=runlog.RECOVERING)
             raise RecoveryFailed(
@@ -499,7 +499,7 @@ def converge(ctx: Context, *, forward: bool = False, restore_backup: bool = Fals
             id=record.id, environment=ctx.env.name, outcome=outcome, commit=record.goal.commit,
             previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),
             revision_after=tuple(record.source.revision or ()), backup=record.backup, steps=tuple(timings),
-            seconds=round(time.monotonic() - clock, 3), error=error, recovery=recovery.report, kind=record.kind,
+            seconds=round(time.monotonic() - clock, 3), error=why, recovery=recovery.report, kind=record.kind,
             converged=describe_interrupted(record),
         )
     finally:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.commands import git as gitops
-from deployer.errors import ConfigError, DeployerError
 from deployer.db.migrations import MigrationScripts, scripts_from_sources, version_files
+from deployer.errors import ConfigError, DeployerError
 
 SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
 

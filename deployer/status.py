@@ -18,12 +18,11 @@ pure, so every verdict and exit code is unit-tested without a server.
 
 from __future__ import annotations
 
-import posixpath
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,11 +30,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from deployer.errors import DeployerError, ExitCode
 
 if TYPE_CHECKING:
-    from deployer.config import Config
     from deployer.commands.docker import Container
-    from deployer.server.journal import Record
-    from deployer.hosts import Host
+    from deployer.config import Config
     from deployer.db.migrations import MigrationScripts
+    from deployer.hosts import Host
+    from deployer.server.journal import Record
     from deployer.server.target import Target
 
 T = TypeVar("T")
@@ -245,11 +244,11 @@ def assess(
         )
     current = tuple(sorted(revisions))
     found = verdict(current, deployed)
-    if found.kind is VerdictKind.UNKNOWN_REVISION and tip is not None and len(deployed_heads) == 1:
-        if all(r in tip.revisions for r in current) and deployed_heads[0] in tip.revisions:
-            beyond = verdict(current, tip, target=deployed_heads[0])
-            if beyond.kind is VerdictKind.AHEAD:
-                found = beyond
+    if (found.kind is VerdictKind.UNKNOWN_REVISION and tip is not None and len(deployed_heads) == 1
+            and all(r in tip.revisions for r in current) and deployed_heads[0] in tip.revisions):
+        beyond = verdict(current, tip, target=deployed_heads[0])
+        if beyond.kind is VerdictKind.AHEAD:
+            found = beyond
     tip_pending: tuple[Migration, ...] = ()
     tip_split = len(tip_heads) > 1
     if tip is not None and not tip_split and all(r in tip.revisions for r in current):
@@ -380,7 +379,7 @@ def _host_scripts(host: Host, path: str, sha: str, migrations_dir: str) -> Migra
     files = version_files(gitops.parse_file_list(listing.stdout), migrations_dir)
     with ThreadPoolExecutor(max_workers=4) as pool:
         texts = pool.map(lambda f: host.run(gitops.show_file(path, sha, f), timeout=30).check(f"read {f}").stdout, files)
-        sources = dict(zip(files, texts))
+        sources = dict(zip(files, texts, strict=False))
     return scripts_from_sources(sources, location=f"{migrations_dir} at {sha[:12]} on {host.name}")
 
 
@@ -443,15 +442,16 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
     an unreachable database is a verdict in the report, not an exception.
     """
     started = time.monotonic()
-    checked_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    checked_at = datetime.now(UTC).isoformat(timespec="seconds")
     cfg = _load(cfg_or_path)
     environment = cfg.environment(env)
     branch = environment.branch or cfg.app.branch
     # Light modules first, in this thread, so no two threads import the same module.
-    from deployer.commands import docker as containers_cmds, git as gitops  # noqa: F401
+    from deployer.commands import docker as containers_cmds  # noqa: F401
+    from deployer.commands import git as gitops
+    from deployer.hosts import connect
     from deployer.server import journal, lock, runlog  # noqa: F401
     from deployer.server import target as _  # noqa: F401
-    from deployer.hosts import connect
 
     # The slow imports load in ONE thread while this one waits on the SSH handshake:
     # SQLAlchemy is not safe to import from two threads at once (partially initialised
@@ -704,7 +704,7 @@ def _age(iso: str | None, now: datetime) -> str:
         except ValueError:
             return "?"
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
+        stamp = stamp.replace(tzinfo=UTC)
     return format_age(max(0.0, (now - stamp).total_seconds()))
 
 
@@ -714,7 +714,7 @@ def _short(sha: str | None) -> str:
 
 def render_status(s: Status, now: datetime | None = None) -> str:
     """The text report (pure)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     lines = [f"{s.environment} on {s.host}:{s.path}  (checked in {s.seconds:.2f}s)"]
     c = s.code
     if c.deployed is None:

@@ -6,15 +6,15 @@ No deployment logic lives here. Heavy modules are imported inside the commands s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer
-
 from deployer import __version__
+from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer
 from deployer.errors import DeployerError, ExitCode
 
 app = typer.Typer(
@@ -84,8 +84,8 @@ def config_check(config: ConfigOption = None) -> None:
 def release_cmd(
     env: EnvArgument,
     config: ConfigOption = None,
-    ref: Annotated[Optional[str], typer.Option("--ref", help="Branch, tag or commit to ship (default: the configured branch).")] = None,
-    playbook: Annotated[Optional[str], typer.Option("--playbook", help="Playbook name (default: the environment's).")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="Branch, tag or commit to ship (default: the configured branch).")] = None,
+    playbook: Annotated[str | None, typer.Option("--playbook", help="Playbook name (default: the environment's).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (destructive migrations).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the output of build, migrate and run steps.")] = False,
@@ -267,7 +267,5 @@ def main(argv: list[str] | None = None) -> None:
 
 def _say(text: str) -> None:
     """An error line on stderr; a closed terminal (SIGHUP) must not turn it into a traceback."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         typer.echo(text, err=True)
-    except (OSError, ValueError):
-        pass

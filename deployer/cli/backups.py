@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -56,7 +56,7 @@ def create_cmd(
     env: EnvArgument,
     config: ConfigOption = None,
     download: Annotated[
-        Optional[Path], typer.Option("--download", help="Also copy the dump and its description into this local directory.", file_okay=False)
+        Path | None, typer.Option("--download", help="Also copy the dump and its description into this local directory.", file_okay=False)
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -101,7 +101,7 @@ def list_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption 
 @backups_app.command("verify")
 def verify_cmd(
     env: EnvArgument,
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Backup ids (or 'latest'); default: all of ENV's backups.")] = None,
+    ids: Annotated[list[str] | None, typer.Argument(help="Backup ids (or 'latest'); default: all of ENV's backups.")] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -165,7 +165,7 @@ def restore_cmd(
 def prune_cmd(
     env: EnvArgument,
     config: ConfigOption = None,
-    keep: Annotated[Optional[int], typer.Option("--keep", min=1, help="How many newest to keep (default: keep_backups).")] = None,
+    keep: Annotated[int | None, typer.Option("--keep", min=1, help="How many newest to keep (default: keep_backups).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
     as_json: JsonOption = False,
 ) -> None:

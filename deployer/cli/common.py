@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 ConfigOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--config",
         "-c",

@@ -8,9 +8,7 @@ from typing import Annotated
 import typer
 
 from deployer.cli.common import ConfigOption, EnvArgument, JsonOption
-
 from deployer.errors import DeployerError
-
 
 
 def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:

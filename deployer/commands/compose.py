@@ -6,8 +6,6 @@ is probed once per connection (:func:`deployer.server.target.detect_compose`).
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

@@ -25,8 +25,6 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from deployer.errors import ConfigError
-from deployer.hosts.spec import HostSpec, parse_host
 from deployer.config.interpolate import (
     REDACTED,
     InterpolationError,
@@ -36,6 +34,8 @@ from deployer.config.interpolate import (
     redact,
     url_password,
 )
+from deployer.errors import ConfigError
+from deployer.hosts.spec import HostSpec, parse_host
 
 __all__ = ["AppConfig", "Config", "Environment", "find_config", "load_config", "redact", "show_config"]
 

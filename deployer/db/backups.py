@@ -15,6 +15,7 @@ backup, and :func:`prune` clears such leftovers under the deploy lock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,15 +23,15 @@ import posixpath
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deployer.actions import Arg, Command, Read, Value, Write, drive, resolve
+from deployer.actions import Arg, Command, Read, Value, Write, drive
 from deployer.db.url import DatabaseLocation, parse
 from deployer.db.writes import SQLITE_COUNTS
 from deployer.errors import CommandError, DeployerError, RefusedError
-from deployer.server.target import Target, shell
+from deployer.server.target import Target
 
 DUMP_SUFFIX = ".dump"
 META_SUFFIX = ".json"
@@ -161,7 +162,7 @@ def meta_path_for(dump_path: str) -> str:
 
 def new_id(now: datetime | None = None) -> str:
     """A sortable id: the creation time in UTC to the microsecond."""
-    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
 
 
 # --------------------------------------------------------------------------- engines
@@ -170,7 +171,8 @@ def new_id(now: datetime | None = None) -> str:
 def location_of(target: Target, location: DatabaseLocation | None = None) -> DatabaseLocation:
     """Where the database is: as located by the caller, else from deploy.toml's database_url,
     else the db service's own variables (the official postgres image's contract)."""
-    from deployer.db.url import FROM_CONFIG, engine_of as url_engine
+    from deployer.db.url import FROM_CONFIG
+    from deployer.db.url import engine_of as url_engine
 
     if location is not None:
         return location
@@ -349,7 +351,7 @@ def create_steps(
             id=backup_id, environment=target.name, release=release, revision=tuple(revision),
             size=0 if planning else int(size.stdout.strip()),
             sha256="" if planning else _parse_sha256(digest.stdout, str(partial)),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             path=final.fill({BACKUP_ID: backup_id}), engine=engine, reason=reason, baseline=baseline,
         )
         yield Command(("mv", "-f", partial, final), what="keep the verified dump")
@@ -357,10 +359,8 @@ def create_steps(
         raise
     except BaseException:
         # Ctrl-C and a lost connection included; if the host is gone, prune clears it later.
-        try:
+        with contextlib.suppress(Exception):  # the original failure is the one to report
             yield Command(("rm", "-f", partial), check=False, timeout=60)
-        except Exception:  # noqa: BLE001 - the original failure is the one to report
-            pass
         raise
     # Written last: a dump without its description is not listed, never restored.
     yield Write(Value(BACKUP_ID, posixpath.join(backup_dir, "{}" + META_SUFFIX)), backup.to_json(), mode=0o600,
@@ -630,8 +630,7 @@ def restore_environment(
     ``confirm`` asks the user a yes/no question; ``None`` means there is no terminal, and
     then only ``yes`` lets the restore go on (never a hang waiting for input).
     """
-    from deployer.server import journal
-    from deployer.server import lock
+    from deployer.server import journal, lock
 
     backup = find(target, backup_id)
     log(f"verifying backup {backup.id} ...")
@@ -687,8 +686,7 @@ def create_environment(
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[Backup, Path | None]:
     """A manual backup under the deploy lock, verified; optionally copied to this machine."""
-    from deployer.server import journal
-    from deployer.server import lock
+    from deployer.server import journal, lock
 
     with lock.held(target.host, target.state_dir, f"backups create {target.name}", env_name=target.name):
         where = locate(target)
@@ -723,7 +721,7 @@ class Retention:
 
 def _when(stamp: str) -> datetime:
     moment = datetime.fromisoformat(stamp)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def select_retention(backups: Sequence[Backup], records: Sequence[Any], keep: int) -> Retention:
@@ -775,8 +773,7 @@ def prune(target: Target, *, keep: int | None = None, dry_run: bool = False) -> 
     With ``dry_run`` nothing is removed and no lock is taken. Otherwise runs under the
     deploy lock, so a dump being written by a release is never mistaken for a leftover.
     """
-    from deployer.server import journal
-    from deployer.server import lock
+    from deployer.server import journal, lock
 
     keep = keep or target.env.keep_backups
 

@@ -608,7 +608,7 @@ def _bound_arguments(
     """(parameter, argument) pairs of a call, positional and keyword; starred ones are left out."""
     parameters = [a.arg for a in (*function.args.posonlyargs, *function.args.args)]
     pairs: list[tuple[str, ast.expr]] = []
-    for parameter, argument in zip(parameters, call.args):
+    for parameter, argument in zip(parameters, call.args, strict=False):
         if isinstance(argument, ast.Starred):
             break
         pairs.append((parameter, argument))

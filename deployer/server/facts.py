@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from deployer.commands import docker as containers_cmds
 from deployer.commands.compose import ComposeConfig, parse_config
-from deployer.db.url import POSTGRESQL, SQLITE, DatabaseLocation, locate, parse
+from deployer.db.url import POSTGRESQL, SQLITE, DatabaseLocation, locate
 from deployer.errors import ConfigError, DeployerError, HostError
 from deployer.server.target import Target
 

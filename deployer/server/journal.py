@@ -61,7 +61,7 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        known = {name for name in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         values = {key: value for key, value in data.items() if key in known}
         values["revision_before"] = tuple(values.get("revision_before") or ())
         values["revision_after"] = tuple(values.get("revision_after") or ())

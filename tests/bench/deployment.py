@@ -176,7 +176,7 @@ class Deployment:
     def containers(self) -> dict[str, str]:
         """service -> container id of the running project."""
         out = self.compose("ps", "--format", "json").stdout
-        rows = json.loads(out) if out.strip().startswith("[") else [json.loads(l) for l in out.splitlines() if l.strip()]
+        rows = json.loads(out) if out.strip().startswith("[") else [json.loads(line) for line in out.splitlines() if line.strip()]
         return {row["Service"]: row["ID"] for row in rows}
 
     def cleanup(self) -> None:

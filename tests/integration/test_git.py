@@ -64,7 +64,7 @@ def test_sync_to_an_exact_older_commit_keeps_untracked_files(git_origin: GitOrig
     (server_checkout / "backups" / "db-1.dump").write_bytes(b"\x00dump")
     (server_checkout / "README.md").write_text("edited on the server\n")
 
-    assert not run(["git", "-C", path, "cat-file", "-e", f"{third}^{{commit}}"], ok=False).returncode == 0
+    assert run(["git", "-C", path, "cat-file", "-e", f"{third}^{{commit}}"], ok=False).returncode != 0
     run(gitops.fetch(path))
     run(["git", "-C", path, "cat-file", "-e", f"{third}^{{commit}}"])
 

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from deployer.errors import HostError
 from deployer.db.migrations import VerdictKind, database_revisions, load_scripts, upgrade_path, verdict
+from deployer.errors import HostError
 from tests.bench.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from deployer.db import backups
-from deployer.server import lock
-from deployer.db.backups import Backup, BackupError, select_retention
 from deployer.commands.compose import Compose
 from deployer.config import load_config
+from deployer.db import backups
+from deployer.db.backups import Backup, BackupError, select_retention
 from deployer.hosts import LocalHost
+from deployer.server import lock
 from deployer.server.journal import Record
 from deployer.server.target import Target
 
@@ -55,7 +55,7 @@ def test_keeps_the_newest_and_removes_the_rest_newest_first() -> None:
 def test_never_removes_the_current_releases_pre_upgrade_backup() -> None:
     records = [record("r1", "2026-01-01T00:10:00+00:00", B[0].id)]
     decision = select_retention(B, records, keep=2)
-    kept = dict((b.id, why) for b, why in decision.kept)
+    kept = {b.id: why for b, why in decision.kept}
     assert set(kept) == {B[6].id, B[5].id, B[0].id}
     assert kept[B[0].id] == "pre-upgrade backup of the current release r1"
 
@@ -63,7 +63,7 @@ def test_never_removes_the_current_releases_pre_upgrade_backup() -> None:
 def test_keeps_the_last_migrating_release_backup_when_the_current_release_took_none() -> None:
     records = [record("r1", "2026-01-02T00:10:00+00:00", B[1].id), record("r2", "2026-01-03T00:10:00+00:00", None)]
     decision = select_retention(B, records, keep=1)
-    kept = dict((b.id, why) for b, why in decision.kept)
+    kept = {b.id: why for b, why in decision.kept}
     assert set(kept) == {B[6].id, B[1].id}
     assert "last release that migrated" in kept[B[1].id]
 
@@ -77,14 +77,14 @@ def test_keeps_backups_of_successful_releases_newer_than_the_oldest_kept() -> No
         record("r6", "2026-01-06T00:10:00+00:00", B[5].id),
     ]
     decision = select_retention(B, records, keep=2)  # newest two: B6, B5; cutoff 2026-01-06
-    kept = dict((b.id, why) for b, why in decision.kept)
+    kept = {b.id: why for b, why in decision.kept}
     # B5 is among the newest; r6's backup is B5 (current); r5 finished before the cutoff
     assert set(kept) == {B[6].id, B[5].id}
     decision = select_retention(B, records, keep=3)  # cutoff 2026-01-05: r5 (B4) finished after
     assert set(ids(decision.kept)) == {B[6].id, B[5].id, B[4].id}
     records.append(record("r7", "2026-01-07T00:10:00+00:00", B[2].id))  # a rollback target still
     decision = select_retention(B, records, keep=2)
-    kept = dict((b.id, why) for b, why in decision.kept)
+    kept = {b.id: why for b, why in decision.kept}
     assert set(kept) == {B[6].id, B[5].id, B[2].id} and "current release r7" in kept[B[2].id]
     assert ids(decision.removed) == [B[4].id, B[3].id, B[1].id, B[0].id]
 

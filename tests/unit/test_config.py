@@ -16,9 +16,9 @@ from deployer.config import (
     redact,
     show_config,
 )
+from deployer.config.interpolate import InterpolationError, interpolate, interpolate_tree
 from deployer.errors import ConfigError, ExitCode
 from deployer.hosts.spec import HostSpec
-from deployer.config.interpolate import InterpolationError, interpolate, interpolate_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from deployer.server import journal
-from deployer.server import lock
 from deployer.errors import ExitCode, LockHeldError
 from deployer.hosts import LocalHost
+from deployer.server import journal, lock
 
 
 @pytest.fixture()
@@ -107,7 +106,7 @@ def test_an_unreadable_record_is_reported_not_crashed(host: LocalHost, tmp_path:
 
 
 def test_age_formatting() -> None:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     info = lock.LockInfo("a@b", "release p", 1, (now - timedelta(minutes=3, seconds=12)).isoformat())
     assert info.age_seconds(now) == 192
     assert "3m 12s ago" in info.describe(now)

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from deployer.commands.compose import V2, ComposeConfig, Compose, ServiceConfig
+from deployer.commands.compose import V2, Compose, ComposeConfig, ServiceConfig
 from deployer.config import load_config
 from deployer.db import backups
 from deployer.db.url import DatabaseLocation
 from deployer.db.writes import Changes
+from deployer.engine import drive
 from deployer.server import facts, health
 from deployer.server.runlog import DONE, STARTED, Goal, Progress, RunRecord, Source
 from deployer.server.target import Target
 from deployer.steps import migrate
 from deployer.steps.context import Context, Options
 from deployer.steps.recovery import Recovery, undo_all
-from deployer.engine import drive
 from tests.unit.fakes import FakeHost
 
 OLD, NEW = "a" * 40, "b" * 40

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from deployer.commands.docker import parse_inspect
 from deployer.errors import ConfigError, DeployerError
-from deployer.steps.common import downgrade_argv, new_release_id, saved_tag, split_image
 from deployer.server.target import env_file_text, shell
+from deployer.steps.common import downgrade_argv, new_release_id, saved_tag, split_image
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def test_split_image(image: str, expected: tuple[str, str]) -> None:
 
 def test_saved_tag_and_release_id() -> None:
     assert saved_tag("registry:5000/app:v3", "r1") == "registry:5000/app:deployer-r1"
-    when = datetime(2026, 11, 25, 1, 2, 3, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 25, 1, 2, 3, tzinfo=UTC)
     assert new_release_id("abcdef0123456789", when) == "20261125-010203-abcdef0"
 
 
@@ -74,10 +74,10 @@ def test_parse_inspect() -> None:
 
 
 def test_container_age_from_docker_times() -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from deployer.server.health import _age
 
-    ten_ago = (datetime.now(timezone.utc) - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
+    ten_ago = (datetime.now(UTC) - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
     assert 9.5 < _age(ten_ago) < 11
     assert _age("") == 0.0 and _age("0001-01-01T00:00:00Z") > 1e9

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from deployer.errors import ExitCode
 from deployer.db.migrations import scripts_from_sources
+from deployer.errors import ExitCode
 from deployer.server.journal import Record
 from deployer.status import (
     BackupSummary,
@@ -28,7 +28,7 @@ from deployer.status import (
     service_problems,
 )
 
-NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def script(rev: str, down: str | tuple[str, ...] | None, message: str) -> tuple[str, str]:
