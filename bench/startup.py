@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO_ROOT, fmt_runs, load_now, machine_info, median, print_table, save_result  # noqa: E402
 
-RELEASE_IMPORTS = "import deployer.api, deployer.engine, deployer.steps, deployer.hosts.ssh, deployer.server.health, deployer.db.backups"
+RELEASE_IMPORTS = "import deployer.api, deployer.engine, deployer.steps, deployer.hosts.ssh, deployer.server.health, deployer.server.backups"
 
 
 def entry_point() -> list[str]:

@@ -351,7 +351,7 @@ def read_newest_backup(host: Host, backup_dir: str) -> BackupSummary | None:
     """The newest backup's description (ids sort by time), read alone rather than all of them."""
     import json
 
-    from deployer.db.backups import META_SUFFIX
+    from deployer.server.backups import META_SUFFIX
 
     listing = host.run(["find", backup_dir, "-maxdepth", "1", "-name", "*" + META_SUFFIX, "-type", "f"], timeout=30)
     paths = sorted(listing.stdout.split()) if listing.ok else []
@@ -425,7 +425,7 @@ def _target(cfg: Config, env_name: str, host: Host) -> Target:
 
 def _locate_database(target: Target) -> Any:
     """Where the database is: deploy.toml's database_url, else the checkout's compose config."""
-    from deployer.db.backups import location_of
+    from deployer.server.backups import location_of
     from deployer.server import facts
 
     if target.env.database_url:
@@ -525,9 +525,7 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
             problems.append(f"a migration container is left from an interrupted run: {', '.join(leftovers)}")
         interrupted = None
         if interrupted_run is not None and not state.held:
-            from deployer.engine import describe_interrupted
-
-            interrupted = describe_interrupted(interrupted_run) + f": `deployer recover {env}` converges it"
+            interrupted = interrupted_run.describe() + f": `deployer recover {env}` converges it"
             problems.append(interrupted)
         if state.stale and state.info is not None:
             problems.append(f"the lock's owner {state.info.holder} is gone"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 pytest_plugins = [
     "tests.bench.docker",
     "tests.bench.sshd",
@@ -12,6 +14,7 @@ pytest_plugins = [
 ]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in its own hook
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ANN201 - pytest's hook
     """Under pytest-xdist (``--dist loadgroup``) keep each module's story on one worker.
 
@@ -19,8 +22,6 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ANN201 - pyte
     per transport parameter), so a module's tests run in order on one worker, one group per
     module and parameter; tests that name their own ``xdist_group`` keep it.
     """
-    import pytest
-
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
             continue

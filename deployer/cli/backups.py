@@ -1,7 +1,7 @@
 """``deployer backups``: create, list, verify, restore and prune an environment's database dumps.
 
 A typer sub-app (``backups_app``); heavy modules are imported inside the commands so that
-``deployer --help`` stays fast. The logic lives in :mod:`deployer.db.backups`.
+``deployer --help`` stays fast. The logic lives in :mod:`deployer.server.backups`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import typer
 from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer
 
 if TYPE_CHECKING:
-    from deployer.db.backups import Backup
+    from deployer.server.backups import Backup
     from deployer.server.target import Target
 
 backups_app = typer.Typer(help="Database backups: create, list, verify, restore, prune.", no_args_is_help=True)
@@ -64,7 +64,7 @@ def create_cmd(
 
     Example:  deployer backups create production --download ./backups
     """
-    from deployer.db.backups import create_environment
+    from deployer.server.backups import create_environment
 
     with _target(env, config) as target:
         backup, local = create_environment(target, download_to=download, log=_log)
@@ -82,7 +82,7 @@ def list_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption 
 
     Example:  deployer backups list production --json
     """
-    from deployer.db.backups import list_backups
+    from deployer.server.backups import list_backups
 
     with _target(env, config) as target:
         backups = list_backups(target)
@@ -111,7 +111,7 @@ def verify_cmd(
 
     Example:  deployer backups verify production latest
     """
-    from deployer.db.backups import BackupError, check, find, list_backups
+    from deployer.server.backups import BackupError, check, find, list_backups
 
     results = []
     with _target(env, config) as target:
@@ -146,7 +146,7 @@ def restore_cmd(
 
     Example:  deployer backups restore production 20250101T120000123456Z --yes
     """
-    from deployer.db.backups import restore_environment
+    from deployer.server.backups import restore_environment
 
     confirm = confirmer()
     with _target(env, config) as target:
@@ -173,7 +173,7 @@ def prune_cmd(
 
     Example:  deployer backups prune production --dry-run
     """
-    from deployer.db.backups import prune
+    from deployer.server.backups import prune
 
     with _target(env, config) as target:
         decision = prune(target, keep=keep, dry_run=dry_run)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deployer.actions import Command, Skip, Value
-from deployer.db import backups
+from deployer.server import backups
 from deployer.steps import BACKUPS, Param, StepKind, register
 from deployer.steps.context import Context
 from deployer.steps.database_up import pending

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from deployer.actions import Command, Probe, Skip
 from deployer.commands import git as gitops
-from deployer.db import backups
+from deployer.server import backups
 from deployer.db.launcher import failure_reason, launched
 from deployer.db.migrations import downgrade_path
 from deployer.errors import ConfigError, DeployerError, RefusedError

@@ -316,7 +316,7 @@ PYTHON_IMAGE = "{bench_images.python}"
 
 
 def test_sqlite_backup_restore_and_corruption(sqlite_target) -> None:  # noqa: ANN001
-    from deployer.db import backups as api
+    from deployer.server import backups as api
 
     t = sqlite_target
 

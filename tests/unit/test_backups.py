@@ -19,8 +19,8 @@ import pytest
 
 from deployer.commands.compose import Compose
 from deployer.config import load_config
-from deployer.db import backups
-from deployer.db.backups import Backup, BackupError, select_retention
+from deployer.server import backups
+from deployer.server.backups import Backup, BackupError, select_retention
 from deployer.hosts import LocalHost
 from deployer.server import lock
 from deployer.server.journal import Record

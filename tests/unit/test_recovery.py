@@ -13,7 +13,7 @@ import pytest
 
 from deployer.commands.compose import V2, Compose, ComposeConfig, ServiceConfig
 from deployer.config import load_config
-from deployer.db import backups
+from deployer.server import backups
 from deployer.db.url import DatabaseLocation
 from deployer.db.writes import Changes
 from deployer.engine import drive

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployer.db.backups import Backup
+from deployer.server.backups import Backup
 from deployer.server import journal
 from deployer.steps.rollback import TargetError, replacing_backup, resolve_target
 
