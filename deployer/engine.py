@@ -28,8 +28,23 @@ from deployer.steps.context import Context
 from deployer.steps.playbook import Playbook, Step
 from deployer.steps.recovery import Recovery, undo_all
 
+
 class ReleaseFailed(DeployerError):
     """A step failed; the previous release was put back (the message says how)."""
+
+
+class RunInterrupted(DeployerError):
+    """A signal stopped the run (after recovery, or before anything changed).
+
+    The exit code is the shell's for a command stopped by that signal — 130 for Ctrl-C, 143
+    for SIGTERM, 129 for SIGHUP — so a CI job can tell a cancel from a failure. Raised as a
+    DeployerError rather than as the KeyboardInterrupt itself: the CLI framework maps every
+    KeyboardInterrupt to 130, whichever signal it was.
+    """
+
+    def __init__(self, message: str, *, signum: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = 128 + int(signum)  # type: ignore[assignment]  # an exit status, not one of ExitCode's
 
 
 @dataclass(frozen=True)
@@ -242,12 +257,19 @@ def _message(failure: BaseException) -> str:
     return str(failure) or type(failure).__name__
 
 
+def _interrupted_or(failure: BaseException, message: str, *, hint: str | None = None) -> BaseException:
+    """A signal becomes :class:`RunInterrupted` (its own exit code); anything else is raised as it is."""
+    if isinstance(failure, interrupts.Interrupted):
+        return RunInterrupted(message, signum=failure.signum, hint=hint)
+    return failure
+
+
 def execute(ctx: Context, book: Playbook) -> Outcome:
     """Run every step of the playbook; on failure recover, journal, and raise.
 
-    Raises :class:`ReleaseFailed` (recovered), :class:`RecoveryFailed` (not fully), the
-    interruption itself (recovered, exit 130), or the step's own error when nothing had
-    changed yet (a preflight refusal).
+    Raises :class:`ReleaseFailed` (recovered), :class:`RecoveryFailed` (not fully),
+    :class:`RunInterrupted` for a signal (recovered; exit 128 + the signal), or the step's
+    own error when nothing had changed yet (a preflight refusal).
     """
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = time.monotonic()
@@ -332,11 +354,11 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
     timings.append(journal.StepTiming(label, "failed", round(time.monotonic() - _step_started(ctx), 3), message[:500]))
     ctx.log(f"x {label} failed: {message}")
     if ctx.record is None:
-        raise failure  # nothing was locked or changed: a refusal
+        raise _interrupted_or(failure, f"{ctx.kind} {message} at step `{label}`: nothing had changed")  # else a refusal
     ctx.record = ctx.record.with_progress(label, current.name if current else "?", runlog.FAILED, message[:300])
     if not _changed(ctx.record):
         _finish(ctx, journal.FAILED, timings, started_at, error=message, recovery="nothing had changed")
-        raise failure
+        raise _interrupted_or(failure, f"{ctx.kind} {ctx.run_id} {message} at step `{label}`: nothing had changed")
     facts = ctx.known
     recovery = Recovery(ctx.record, message, facts.database, facts.compose, restore_backup=False)
     ctx.log("recovering the previous release ...")
@@ -344,10 +366,15 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
     try:
         with interrupts.recovering(f"the step log {runlog.run_path(ctx.state_dir)} for the next command to converge from"):
             drive(ctx, "recovery", undo_all(ctx, recovery))
-    except interrupts.Abandoned:
+    except interrupts.Abandoned as abandoned:
         ctx.log(f"recovery abandoned: the step log {runlog.run_path(ctx.state_dir)} stays; "
                 f"`deployer recover {ctx.env.name}` converges from it")
-        raise
+        raise RunInterrupted(
+            f"{ctx.kind} {ctx.run_id} {message} at step `{label}`; recovery abandoned ({abandoned.name}) after: {recovery.report}",
+            signum=abandoned.signum,
+            hint=f"the step log stays on the host: `deployer status {ctx.env.name}` shows the state, "
+            f"`deployer recover {ctx.env.name}` (or the next release) converges it",
+        ) from None
     except (Exception, KeyboardInterrupt) as broken:  # noqa: BLE001 - recovery itself failed: say so, keep the log
         recovery.left.append(f"finish the recovery: it stopped with: {_message(broken)}")
     if recovery.left:
@@ -363,7 +390,9 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
         ) from None
     _finish(ctx, journal.FAILED, timings, started_at, error=message, recovery=recovery.report)
     if isinstance(failure, KeyboardInterrupt):
-        raise failure
+        raise _interrupted_or(failure, f"{ctx.kind} {ctx.run_id} {message} at step `{label}`\n  recovered: {recovery.report}",
+                              hint="the server runs the previous release" if not recovery.first_release
+                              else "nothing was deployed")
     raise ReleaseFailed(
         f"{ctx.kind} {ctx.run_id} failed at step `{label}`: {message}\n  recovered: {recovery.report}",
         hint="the server runs the previous release; fix the cause and release again"
@@ -426,27 +455,43 @@ def plan(ctx: Context, book: Playbook) -> Plan:
 
 
 def interrupted(ctx: Context) -> runlog.RunRecord | None:
-    """The step log of a run that is not going on any more (None: no run, or a live one
-    raises :class:`LockHeldError`)."""
+    """The step log of a run that is not going on any more (None: no run, or one that was
+    journaled before it died; a live one raises :class:`LockHeldError`)."""
+    return _look(ctx)[0]
+
+
+def _look(ctx: Context) -> tuple[runlog.RunRecord | None, runlog.RunRecord | None]:
+    """(an interrupted run's step log, the step log of a run that was journaled)."""
     record = runlog.read(ctx.host, ctx.state_dir)
     if record is None:
-        return None
+        return None, None
     state = lock.read_lock(ctx.host, ctx.state_dir)
     if state.held:
-        info = state.info
         raise LockHeldError(
             f"environment {ctx.env.name} is locked on {ctx.host.name}: {state.describe()}",
             hint=f"{record.kind} {record.id} is running (step {record.current_step}); wait for it: the lock frees "
             f"itself when its owner's process ends (`deployer lock status {ctx.env.name}` shows it)",
         )
-    return record
+    if runlog.finished(record, journal.read(ctx.host, ctx.state_dir)):
+        return None, record
+    return record, None
+
+
+def _clear_finished(ctx: Context) -> None:
+    """Remove the step log of a run that died between journaling its outcome and removing the
+    log (under the lease: a run that starts meanwhile writes a log of its own)."""
+    lease = lock.acquire(ctx.host, ctx.state_dir, lock.new_info(f"recover {ctx.env.name}"), env_name=ctx.env.name)
+    try:
+        record = runlog.read(ctx.host, ctx.state_dir)
+        if record is not None and runlog.finished(record, journal.read(ctx.host, ctx.state_dir)):
+            ctx.log(f"{record.kind} {record.id} was journaled before it stopped; removing its step log")
+            runlog.clear(ctx.host, ctx.state_dir)
+    finally:
+        lease.release()
 
 
 def describe_interrupted(record: runlog.RunRecord) -> str:
-    source = record.source
-    return (f"{record.kind} {record.id} was interrupted at step {record.current_step} "
-            f"(from commit {(source.commit or 'none')[:12]}, revision {', '.join(source.revision or ()) or 'none'}; "
-            f"to commit {record.goal.commit[:12]}, revision {', '.join(record.goal.heads) or 'none'})")
+    return record.describe()
 
 
 def converge(ctx: Context, *, forward: bool = False, restore_backup: bool = False) -> Outcome | None:
@@ -454,8 +499,10 @@ def converge(ctx: Context, *, forward: bool = False, restore_backup: bool = Fals
     (or, with ``forward``, to where it was going). None: nothing was interrupted."""
     from deployer.server import facts as server_facts
 
-    record = interrupted(ctx)
+    record, finished = _look(ctx)
     if record is None:
+        if finished is not None and not ctx.planning:
+            _clear_finished(ctx)
         return None
     clock = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -165,6 +165,17 @@ def read(host: Host, state_dir: str) -> RunRecord | None:
 def write(host: Host, state_dir: str, record: RunRecord) -> None:
     """Replace the record on the host (atomic and durable)."""
     host.write_text(run_path(state_dir), record.to_json(), mode=0o600)
+
+
+def finished(record: RunRecord, journal_records: Sequence[Any]) -> bool:
+    """Whether the journal already holds the run's end: a run that died after journaling
+    its outcome and before removing this file is not interrupted (only the file is left).
+
+    A run whose recovery could not finish is journaled as ``recovery-failed`` and keeps
+    its step log on purpose: that one is still to converge.
+    """
+    ends = [r for r in journal_records if getattr(r, "id", None) == record.id]
+    return bool(ends) and getattr(ends[-1], "outcome", None) in ("succeeded", "failed")
 
 
 def clear(host: Host, state_dir: str) -> None:

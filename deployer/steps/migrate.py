@@ -8,16 +8,16 @@ and ends its database session itself. The revision is read back before anything 
 from __future__ import annotations
 
 from deployer.actions import Command, Read, Skip, templated
-from deployer.db import backups as backups_mod
 from deployer.db.launcher import failure_reason, launched
 from deployer.db.url import POSTGRESQL, SQLITE
 from deployer.errors import CommandError, DeployerError
+from deployer.server import backups as backups_mod
 from deployer.steps import SCHEMA, Param, StepKind, register
 from deployer.steps.common import RUN_LABEL, migration_argv, shown_revisions
 from deployer.steps.context import Context
 from deployer.steps.database_up import pending
 from deployer.steps.playbook import Step
-from deployer.steps.recovery import Recovery, database_created_by_run, read_revision
+from deployer.steps.recovery import Recovery, database_created_by_run, database_started, read_revision
 
 # The migration's database sessions carry this application_name (libpq reads PGAPPNAME).
 APP_NAME_VARIABLE = "PGAPPNAME"
@@ -112,6 +112,8 @@ def undo_migrate(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
         return
     before = tuple(record.source.revision or ())
     now = yield read_revision("the database revision after the migration stopped", recovery, plan=True)
+    if now is None:
+        now = yield from database_started(ctx, recovery)
     if now is None:
         recovery.schema_back = False
         recovery.code_stays = True

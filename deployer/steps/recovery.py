@@ -166,3 +166,47 @@ def read_revision(what: str, recovery: Recovery, *, plan: bool = False) -> Read:
             return None
 
     return Read(what, read, plan=plan)
+
+
+DATABASE_START_SECONDS = 120.0
+
+
+def database_started(ctx: Context, recovery: Recovery):  # noqa: ANN201 - a generator returning the revision or None
+    """The db service stopped during the run (killed, crashed): start it again and read its
+    revision — recovery asks the database, it never guesses. None: it cannot be started."""
+    db = ctx.app.db_service
+    if not db or recovery.database is None or recovery.compose is None or db not in recovery.compose.services:
+        return None
+    ctx.log(f"recovery: the {db} service is not running; starting it to read the database's revision")
+    started = yield Command(tuple(ctx.compose.up([db], no_deps=True)), what=f"start {db} again", check=False, timeout=300)
+    if started is not None and not started.ok:
+        recovery.left.append(f"start {db}: {(started.stderr or started.stdout).strip()[-300:]}")
+        return None
+    return (yield Read(f"wait until {db} accepts connections again; its revision", lambda c: _revision_once_up(c, recovery)))
+
+
+def _revision_once_up(ctx: Context, recovery: Recovery) -> tuple[str, ...] | None:
+    import time
+
+    from deployer import interrupts
+    from deployer.errors import ConfigError, DeployerError
+    from deployer.server import facts
+
+    assert recovery.database is not None
+    deadline = time.monotonic() + DATABASE_START_SECONDS
+    while True:
+        try:
+            revisions = facts.read_revisions(ctx.target, recovery.database, connect_timeout=5)
+            if revisions is not None:
+                recovery.done.append(f"{ctx.app.db_service} started again (it had stopped)")
+                return revisions
+            last = "not running"
+        except ConfigError as error:
+            recovery.left.append(f"read the database revision ({error.message})")
+            return None
+        except DeployerError as error:
+            last = error.message
+        if time.monotonic() > deadline:
+            recovery.left.append(f"the database did not accept connections within {DATABASE_START_SECONDS:.0f}s: {last}")
+            return None
+        interrupts.sleep(1.0)
