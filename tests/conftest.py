@@ -14,7 +14,7 @@ pytest_plugins = [
 ]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in its own hook
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into node id suffixes
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ANN201 - pytest's hook
     """Under pytest-xdist (``--dist loadgroup``) keep each module's story on one worker.
 
