@@ -116,7 +116,7 @@ def release_cmd(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     elif dry_run:
-        render_plan(result)  # type: ignore[arg-type]
+        render_plan(result)
     else:
         typer.echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s")  # type: ignore[union-attr]
 
@@ -158,7 +158,7 @@ def rollback_cmd(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     elif dry_run:
-        render_plan(result)  # type: ignore[arg-type]
+        render_plan(result)
     else:
         typer.echo(f"rolled {env} back to commit {result.commit} as {result.id} in {result.seconds:.1f}s")  # type: ignore[union-attr]
 
@@ -242,7 +242,7 @@ def recover_cmd(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     elif dry_run:
-        render_plan(result)  # type: ignore[arg-type]
+        render_plan(result)
     else:
         typer.echo(f"{env}: {result.converged}; {result.recovery}")  # type: ignore[union-attr]
 

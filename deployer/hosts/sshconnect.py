@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn, cast
 
 import paramiko
 
@@ -271,7 +272,7 @@ class _RejectUnknownHostKey(paramiko.RejectPolicy):
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
+    ) -> NoReturn:
         target = self._target
         keyscan = ["ssh-keyscan", "-t", key.get_name()]
         if target.port != 22:
@@ -589,7 +590,7 @@ class _ProxyCommand(paramiko.ProxyCommand):
         text = b"".join(self._stderr).decode("utf-8", "replace")
         return "; ".join(line for line in text.strip().splitlines()[-5:] if line.strip())
 
-    def send(self, content: bytes) -> int:
+    def send(self, content: Any) -> int:  # bytes; typed as the stubs type the base
         try:
             assert self.process.stdin is not None
             self.process.stdin.write(content)
@@ -664,7 +665,7 @@ def _wait_for_banner(
         except OSError:
             closed = True
     elif isinstance(sock, paramiko.Channel):
-        closed = not sock.recv_ready() and (sock.closed or sock.eof_received)
+        closed = not sock.recv_ready() and bool(sock.closed or sock.eof_received)
     if proxy is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proxy.process.wait(0.2)
@@ -705,7 +706,7 @@ def _open_client(
             target.hostname,
             port=target.port,
             username=target.user,
-            key_filename=list(target.key_filenames) or None,
+            key_filename=cast(Any, list(target.key_filenames) or None),  # paramiko takes a list too
             timeout=timeout,
             banner_timeout=timeout,
             auth_timeout=timeout,
@@ -713,7 +714,7 @@ def _open_client(
             allow_agent=target.use_agent and not target.identities_only,
             look_for_keys=not target.identities_only,
             compress=target.compression,
-            sock=sock,  # type: ignore[arg-type]
+            sock=sock,
         )
     except HostKeyError:
         client.close()

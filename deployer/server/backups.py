@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from deployer.actions import Arg, Command, Read, Value, Write, drive
 from deployer.db.url import DatabaseLocation, parse
@@ -235,12 +235,12 @@ _TO_FILE = 'umask 077; out=$1; shift; exec "$@" > "$out"'
 _FROM_FILE = 'in=$1; shift; exec "$@" < "$in"'
 
 
-def to_file(argv: list[Arg], path: Arg) -> tuple[Arg, ...]:
+def to_file(argv: Sequence[Arg], path: Arg) -> tuple[Arg, ...]:
     """``argv`` with its stdout written to ``path`` on the host (created 0600)."""
     return ("sh", "-c", _TO_FILE, "sh", path, *argv)
 
 
-def from_file(argv: list[Arg], path: Arg) -> tuple[Arg, ...]:
+def from_file(argv: Sequence[Arg], path: Arg) -> tuple[Arg, ...]:
     """``argv`` reading its stdin from ``path`` on the host."""
     return ("sh", "-c", _FROM_FILE, "sh", path, *argv)
 
@@ -456,7 +456,7 @@ def _drive_with_reads(target: Target, body, values: dict[str, str]):  # noqa: AN
     try:
         while True:
             action = body.send(result)
-            result = action.read(run) if isinstance(action, Read) else perform(target.host, action, values)
+            result = action.read(cast(Any, run)) if isinstance(action, Read) else perform(target.host, action, values)
     except StopIteration as stop:
         return stop.value
 

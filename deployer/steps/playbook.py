@@ -19,9 +19,9 @@ from __future__ import annotations
 import difflib
 import shlex
 import tomllib
-from importlib import resources
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def parse_playbook(data: Mapping[str, Any], *, name: str, path: Path) -> Playboo
             param = allowed[key]
             if isinstance(value, bool) and bool not in param.types or not isinstance(value, param.types):
                 raise ConfigError(f"{at} ({step_name}).{key}: expected {param.type_name()}, got {value!r}")
-            if param.positive and value <= 0:
+            if param.positive and isinstance(value, (int, float)) and value <= 0:
                 raise ConfigError(f"{at} ({step_name}).{key}: expected a positive number of seconds, got {value}")
         for key, param in allowed.items():
             if param.required and key not in params:

@@ -10,16 +10,14 @@ journal, or ``previous``; choosing it is pure (:func:`resolve_target`).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from deployer.actions import Command, Probe, Skip
 from deployer.commands import git as gitops
-from deployer.server import backups
 from deployer.db.launcher import failure_reason, launched
 from deployer.db.migrations import downgrade_path
 from deployer.errors import ConfigError, DeployerError, RefusedError
+from deployer.server import backups, journal
 from deployer.server import facts as server_facts
-from deployer.server import journal
 from deployer.steps import CHECKOUT, CONTAINERS, IMAGES, SCHEMA, StepKind, register
 from deployer.steps.build import restore_saved_images
 from deployer.steps.common import confirm, migration_argv, new_release_id, saved_tag, shown_revisions
@@ -121,7 +119,8 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     target = ctx.options.ref if ctx.options.ref is not None else "previous"
     state = read_host_state(ctx)
     records = state["records"]
-    chosen = resolve_target(records, target)  # type: ignore[arg-type]
+    journal_records: list[journal.Record] = list(records)  # type: ignore[call-overload]
+    chosen = resolve_target(journal_records, target)
     running = journal.running_release(records)  # type: ignore[arg-type]
     deployed = state["deployed"]
     if not chosen.commit:
@@ -161,7 +160,8 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
                 f"no backup taken when release {chosen.id} was replaced is on {ctx.host.name}",
                 hint="without --restore-backup, the schema is downgraded instead (if every step can be)",
             )
-        later = [r.id for r in records[records.index(chosen) + 1 :] if r.kind == "release" and r.outcome == journal.SUCCEEDED]  # type: ignore[union-attr]
+        later = [r.id for r in journal_records[journal_records.index(chosen) + 1 :]
+                 if r.kind == "release" and r.outcome == journal.SUCCEEDED]
         ctx.log(
             f"warning: restoring backup {backup.id} (taken {backup.created_at}) loses every change to the database "
             f"since then, across {len(later)} later release(s): {', '.join(later) or 'none'}"
