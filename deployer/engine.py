@@ -592,20 +592,32 @@ def _forward(ctx: Context, record: runlog.RunRecord, recovery: Recovery, started
         )
     if ctx.planning:
         return _outcome(ctx, "planned", [], clock)
-    summary = health.wait_healthy(ctx.target, timeout=float(ctx.env.health_timeout), settle=2.0, log=ctx.log)
+    try:
+        summary, unhealthy = health.wait_healthy(ctx.target, timeout=float(ctx.env.health_timeout), settle=2.0, log=ctx.log), None
+    except DeployerError as error:
+        # The user chose to keep this release (its schema holds writes a way back would lose):
+        # it stays in place, and the journal says it is unhealthy; the next release ships the fix.
+        summary, unhealthy = f"health check fails: {error.message}", error.message
     running = {c.service: c.image_id for c in server_facts.service_containers(ctx.target) if c.state == "running"}
     timings = [journal.StepTiming(p.step, p.state, 0.0, p.detail) for p in record.progress]
-    timings.append(journal.StepTiming("forward", "ok", 0.0, summary))
+    timings.append(journal.StepTiming("forward", "failed" if unhealthy else "ok", 0.0, summary))
     finished = datetime.now(timezone.utc)
+    kept = "kept forward as chosen: the release's schema, code and images stay"
     journal.append(ctx.host, ctx.state_dir, journal.Record(
-        id=record.id, kind=record.kind, environment=ctx.env.name, outcome=journal.SUCCEEDED, commit=record.goal.commit,
-        previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),
+        id=record.id, kind=record.kind, environment=ctx.env.name, outcome=journal.FAILED if unhealthy else journal.SUCCEEDED,
+        commit=record.goal.commit, previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),
         revision_after=tuple(revision), started_at=record.started_at, finished_at=finished.isoformat(timespec="seconds"),
         seconds=round((finished - datetime.fromisoformat(record.started_at)).total_seconds(), 3), user=whoami(),
-        backup=record.backup, steps=tuple(timings), recovery="finished forward after an interruption",
+        backup=record.backup, steps=tuple(timings), error=f"health check fails: {unhealthy}" if unhealthy else None,
+        recovery=kept if unhealthy else "finished forward after an interruption",
         previous_release=record.source.release, image_ids=running,
     ))
     runlog.clear(ctx.host, ctx.state_dir)
+    if unhealthy:
+        raise ReleaseFailed(
+            f"{record.kind} {record.id} {kept}, but its health check fails: {unhealthy}",
+            hint="the server runs that release, schema and code together; fix the cause and release again",
+        )
     return Outcome(
         id=record.id, environment=ctx.env.name, outcome=journal.SUCCEEDED, commit=record.goal.commit,
         previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),

@@ -89,6 +89,7 @@ class Stage:
     head: str = EXAMPLE_HEAD  # the newest migration committed to the branch
     outputs: list[str] = field(default_factory=list)  # every deployer output of the current case
     mend: dict[str, str | None] = field(default_factory=dict)  # files the next commit puts back
+    broken: dict[str, str | None] = field(default_factory=dict)  # files this case's commit changes for itself only
 
     @property
     def env(self) -> str:
@@ -115,14 +116,14 @@ class Stage:
             upgrade="\n".join(f"    {line}" for line in upgrade), downgrade="\n".join(f"    {line}" for line in downgrade),
         )
         changes = {**self.mend, f"example/migrations/versions/{revision}_fault.py": script, **(files or {})}
-        self.mend = {}
+        self.mend, self.broken = self.broken, {}
         self.d.commit(changes, message)
         self.head = revision
         return revision
 
     def break_for_one_case(self, path: str, text: str) -> dict[str, str]:
         """A file changed for this case only: the next case's commit puts it back."""
-        self.mend[path] = (self.d.laptop / path).read_text()
+        self.broken[path] = self.mend.get(path, (self.d.laptop / path).read_text())
         return {path: text}
 
     def deployer(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -648,7 +649,8 @@ def test_db_killed_during_backup(stages) -> None:  # noqa: ANN001
 
 
 def _config(stage: Stage, old: str, new: str) -> dict[str, str]:
-    text = (stage.d.laptop / "deploy.toml").read_text()
+    """deploy.toml with one change, for this case only (a change a previous case made is put back first)."""
+    text = stage.mend.get("deploy.toml") or (stage.d.laptop / "deploy.toml").read_text()
     assert old in text, text
     return stage.break_for_one_case("deploy.toml", text.replace(old, new, 1))
 
@@ -701,41 +703,42 @@ def test_migration_waiting_on_a_lock_until_migrate_timeout(stages) -> None:  # n
 
 @network
 def test_failing_downgrade_and_health_with_writes_in_flight(stages) -> None:  # noqa: ANN001
-    """Recovery will not restore a backup over acknowledged writes: it stops and says what to do."""
+    """Recovery will not restore a backup over acknowledged writes: it stops before any loss
+    and says what to do; the user keeps the writes with ``recover --forward``."""
     stage = stages("ssh", "network")
     d = stage.d
-    stage.migration(downgrade_fails=True, files=stage.break_for_one_case(WSGI, BROKEN_HEALTH_WSGI))
+    revision = stage.migration(downgrade_fails=True, files=stage.break_for_one_case(WSGI, BROKEN_HEALTH_WSGI))
     before = len(d.journal())
     with writing(d.web_port) as writer:
         run = stage.start()
         code = run.finish(timeout=600)
         stage.outputs.append(run.output)
         assert code == 5, run.output
-        assert not TRACEBACK.search(run.output), run.output
-        assert "--restore-backup" in run.output and "--forward" in run.output, run.output
-        assert re.search(r"would discard \d+ row change", run.output), run.output
+        assert f"deployer recover {stage.env} --restore-backup" in run.output, run.output
+        assert f"deployer recover {stage.env} --forward" in run.output, run.output
+        discarded = re.search(r"would discard (\d+) row change", run.output)
+        assert discarded and int(discarded.group(1)) > 0, run.output
         wait_lease_gone(d)
+        left = left_run(stage)
+        assert left is not None and left["phase"] == "recovering", left
         rows = d.sql("SELECT email, id FROM users WHERE email LIKE :p", p=f"{writer.prefix}-%")
         assert not writer.missing(rows), writer.summary()
-        assert d.revision() == (stage.head,) == running_heads(d)
+        assert d.revision() == (revision,) == running_heads(d)  # the new code stays with its schema
         status_code, doc = stage.status()
-        assert status_code == 16 and doc["interrupted"], doc
-        # The user keeps the writes: the release stays, its step log is closed.
+        assert status_code == 16 and "interrupted at step health" in doc["interrupted"], doc
+        # The user keeps the writes: the release stays in place, unhealthy, and its run is closed.
         forward = stage.deployer("recover", stage.env, "--forward")
-        assert forward.returncode in (0, 1), forward.stderr
-    faulted = Faulted(code, None, status_code, doc, before, (stage.head,))
-    revision = assert_safe_after_forward(stage, writer)
-    assert revision == (stage.head,)
-    assert d.journal()[before:], "the failed release is not in the journal"
-    del faulted
-
-
-def assert_safe_after_forward(stage: Stage, writer: Writer) -> tuple[str, ...]:
-    d = stage.d
+        assert forward.returncode == 1, forward.stderr
+        assert "kept forward" in forward.stderr and "health check fails" in forward.stderr, forward.stderr
     rows = d.sql("SELECT email, id FROM users WHERE email LIKE :p", p=f"{writer.prefix}-%")
-    assert not writer.missing(rows), writer.summary()
-    assert not lease_alive(d) and left_run(stage) is None
-    return d.revision()
+    assert writer.acknowledged and not writer.missing(rows), writer.summary()
+    assert d.revision() == (revision,) == running_heads(d)
+    assert not lease_alive(d) and left_run(stage) is None and leftover_containers(d.name) == []
+    code, doc = stage.status()
+    assert code == 15 and doc["interrupted"] is None and doc["database"]["verdict"] == "up to date", doc
+    (record,) = [r for r in d.journal()[before:] if r["id"] == left["id"]]
+    assert record["outcome"] == "failed" and "kept forward" in record["recovery"], record
+    print(f"fault case: {writer.summary()}; restoring would have discarded {discarded.group(1)} row changes")
 
 
 # --------------------------------------------------------------------------- two deployers
