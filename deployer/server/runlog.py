@@ -113,6 +113,13 @@ class RunRecord:
             return entry.step
         return None
 
+    def describe(self) -> str:
+        """Where an interrupted run stopped, and between which states."""
+        source = self.source
+        return (f"{self.kind} {self.id} was interrupted at step {self.current_step} "
+                f"(from commit {(source.commit or 'none')[:12]}, revision {', '.join(source.revision or ()) or 'none'}; "
+                f"to commit {self.goal.commit[:12]}, revision {', '.join(self.goal.heads) or 'none'})")
+
     def with_progress(self, label: str, kind: str, state: str, detail: str = "") -> RunRecord:
         return replace(self, progress=(*self.progress, Progress(label, kind, state, now(), detail)))
 

@@ -269,7 +269,6 @@ def converge(stage: Stage, faulted: Faulted) -> None:
     code = run.finish()
     stage.outputs.append(run.output)
     faulted.converge_output = run.output
-    print("".join(f"{t - run.started:6.1f} {line}" for t, line in run.lines))
     assert code == 130, f"exit {code}:\n{run.output}"
     assert not TRACEBACK.search(run.output), run.output
 
@@ -322,7 +321,7 @@ def assert_converged(stage: Stage, writer: Writer, faulted: Faulted, *, error_li
 
 
 def run_case(stage: Stage, fault: Callable[[Background], None], *, expect_exit: set[int], error_like: str | None = None,
-             release_args: tuple[str, ...] = (), writer_interval: float = 0.05) -> Faulted:
+             release_args: tuple[str, ...] = (), writer_interval: float = 0.1) -> Faulted:
     """A release with users writing, the fault, the checks, the next release converging, the checks."""
     d = stage.d
     before = len(d.journal())
@@ -341,7 +340,6 @@ def run_case(stage: Stage, fault: Callable[[Background], None], *, expect_exit: 
     print(f"fault case: {writer.summary()}; exit {faulted.exit_code}; "
           f"step log left: {faulted.left['progress'][-1]['step'] if faulted.left else 'no'}; "
           f"to fault {t1-t0:.1f} after {t2-t1:.1f} converge {t3-t2:.1f} checks {t4-t3:.1f}")
-    print(faulted.converge_output)
     return faulted
 
 
