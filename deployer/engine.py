@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from deployer import interrupts
@@ -211,7 +211,7 @@ def _journal_record(ctx: Context, outcome: str, timings: list[journal.StepTiming
                     *, error: str | None = None, recovery: str | None = None) -> journal.Record:
     facts = ctx.facts
     record = ctx.record
-    finished = datetime.now(timezone.utc)
+    finished = datetime.now(UTC)
     started = datetime.fromisoformat(started_at)
     revision_after = ctx.scratch.get("revision_after")
     if revision_after is None and outcome == journal.SUCCEEDED and facts is not None:
@@ -271,7 +271,7 @@ def execute(ctx: Context, book: Playbook) -> Outcome:
     :class:`RunInterrupted` for a signal (recovered; exit 128 + the signal), or the step's
     own error when nothing had changed yet (a preflight refusal).
     """
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     clock = time.monotonic()
     ctx.scratch["steps"] = tuple((step.label, step.name) for step in book.steps)
     ctx.scratch["playbook"] = book.name
@@ -505,7 +505,7 @@ def converge(ctx: Context, *, forward: bool = False, restore_backup: bool = Fals
             _clear_finished(ctx)
         return None
     clock = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ctx.kind = record.kind
     ctx.values["release_id"] = record.id
     ctx.log(describe_interrupted(record) + ("; finishing it" if forward else "; converging back to where it started"))
@@ -557,7 +557,7 @@ def converge(ctx: Context, *, forward: bool = False, restore_backup: bool = Fals
 
 def _converged_record(ctx: Context, record: runlog.RunRecord, outcome: str, timings: list[journal.StepTiming],
                       started_at: str, error: str, recovery: str) -> journal.Record:
-    finished = datetime.now(timezone.utc)
+    finished = datetime.now(UTC)
     return journal.Record(
         id=record.id, kind=record.kind, environment=ctx.env.name, outcome=outcome, commit=record.goal.commit,
         previous_commit=record.source.commit, revision_before=tuple(record.source.revision or ()),
@@ -601,7 +601,7 @@ def _forward(ctx: Context, record: runlog.RunRecord, recovery: Recovery, started
     running = {c.service: c.image_id for c in server_facts.service_containers(ctx.target) if c.state == "running"}
     timings = [journal.StepTiming(p.step, p.state, 0.0, p.detail) for p in record.progress]
     timings.append(journal.StepTiming("forward", "failed" if unhealthy else "ok", 0.0, summary))
-    finished = datetime.now(timezone.utc)
+    finished = datetime.now(UTC)
     kept = "kept forward as chosen: the release's schema, code and images stay"
     journal.append(ctx.host, ctx.state_dir, journal.Record(
         id=record.id, kind=record.kind, environment=ctx.env.name, outcome=journal.FAILED if unhealthy else journal.SUCCEEDED,

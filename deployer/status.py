@@ -425,8 +425,8 @@ def _target(cfg: Config, env_name: str, host: Host) -> Target:
 
 def _locate_database(target: Target) -> Any:
     """Where the database is: deploy.toml's database_url, else the checkout's compose config."""
-    from deployer.server.backups import location_of
     from deployer.server import facts
+    from deployer.server.backups import location_of
 
     if target.env.database_url:
         return location_of(target)

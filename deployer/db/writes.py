@@ -196,7 +196,7 @@ def sqlite_changes(baseline: Mapping[str, Any], now: Mapping[str, Any]) -> Chang
 
 def schema_changed(baseline: Mapping[str, Any] | None, now: Mapping[str, Any]) -> bool:
     """SQLite: whether the schema changed since the baseline (a half-applied migration)."""
-    return bool(baseline) and baseline.get("schema_version") != now.get("schema_version")
+    return baseline is not None and bool(baseline) and baseline.get("schema_version") != now.get("schema_version")
 
 
 def to_json(baseline: Mapping[str, Any]) -> str:

@@ -27,7 +27,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from deployer.errors import CommandError, ConnectionLost, DeployerError, HostError, LockHeldError
 from deployer.hosts.base import Host
@@ -94,7 +94,7 @@ class LockInfo:
     run: str | None = None  # the run id, when the holder is a release or rollback
 
     def age_seconds(self, now: datetime | None = None) -> float:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         return max(0.0, (now - datetime.fromisoformat(self.acquired_at)).total_seconds())
 
     def describe(self, now: datetime | None = None) -> str:
@@ -140,7 +140,7 @@ def new_info(command: str, run: str | None = None) -> LockInfo:
         holder=f"{getpass.getuser()}@{socket.gethostname()}",
         command=command,
         pid=os.getpid(),
-        acquired_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        acquired_at=datetime.now(UTC).isoformat(timespec="seconds"),
         run=run,
     )
 
@@ -171,7 +171,7 @@ def _parse_info(line: str) -> LockInfo | None:
         return LockInfo(**{k: v for k, v in data.items() if k in LockInfo.__dataclass_fields__})
     except (ValueError, TypeError):
         return LockInfo(holder="unknown (unreadable lock record)", command="unknown", pid=0,
-                        acquired_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                        acquired_at=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def parse_status(stdout: str) -> LockState:
@@ -246,7 +246,7 @@ def acquire(
     A lock whose owner is gone is taken over; the returned lease's ``previous`` says whose it was.
     ``label`` (``KEY=VALUE``) names the containers the holder stops if this process vanishes.
     """
-    process = host.start(lease_argv(state_dir, label, ttl))  # type: ignore[attr-defined]
+    process = host.start(lease_argv(state_dir, label, ttl))
     try:
         try:
             process.send(json.dumps(asdict(info)) + "\n")

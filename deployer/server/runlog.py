@@ -15,7 +15,7 @@ import json
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from deployer.hosts.base import Host
@@ -35,7 +35,7 @@ RECOVERING = "recovering"
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class RunRecord:
         source["running"] = tuple(source.get("running") or ())
         goal = dict(data["goal"])
         goal["heads"] = tuple(goal.get("heads") or ())
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
         values.update(
             source=Source(**{k: v for k, v in source.items() if k in Source.__dataclass_fields__}),

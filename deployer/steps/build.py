@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from deployer.steps import IMAGES, Param, StepKind, register
 from deployer.actions import Command
+from deployer.steps import IMAGES, Param, StepKind, register
 from deployer.steps.common import built_images
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
@@ -21,7 +19,7 @@ def build(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         ids = found.stdout.split()
         if not ctx.planning and len(ids) == len(names):
             assert ctx.record is not None
-            ctx.note(built=dict(zip(names, ids)))
+            ctx.note(built=dict(zip(names, ids, strict=True)))
     return "images built" + (f": {', '.join(sorted(set(names.values())))}" if names else "")
 
 

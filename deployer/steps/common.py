@@ -6,12 +6,12 @@ from __future__ import annotations
 import getpass
 import socket
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from deployer.actions import Value
 from deployer.commands import compose as compose_cmds
 from deployer.errors import DeployerError, RefusedError
-from deployer.actions import Value
 
 if TYPE_CHECKING:
     from deployer.steps.context import Context
@@ -22,7 +22,7 @@ RELEASE_ID = Value("release_id")
 
 
 def new_release_id(sha: str, now: datetime | None = None) -> str:
-    return f"{(now or datetime.now(timezone.utc)):%Y%m%d-%H%M%S}-{sha[:7]}"
+    return f"{(now or datetime.now(UTC)):%Y%m%d-%H%M%S}-{sha[:7]}"
 
 
 def whoami() -> str:

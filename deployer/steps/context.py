@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from deployer.commands.compose import Compose, ComposeConfig
     from deployer.commands.docker import Container
     from deployer.config import Environment
-    from deployer.server.backups import Backup
     from deployer.db.migrations import MigrationScripts, MigrationStep
     from deployer.db.url import DatabaseLocation
     from deployer.hosts.base import Host
+    from deployer.server.backups import Backup
     from deployer.server.journal import Record
     from deployer.server.lock import Lease
     from deployer.server.target import Target

@@ -10,11 +10,11 @@ import time
 from dataclasses import replace
 
 from deployer import interrupts
+from deployer.actions import Command, Skip, Wait
 from deployer.db.migrations import upgrade_path
 from deployer.errors import ConfigError, DeployerError, HostError
 from deployer.server import facts as server_facts
 from deployer.steps import CONTAINERS, Param, StepKind, register
-from deployer.actions import Command, Skip, Wait
 from deployer.steps.common import shown_revisions
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step

@@ -3,11 +3,11 @@ checkout, and write the run's intent to the step log — before anything else ch
 
 from __future__ import annotations
 
+from deployer.actions import Command, Lease, Value, Write
 from deployer.errors import LockHeldError
 from deployer.server import runlog
 from deployer.server.target import migrate_state_argv
 from deployer.steps import HOST_FILES, StepKind, register
-from deployer.actions import Command, Lease, Value, Write
 from deployer.steps.common import RUN_LABEL, whoami
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
@@ -18,7 +18,6 @@ def intent(ctx: Context, playbook_steps: tuple[tuple[str, str], ...]) -> runlog.
     import os
 
     facts = ctx.known
-    db = ctx.app.db_service
     goal_release = facts.target_release.id if facts.target_release else ctx.run_id
     return runlog.RunRecord(
         id=ctx.run_id, kind=ctx.kind, environment=ctx.env.name, playbook=ctx.scratch.get("playbook", ""),

@@ -151,7 +151,9 @@ def _half_applied(ctx: Context, recovery: Recovery):  # noqa: ANN201
     return bool(now) and schema_changed(backup.baseline, now)
 
 
-def _find_backup(ctx: Context, backup_id: str):  # noqa: ANN202
+def _find_backup(ctx: Context, backup_id: str | None):  # noqa: ANN202
+    if not backup_id:
+        return None
     try:
         return backups_mod.find(ctx.target, backup_id)
     except DeployerError:

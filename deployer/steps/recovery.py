@@ -87,7 +87,7 @@ def teardown_first_release(ctx: Context, recovery: Recovery):  # noqa: ANN201
     if created:
         yield Command(("docker", "volume", "rm", "--force", *created), what="remove the volumes this first release created",
                       check=False, timeout=120)
-    kept = [s for s in source.running]
+    kept = list(source.running)
     recovery.done.append(
         "first release: nothing deployed — "
         + (f"containers removed ({', '.join(started)})" if started else "no container was started")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from deployer.steps import IMAGES, StepKind, register
 from deployer.actions import Command, Skip, Value
+from deployer.steps import IMAGES, StepKind, register
 from deployer.steps.common import saved_tag, saved_tag_value
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from deployer.steps import CONTAINERS, Param, StepKind, register
 from deployer.actions import Command, Skip
+from deployer.steps import CONTAINERS, Param, StepKind, register
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
 

@@ -3,13 +3,11 @@ untracked files; the compose env file is written from deploy.toml (mode 0600).""
 
 from __future__ import annotations
 
-import posixpath
-
+from deployer.actions import Command, Write
 from deployer.commands import git as gitops
 from deployer.errors import DeployerError
 from deployer.server.target import env_file_text
 from deployer.steps import CHECKOUT, HOST_FILES, StepKind, register
-from deployer.actions import Command, Write
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
 from deployer.steps.recovery import Recovery

@@ -19,10 +19,9 @@ import pytest
 
 from deployer.commands.compose import Compose
 from deployer.config import load_config
-from deployer.server import backups
-from deployer.server.backups import Backup, BackupError, select_retention
 from deployer.hosts import LocalHost
-from deployer.server import lock
+from deployer.server import backups, lock
+from deployer.server.backups import Backup, BackupError, select_retention
 from deployer.server.journal import Record
 from deployer.server.target import Target
 

@@ -13,11 +13,10 @@ import pytest
 
 from deployer.commands.compose import V2, Compose, ComposeConfig, ServiceConfig
 from deployer.config import load_config
-from deployer.server import backups
 from deployer.db.url import DatabaseLocation
 from deployer.db.writes import Changes
 from deployer.engine import drive
-from deployer.server import facts, health
+from deployer.server import backups, facts, health
 from deployer.server.runlog import DONE, STARTED, Goal, Progress, RunRecord, Source
 from deployer.server.target import Target
 from deployer.steps import migrate

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deployer.server.backups import Backup
 from deployer.server import journal
+from deployer.server.backups import Backup
 from deployer.steps.rollback import TargetError, replacing_backup, resolve_target
 
 
