@@ -7,14 +7,13 @@ No deployment logic lives here. Heavy modules are imported inside the commands s
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from typing import Annotated
 
 import typer
 
 from deployer import __version__
-from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer
+from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer, emit, emit_failure, json_output
 from deployer.errors import DeployerError, ExitCode
 
 app = typer.Typer(
@@ -58,9 +57,10 @@ def config_show(env: EnvArgument, config: ConfigOption = None, as_json: JsonOpti
     """
     from deployer import api
 
+    json_output(as_json)
     shown = api.show_config(env, config_path=config)
     if as_json:
-        typer.echo(json.dumps(shown, indent=2, sort_keys=False))
+        emit(shown)
         return
     from deployer.cli.render import render_mapping
 
@@ -68,14 +68,18 @@ def config_show(env: EnvArgument, config: ConfigOption = None, as_json: JsonOpti
 
 
 @config_app.command("check")
-def config_check(config: ConfigOption = None) -> None:
+def config_check(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Validate deploy.toml and list its environments; exit 2 when it is broken.
 
     Example:  deployer config check --config deploy.toml
     """
     from deployer import api
 
+    json_output(as_json)
     cfg = api.load(config)
+    if as_json:
+        emit({"path": str(cfg.path), "valid": True, "app": cfg.app.name, "environments": list(cfg.environments)})
+        return
     names = ", ".join(cfg.environments) or "none"
     typer.echo(f"{cfg.path}: valid (app {cfg.app.name}; environments: {names})")
 
@@ -101,6 +105,7 @@ def release_cmd(
     from deployer import api
     from deployer.cli.render import progress_printer, render_plan
 
+    json_output(as_json)
     log = progress_printer()
     result = api.release(
         env,
@@ -114,7 +119,7 @@ def release_cmd(
         log=log,
     )
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        emit(result.to_dict())
     elif dry_run:
         render_plan(result)
     else:
@@ -144,6 +149,7 @@ def rollback_cmd(
     from deployer import api
     from deployer.cli.render import progress_printer, render_plan
 
+    json_output(as_json)
     result = api.rollback(
         env,
         target,
@@ -156,7 +162,7 @@ def rollback_cmd(
         log=progress_printer(),
     )
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        emit(result.to_dict())
     elif dry_run:
         render_plan(result)
     else:
@@ -185,16 +191,17 @@ def lock_status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: Json
 
     from deployer import api
 
+    json_output(as_json)
     state = api.lock_status(env, config_path=config)
     if as_json:
-        typer.echo(json.dumps({"held": state.held, "stale": state.stale, "gone_since": state.gone_since,
-                               "holder": asdict(state.info) if state.info else None}))
+        emit({"held": state.held, "stale": state.stale, "gone_since": state.gone_since,
+              "holder": asdict(state.info) if state.info else None})
     else:
         typer.echo(f"{env}: lock {state.describe()}")
 
 
 @lock_app.command("release")
-def lock_release_cmd(env: EnvArgument, config: ConfigOption = None) -> None:
+def lock_release_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Clear the record a vanished lock owner left. The lock itself frees itself when its
     owner's process ends; a live holder is never broken.
 
@@ -203,10 +210,14 @@ def lock_release_cmd(env: EnvArgument, config: ConfigOption = None) -> None:
     from deployer import api
     from deployer.errors import LockHeldError
 
+    json_output(as_json)
     state = api.lock_release(env, config_path=config)
     if state.held:
         raise LockHeldError(f"{env}: lock {state.describe()}: its owner is alive",
                             hint="wait for it to finish; the lock frees itself when that run ends")
+    if as_json:
+        emit({"held": False, "cleared": state.describe() if state.stale else None})
+        return
     typer.echo(f"{env}: lock free (cleared: {state.describe()})" if state.stale else f"{env}: lock was free")
 
 
@@ -231,16 +242,17 @@ def recover_cmd(
     from deployer import api
     from deployer.cli.render import progress_printer, render_plan
 
+    json_output(as_json)
     result = api.recover(env, config_path=config, forward=forward, restore_backup=restore_backup, dry_run=dry_run,
                          verbose=verbose, log=progress_printer())
     if result is None:
         if as_json:
-            typer.echo(json.dumps({"environment": env, "interrupted": None}))
+            emit({"environment": env, "interrupted": None})
         else:
             typer.echo(f"{env}: no interrupted run: nothing to recover")
         return
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        emit(result.to_dict())
     elif dry_run:
         render_plan(result)
     else:
@@ -255,12 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="deployer")
     except DeployerError as error:
+        emit_failure(int(error.exit_code), error)
         _say(f"error: {error}")
         sys.exit(int(error.exit_code))
     except interrupts.Interrupted as interruption:
+        emit_failure(interruption.exit_code, message=f"interrupted ({interruption.name})")
         _say(f"interrupted ({interruption.name})")
         sys.exit(interruption.exit_code)
     except KeyboardInterrupt:
+        emit_failure(int(ExitCode.INTERRUPTED), message="interrupted")
         _say("interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
 

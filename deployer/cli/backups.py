@@ -6,7 +6,6 @@ A typer sub-app (``backups_app``); heavy modules are imported inside the command
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer
+from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer, emit, json_output
 
 if TYPE_CHECKING:
     from deployer.server.backups import Backup
@@ -65,11 +64,12 @@ def create_cmd(
     Example:  deployer backups create production --download ./backups
     """
     from deployer.server.backups import create_environment
+    json_output(as_json)
 
     with _target(env, config) as target:
         backup, local = create_environment(target, download_to=download, log=_log)
     if as_json:
-        typer.echo(json.dumps({**backup.to_dict(), "local_path": str(local) if local else None}, indent=2))
+        emit({**backup.to_dict(), "local_path": str(local) if local else None})
         return
     typer.echo(f"backup {backup.id} of {env}: {backup.path} ({_size(backup.size)}, sha256 {backup.sha256[:12]}…, verified)")
     if local:
@@ -83,12 +83,13 @@ def list_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption 
     Example:  deployer backups list production --json
     """
     from deployer.server.backups import list_backups
+    json_output(as_json)
 
     with _target(env, config) as target:
         backups = list_backups(target)
         where = target.env.backup_dir
     if as_json:
-        typer.echo(json.dumps([b.to_dict() for b in backups], indent=2))
+        emit([b.to_dict() for b in backups])
         return
     if not backups:
         typer.echo(f"{env}: no backups in {where}")
@@ -112,23 +113,26 @@ def verify_cmd(
     Example:  deployer backups verify production latest
     """
     from deployer.server.backups import BackupError, check, find, list_backups
+    json_output(as_json)
 
     results = []
     with _target(env, config) as target:
         chosen = [find(target, backup_id) for backup_id in ids] if ids else list_backups(target)
         for backup in chosen:
             results.append((backup, check(target, backup)))
-    if as_json:
-        typer.echo(json.dumps([{"id": b.id, "valid": p is None, "problem": p} for b, p in results], indent=2))
-    else:
+    if not as_json:
         if not results:
             typer.echo(f"{env}: no backups to verify")
         for backup, problem in results:
             typer.echo(f"ok       {backup.id}" if problem is None else f"INVALID  {backup.id}: {problem}")
     bad = [b.id for b, p in results if p is not None]
-    if bad:
-        raise BackupError(f"{len(bad)} of {len(results)} backup(s) of {env} are invalid: {', '.join(bad)}",
-                          hint="do not rely on them; take a new backup with `deployer backups create " + env + "`")
+    error = BackupError(f"{len(bad)} of {len(results)} backup(s) of {env} are invalid: {', '.join(bad)}",
+                        hint="do not rely on them; take a new backup with `deployer backups create " + env + "`") if bad else None
+    if as_json:
+        emit([{"id": b.id, "valid": p is None, "problem": p} for b, p in results],
+             exit_code=int(error.exit_code) if error else 0, error=error)
+    if error is not None:
+        raise error
 
 
 @backups_app.command("restore")
@@ -147,12 +151,13 @@ def restore_cmd(
     Example:  deployer backups restore production 20250101T120000123456Z --yes
     """
     from deployer.server.backups import restore_environment
+    json_output(as_json)
 
     confirm = confirmer()
     with _target(env, config) as target:
         outcome = restore_environment(target, backup_id, yes=yes, confirm=confirm, safety_backup=not no_safety_backup, log=_log)
     if as_json:
-        typer.echo(json.dumps(outcome.to_dict(), indent=2))
+        emit(outcome.to_dict())
         return
     safety = f"; the previous state is in backup {outcome.safety_backup.id}" if outcome.safety_backup else ""
     typer.echo(
@@ -174,11 +179,12 @@ def prune_cmd(
     Example:  deployer backups prune production --dry-run
     """
     from deployer.server.backups import prune
+    json_output(as_json)
 
     with _target(env, config) as target:
         decision = prune(target, keep=keep, dry_run=dry_run)
     if as_json:
-        typer.echo(json.dumps({"dry_run": dry_run, **decision.to_dict()}, indent=2))
+        emit({"dry_run": dry_run, **decision.to_dict()})
         return
     verb = "would remove" if dry_run else "removed"
     for backup, why in decision.kept:

@@ -1,13 +1,18 @@
-"""What every ``deployer`` command shares: its option types and the confirmation prompt."""
+"""What every ``deployer`` command shares: its option types, the confirmation prompt and the
+JSON envelope."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from deployer.errors import DeployerError
 
 ConfigOption = Annotated[
     Path | None,
@@ -28,3 +33,54 @@ def confirmer() -> Callable[[str], bool] | None:
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None
     return lambda question: typer.confirm(question, default=False, err=True)
+
+
+# --------------------------------------------------------------------------- --json
+
+ENVELOPE_SCHEMA = 1
+
+
+class _Output:
+    """Whether the running command was asked for --json, and whether it printed its document."""
+
+    json = False
+    emitted = False
+
+
+def json_output(enabled: bool) -> bool:
+    """Called first by every command with its --json flag: errors then print the envelope too."""
+    _Output.json, _Output.emitted = enabled, False
+    return enabled
+
+
+def envelope(result: Any = None, *, exit_code: int = 0, error: DeployerError | None = None,
+             has_result: bool = True) -> dict[str, Any]:
+    """Every command's JSON: ``{"schema", "ok", "result" | "error", "exit_code"}``.
+
+    ``result`` is what the command produced (also on a failure that produced one, such as a
+    status report with exit 10 or the list of backups of which one is invalid); ``error``
+    is ``{"message", "hint", "kind"}`` when the command failed with an error.
+    """
+    doc: dict[str, Any] = {"schema": ENVELOPE_SCHEMA, "ok": exit_code == 0 and error is None}
+    if has_result:
+        doc["result"] = result
+    if error is not None:
+        doc["error"] = {"message": error.message, "hint": error.hint, "kind": type(error).__name__}
+    doc["exit_code"] = exit_code
+    return doc
+
+
+def emit(result: Any, *, exit_code: int = 0, error: DeployerError | None = None) -> None:
+    """Print the envelope of a command's result (the API scrubbed its secrets)."""
+    typer.echo(json.dumps(envelope(result, exit_code=exit_code, error=error), indent=2))
+    _Output.emitted = True
+
+
+def emit_failure(exit_code: int, error: DeployerError | None = None, *, message: str = "") -> None:
+    """The envelope of a failure, when the command asked for --json and printed nothing yet."""
+    if not _Output.json or _Output.emitted:
+        return
+    failure = error if error is not None else DeployerError(message)
+    with contextlib.suppress(OSError, ValueError):
+        typer.echo(json.dumps(envelope(exit_code=exit_code, error=failure, has_result=False), indent=2))
+    _Output.emitted = True

@@ -1,14 +1,12 @@
-"""``deployer status`` and ``deployer history`` (typer commands; the lead wires them into cli.py)."""
+"""``deployer status`` and ``deployer history`` (typer commands, wired into the app by cli.app)."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
-from deployer.cli.common import ConfigOption, EnvArgument, JsonOption
-from deployer.errors import DeployerError
+from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, emit, json_output
 
 
 def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:
@@ -24,18 +22,10 @@ def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOptio
     from deployer import api
     from deployer import status as status_mod
 
-    try:
-        report = api.status(env, config_path=config)
-    except DeployerError as error:
-        if as_json:
-            # A monitor still gets one JSON object, with the same exit code.
-            typer.echo(json.dumps({
-                "schema": status_mod.SCHEMA_VERSION, "environment": env, "error": error.message,
-                "hint": error.hint, "exit_code": int(error.exit_code), "in_sync": False,
-            }, indent=2))
-        raise
+    json_output(as_json)  # an error (host unreachable, …) still prints one envelope, same exit code
+    report = api.status(env, config_path=config)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        emit(report.to_dict(), exit_code=report.exit_code)
     else:
         typer.echo(status_mod.render_status(report))
     if report.exit_code:
@@ -56,8 +46,9 @@ def history_cmd(
     from deployer import api
     from deployer import status as status_mod
 
+    json_output(as_json)
     journal = api.history(env, config_path=config, limit=limit)
     if as_json:
-        typer.echo(json.dumps(journal.to_dict(), indent=2))
+        emit(journal.to_dict())
     else:
         typer.echo(status_mod.render_history(journal))

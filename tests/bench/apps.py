@@ -45,6 +45,8 @@ from typing import Any
 
 import pytest
 
+from tests.bench.cli import envelope, result_or_envelope
+from tests.bench.cli import result as result_of
 from tests.bench.docker import POSTGRES_IMAGE, PROJECT_LABEL, PYTHON_IMAGE, SERVICE_LABEL, BenchImages, DockerEngine, free_port
 from tests.bench.gitrepos import git
 
@@ -207,10 +209,8 @@ class AppDeployment:
             f"expected exit {expect}, got {result.returncode}\nstdout:\n{result.stdout[-4000:]}\n"
             f"stderr:\n{result.stderr[-4000:]}\n--- logs\n{self.logs()}"
         )
-        try:
-            document = json.loads(result.stdout)
-        except ValueError:
-            document = {}
+        doc = envelope(result.stdout)
+        document = dict(doc["result"]) if isinstance(doc.get("result"), dict) else {}
         document.setdefault("stderr", result.stderr)
         return document
 
@@ -222,18 +222,18 @@ class AppDeployment:
 
     def status(self) -> tuple[int, dict[str, Any]]:
         result = self.deployer("status", self.env_name, "--json", timeout=180)
-        return result.returncode, json.loads(result.stdout)
+        return result.returncode, result_or_envelope(result.stdout)
 
     def history(self) -> list[dict[str, Any]]:
         """The journal, newest first, as ``deployer history --json`` shows it."""
         result = self.deployer("history", self.env_name, "--json", timeout=180)
         assert result.returncode == 0, result.stderr
-        return list(json.loads(result.stdout)["entries"])
+        return list(result_of(result.stdout)["entries"])
 
     def lock_held(self) -> bool:
         result = self.deployer("lock", "status", self.env_name, "--json", timeout=180)
         assert result.returncode == 0, result.stderr
-        return bool(json.loads(result.stdout)["held"])
+        return bool(result_of(result.stdout)["held"])
 
     # -- the code
     def commit(self, files: Mapping[str, bytes | str | None], message: str) -> str:

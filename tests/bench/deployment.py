@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.cli import result as result_of
 from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE, BenchImages, DockerEngine, free_port
 from tests.bench.gitrepos import GitOrigin, git, make_origin
 from tests.bench.sshd import SSHBench
@@ -69,7 +70,7 @@ class Deployment:
         assert result.returncode == expect, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{self.logs()}"
         # deployer's own errors are one message; a migration's traceback is quoted indented
         assert not re.search(r"^Traceback", result.stderr, re.MULTILINE), result.stderr
-        return json.loads(result.stdout) if result.returncode == 0 else {"stderr": result.stderr}
+        return result_of(result.stdout) if result.returncode == 0 else {"stderr": result.stderr}
 
     # -- the code
     def commit(self, files: dict[str, str | None], message: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, Deployment, add_migration
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +86,7 @@ def test_backup_change_restore_every_row_equal(d: Deployment, saved: dict, tmp_p
     before = rows(d)
     assert len(before["users"]) == 3 and len(before["recipes"]) == 3
 
-    created = json.loads(ok(backups(d, "create", "production", "--json", "--download", str(tmp_path / "local"))).stdout)
+    created = result_of(ok(backups(d, "create", "production", "--json", "--download", str(tmp_path / "local"))).stdout)
     assert created["revision"] == [EXAMPLE_HEAD] and created["reason"] == "manual"
     assert created["release"] == d.journal()[-1]["id"] and created["environment"] == "production"
     dump = backup_dir(d) / f"{created['id']}.dump"
@@ -96,7 +97,7 @@ def test_backup_change_restore_every_row_equal(d: Deployment, saved: dict, tmp_p
     local = Path(created["local_path"])
     assert local.read_bytes() == dump.read_bytes() and local.stat().st_mode & 0o777 == 0o600
     assert json.loads((tmp_path / "local" / f"{created['id']}.json").read_text())["sha256"] == created["sha256"]
-    listed = json.loads(ok(backups(d, "list", "production", "--json")).stdout)
+    listed = result_of(ok(backups(d, "list", "production", "--json")).stdout)
     assert [b["id"] for b in listed] == [created["id"]]
     assert created["id"] in ok(backups(d, "list", "production")).stdout
 
@@ -107,7 +108,7 @@ def test_backup_change_restore_every_row_equal(d: Deployment, saved: dict, tmp_p
     assert rows(d) != before
 
     result = ok(backups(d, "restore", "production", created["id"], "--yes", "--json"))
-    outcome = json.loads(result.stdout)
+    outcome = result_of(result.stdout)
     assert rows(d) == before
     assert d.sql("SELECT count(*) FROM information_schema.tables WHERE table_name = 'scratch'") == [(0,)]
     assert outcome["revision_after"] == [EXAMPLE_HEAD] and outcome["revision_before"] == [EXAMPLE_HEAD]
@@ -149,7 +150,7 @@ def _rewrite_meta(meta: Path, dump: Path) -> None:
 def test_truncated_or_corrupted_backup_is_invalid_and_refused(d: Deployment) -> None:
     # enough rows that the data blocks are well past the archive's table of contents
     d.sql("CREATE TABLE filler AS SELECT g AS id, md5(g::text) AS text FROM generate_series(1, 20000) AS g")
-    made = [json.loads(ok(backups(d, "create", "production", "--json")).stdout) for _ in range(2)]
+    made = [result_of(ok(backups(d, "create", "production", "--json")).stdout) for _ in range(2)]
     d.sql("DROP TABLE filler")
     truncated, corrupted = (backup_dir(d) / f"{m['id']}.dump" for m in made)
     with open(truncated, "r+b") as handle:
@@ -168,7 +169,7 @@ def test_truncated_or_corrupted_backup_is_invalid_and_refused(d: Deployment) -> 
     _rewrite_meta(backup_dir(d) / f"{made[0]['id']}.json", truncated)
     result = backups(d, "verify", "production", made[0]["id"], "--json")
     assert result.returncode == 1
-    (report,) = json.loads(result.stdout)
+    (report,) = result_of(result.stdout)
     assert not report["valid"] and "not a readable dump" in report["problem"], report
 
     before = rows(d)
@@ -218,12 +219,12 @@ def test_prune_keeps_what_retention_promises(d: Deployment, saved: dict) -> None
     release = d.release()
     pre_upgrade = release["backup"]
     assert pre_upgrade
-    manual = [json.loads(ok(backups(d, "create", "production", "--json")).stdout)["id"] for _ in range(3)]
+    manual = [result_of(ok(backups(d, "create", "production", "--json")).stdout)["id"] for _ in range(3)]
     (backup_dir(d) / "20000101T000000000000Z.dump.partial").write_bytes(b"left by a killed dump")
-    everything = [b["id"] for b in json.loads(ok(backups(d, "list", "production", "--json")).stdout)]
+    everything = [b["id"] for b in result_of(ok(backups(d, "list", "production", "--json")).stdout)]
     assert set(manual) | {pre_upgrade, saved["id"]} <= set(everything)
 
-    plan = json.loads(ok(backups(d, "prune", "production", "--keep", "2", "--dry-run", "--json")).stdout)
+    plan = result_of(ok(backups(d, "prune", "production", "--keep", "2", "--dry-run", "--json")).stdout)
     kept = {k["id"]: k["why"] for k in plan["kept"]}
     assert set(kept) == {manual[-1], manual[-2], pre_upgrade}, plan
     assert "current release" in kept[pre_upgrade]
@@ -233,7 +234,7 @@ def test_prune_keeps_what_retention_promises(d: Deployment, saved: dict) -> None
 
     text = ok(backups(d, "prune", "production", "--keep", "2")).stdout
     assert f"keep     {pre_upgrade}" in text
-    remaining = [b["id"] for b in json.loads(ok(backups(d, "list", "production", "--json")).stdout)]
+    remaining = [b["id"] for b in result_of(ok(backups(d, "list", "production", "--json")).stdout)]
     assert sorted(remaining) == sorted(kept)
     assert files(d) == {f"{i}{suffix}" for i in kept for suffix in (".dump", ".json")}
     assert all((backup_dir(d) / name).stat().st_mode & 0o777 == 0o600 for name in files(d))
@@ -249,7 +250,7 @@ def test_restore_into_a_fresh_empty_database(d: Deployment, saved: dict) -> None
     d.compose("up", "--detach", "db")
     wait_db(d)
     assert d.sql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'") == [(0,)]
-    outcome = json.loads(ok(backups(d, "restore", "production", pre_upgrade, "--yes", "--json")).stdout)
+    outcome = result_of(ok(backups(d, "restore", "production", pre_upgrade, "--yes", "--json")).stdout)
     assert outcome["revision_before"] == [] and outcome["revision_after"] == [EXAMPLE_HEAD]
     assert rows(d) == expected
     assert outcome["safety_backup"]["revision"] == []

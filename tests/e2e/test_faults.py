@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.bench.cli import result as result_of
+from tests.bench.cli import result_or_envelope
 from tests.bench.deployment import EXAMPLE_HEAD, Deployment
 from tests.bench.faults import (
     Background,
@@ -134,7 +136,7 @@ class Stage:
 
     def status(self) -> tuple[int, dict]:
         result = self.deployer("status", self.env, "--json", timeout=120)
-        return result.returncode, json.loads(result.stdout)
+        return result.returncode, result_or_envelope(result.stdout)
 
     def start(self, *args: str, command: str = "release") -> Background:
         run = Background(self.d, (command, self.env, "--yes", *args))
@@ -790,7 +792,7 @@ def test_and_then_the_release_goes_through(kind: str, group: str, stages) -> Non
     with writing(d.web_port) as writer:
         result = stage.deployer("release", stage.env, "--yes", "--json", timeout=600)
         assert result.returncode == 0, result.stderr
-    outcome = json.loads(result.stdout)
+    outcome = result_of(result.stdout)
     assert outcome["outcome"] == "succeeded" and outcome["converged"] is None
     revision = assert_safe(stage, writer)
     assert revision == (stage.head,)

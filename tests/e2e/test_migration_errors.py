@@ -10,12 +10,12 @@ fail, recover, and show the error text to the user and in the journal.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 
 import pytest
 
+from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, Deployment, add_migration
 from tests.bench.gitrepos import REPO_ROOT
 
@@ -80,5 +80,5 @@ def test_a_migration_error_hidden_by_the_apps_logging_config_is_shown(deployment
     newest = history.stdout.splitlines()[1:3]
     assert "failed" in newest[0] and REASON in "\n".join(newest), history.stdout
     as_json = cli(d, "history", d.env_name, "--json")
-    record = json.loads(as_json.stdout)["entries"][0]
+    record = result_of(as_json.stdout)["entries"][0]
     assert record["outcome"] == "failed" and REASON in record["error"], record["error"]

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, Deployment, add_migration
 from tests.bench.gitrepos import REPO_ROOT
 
@@ -220,7 +221,7 @@ def test_dry_run_changes_nothing(deployment: Deployment) -> None:
     assert state(d) == before
     assert project_images(d) == images
     # JSON plan, same facts
-    plan = json.loads(d.deployer("release", d.env_name, "--dry-run", "--json").stdout)
+    plan = result_of(d.deployer("release", d.env_name, "--dry-run", "--json").stdout)
     assert [p["revision"] for p in plan["pending"]] == ["d4e5f6a7b8c9"]
     assert state(d) == before
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, Deployment, add_migration
 
 pytestmark = pytest.mark.e2e
@@ -77,7 +76,7 @@ def test_rollback_previous_then_to_a_revision_prefix_then_forward(d: Deployment,
     assert M_RATING in plan.stdout and "Add rating" in plan.stdout and "drops data" in plan.stdout
     assert d.revision() == (M_RATING,)
 
-    result = json.loads(d.deployer("rollback", d.env_name, "previous", "--yes", "--json").stdout)
+    result = result_of(d.deployer("rollback", d.env_name, "previous", "--yes", "--json").stdout)
     assert result["outcome"] == "succeeded"
     assert d.revision() == (M_COMMENTS,)
     assert d.server_head() == releases["second"]["commit"]
@@ -86,7 +85,7 @@ def test_rollback_previous_then_to_a_revision_prefix_then_forward(d: Deployment,
     assert d.get("/")[0] == 200
     assert rows(d) == before  # every row of every table that still exists
 
-    result = json.loads(d.deployer("rollback", d.env_name, EXAMPLE_HEAD[:5], "--yes", "--json").stdout)
+    result = result_of(d.deployer("rollback", d.env_name, EXAMPLE_HEAD[:5], "--yes", "--json").stdout)
     assert result["outcome"] == "succeeded"
     assert d.revision() == (EXAMPLE_HEAD,)
     assert d.server_head() == releases["first"]["commit"]

@@ -11,13 +11,14 @@ behind the branch); the db container stopped (database unreachable); an emptied 
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
 
 import pytest
 
+from tests.bench.cli import result as result_of
+from tests.bench.cli import result_or_envelope
 from tests.bench.deployment import EXAMPLE_HEAD, Deployment, add_migration
 from tests.bench.docker import free_port
 from tests.bench.gitrepos import git
@@ -48,7 +49,7 @@ def status(d: Deployment, *extra: str) -> tuple[int, dict, str]:
     as_json = run_cli(d, "status", d.env_name, "--json", *extra)
     text = run_cli(d, "status", d.env_name, *extra)
     assert as_json.returncode == text.returncode, (as_json.stderr, text.stdout, text.stderr)
-    return as_json.returncode, json.loads(as_json.stdout), text.stdout + text.stderr
+    return as_json.returncode, result_or_envelope(as_json.stdout), text.stdout + text.stderr
 
 
 def test_nothing_deployed_yet(deployment: Deployment) -> None:
@@ -92,14 +93,14 @@ def test_history_lists_releases_newest_first(deployment: Deployment) -> None:
     d = deployment
     result = run_cli(d, "history", d.env_name, "--json")
     assert result.returncode == 0, result.stderr
-    doc = json.loads(result.stdout)
+    doc = result_of(result.stdout)
     journal = d.journal()
     assert doc["total"] == len(journal) == 2
     assert [e["id"] for e in doc["entries"]] == [r["id"] for r in reversed(journal)]
     newest = doc["entries"][0]
     assert newest["revision_before"] == [EXAMPLE_HEAD] and newest["revision_after"] == [R_NOTES]
     assert newest["outcome"] == "succeeded" and newest["commit"] == d.server_head() and newest["seconds"] > 0
-    limited = json.loads(run_cli(d, "history", d.env_name, "--json", "--limit", "1").stdout)
+    limited = result_of(run_cli(d, "history", d.env_name, "--json", "--limit", "1").stdout)
     assert [e["id"] for e in limited["entries"]] == [newest["id"]] and limited["total"] == 2
     text = run_cli(d, "history", d.env_name).stdout
     assert text.index(journal[1]["id"]) < text.index(journal[0]["id"])
@@ -247,7 +248,7 @@ def test_unreachable_host(deployment: Deployment) -> None:
         code, doc, text = status(d, "--config", str(other))
         assert time.monotonic() - started < 30
         assert code == 3, text
-        assert doc["exit_code"] == 3 and doc["in_sync"] is False and str(port) in doc["error"]
+        assert doc["exit_code"] == 3 and doc["ok"] is False and str(port) in doc["error"]["message"]
         assert text.startswith("error: ") and "Traceback" not in text
         history = run_cli(d, "history", d.env_name, "--config", str(other))
         assert history.returncode == 3 and history.stderr.startswith("error: ")

@@ -8,7 +8,6 @@ with the venv's ``deployer`` binary, never this repository's code.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench.apps import AppDeployment
+from tests.bench.cli import result as result_of
 from tests.bench.gitrepos import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("wheel"), pytest.mark.timeout(900)]
@@ -125,5 +125,5 @@ def test_installed_deployer_releases_an_app(installed: Installed, app_deployment
     shown = d.deployer("status", d.env_name)
     assert shown.returncode == 0, (shown.stdout, shown.stderr)
     assert re.search(r"up to date", shown.stdout), shown.stdout
-    as_json = json.loads(d.deployer("status", d.env_name, "--json").stdout)
+    as_json = result_of(d.deployer("status", d.env_name, "--json").stdout)
     assert as_json["in_sync"] is True and as_json["code"]["deployed"] == d.head()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from deployer import __version__
+from tests.bench.cli import result as result_of
 from tests.bench.sshd import SSHBench, free_port
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def test_config_show_redacts_secrets() -> None:
     result = deployer("config", "show", "local", env={"RECIPES_DB_PASSWORD": secret})
     assert result.returncode == 0, result.stderr
     assert secret not in result.stdout and "***" in result.stdout
-    shown = json.loads(deployer("config", "show", "local", "--json", env={"RECIPES_DB_PASSWORD": secret}).stdout)
+    shown = result_of(deployer("config", "show", "local", "--json", env={"RECIPES_DB_PASSWORD": secret}).stdout)
     assert shown["environments"]["local"]["env"]["RECIPES_DB_PASSWORD"] == "***"
     assert secret not in json.dumps(shown)
     # production takes the secret from the environment only
@@ -145,7 +146,7 @@ def test_lock_status_and_release_locally(tmp_path: Path) -> None:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         held = deployer("lock", "status", "prod", cwd=tmp_path)
         assert "ana@laptop" in held.stdout and "release prod" in held.stdout
-        as_json = json.loads(deployer("lock", "status", "prod", "--json", cwd=tmp_path).stdout)
+        as_json = result_of(deployer("lock", "status", "prod", "--json", cwd=tmp_path).stdout)
         assert as_json["held"] and as_json["holder"]["pid"] == 4242
         refused = deployer("release", "prod", cwd=tmp_path)
         # preflight needs a git repository first; with one, the lock refuses (tested end to end)
