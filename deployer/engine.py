@@ -92,7 +92,9 @@ class Plan:
     pending: tuple[dict, ...]
     steps: tuple[PlannedStep, ...]
     kind: str = "release"
-    target_release: str | None = None
+    target_release: str | None = None  # a rollback: the release it brings back,
+    target_revision: str | None = None  # the revision that release's code expects,
+    restore_backup: str | None = None  # and the backup restored instead of downgrading (--restore-backup)
     database: str = ""  # where the database is, as the app states it
     converge_first: str | None = None  # an interrupted run that would be converged first
     footer: tuple[str, ...] = ()
@@ -442,6 +444,8 @@ def plan(ctx: Context, book: Playbook) -> Plan:
         steps=tuple(planned),
         kind=ctx.kind,
         target_release=facts.target_release.id if facts.target_release else None,
+        target_revision=facts.rollback.target_revision if facts.rollback else None,
+        restore_backup=facts.rollback.restore_from.id if facts.rollback and facts.rollback.restore_from else None,
         database=f"{facts.database.shown} ({facts.database.source})",
         converge_first=ctx.scratch.get("converge_first"),
         footer=(

@@ -58,7 +58,7 @@ def progress_printer():  # noqa: ANN201 - Callable[[str], None]
     return log
 
 
-def render_plan(plan) -> None:  # noqa: ANN001 - deployer.plan.Plan
+def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
     """The dry-run plan: what would ship, the pending migrations, each step's commands."""
     from rich.console import Console
 
@@ -74,6 +74,8 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.plan.Plan
     if plan.database:
         out(f"  at       {plan.database}")
     label = "downgrades" if plan.kind == "rollback" else "pending migrations"
+    if plan.restore_backup:
+        out(f"  restore  backup {plan.restore_backup} instead of the downgrades (data written since it is lost)")
     if plan.pending:
         out(f"  {label}, in order:")
         for item in plan.pending:

@@ -473,6 +473,8 @@ def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
             "healthcheck_status": () if status is None else ((status,) if isinstance(status, int) else tuple(status)),
         })
         secrets.update(value for key, value in raw.env.items() if looks_secret(key))
+        secrets.update(credential for key, value in raw.healthcheck_headers.items()
+                       if looks_secret(key) or key.lower() in _CREDENTIAL_HEADERS for credential in _header_credentials(value))
         passwords = [url_password(url) for url in (raw.database_url, raw.remote) if url]
         secrets.update(form for p in passwords if p for form in (p, unquote(p)))
     secrets.discard("")
@@ -495,6 +497,15 @@ def _plain(obj: Any) -> dict[str, Any]:
             value = dict(value)
         out[f.name] = value
     return out
+
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"})
+
+
+def _header_credentials(value: str) -> tuple[str, ...]:
+    """A credential header's secret forms: the whole value and, for ``Bearer TOKEN``, the token."""
+    scheme, _, credential = value.partition(" ")
+    return (value, credential.strip()) if credential.strip() and scheme.isalpha() else (value,)
 
 
 def _redact_tree(node: Any, secrets: frozenset[str]) -> Any:

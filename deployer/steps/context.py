@@ -45,13 +45,25 @@ class Options:
 
 
 @dataclass(frozen=True)
+class RollbackFacts:
+    """What a rollback's preflight decided: the release it brings back and the way there."""
+
+    target_release: Record  # the release brought back
+    target_revision: str  # the one revision its code expects ("base": no migration)
+    downgrades: tuple[MigrationStep, ...]  # between the database and the target, newest first
+    restore_from: Backup | None  # restored instead of downgrading (--restore-backup): the dump taken
+    # when the target release was replaced
+    running_scripts: MigrationScripts  # the migrations of the code that runs now
+
+
+@dataclass(frozen=True)
 class Facts:
     """What preflight found. Nothing here changes during the run."""
 
     commit: Commit  # what ships (a rollback: the release brought back)
     remote: str
     scripts: MigrationScripts  # the migrations of ``commit``
-    heads: tuple[str, ...]  # the schema the run ends at
+    heads: tuple[str, ...]  # the schema the run ends at (a rollback: its target revision)
     compose: ComposeConfig  # the resolved compose configuration of ``commit``
     database: DatabaseLocation
     containers: tuple[Container, ...]  # the project's containers at preflight
@@ -59,17 +71,19 @@ class Facts:
     path_exists: bool
     checkout_exists: bool
     revision: tuple[str, ...] | None  # None: the database was not running
-    pending: tuple[MigrationStep, ...]  # migrations to run (a rollback: downgrades)
+    pending: tuple[MigrationStep, ...]  # migration steps the run applies (a rollback: its downgrades)
     previous_release: Record | None  # the release that runs now
     volumes: tuple[str, ...]  # the project's volumes that exist
     services: tuple[str, ...]  # the compose services, db excluded, sorted
-    target_release: Record | None = None  # a rollback: the release brought back
-    restore_from: Backup | None = None  # a rollback: the dump taken when that release was replaced
-    running_scripts: MigrationScripts | None = None  # a rollback: the migrations of the running code
+    rollback: RollbackFacts | None = None  # a rollback: where it goes and how
 
     @property
     def first_release(self) -> bool:
         return self.deployed_commit is None
+
+    @property
+    def target_release(self) -> Record | None:
+        return self.rollback.target_release if self.rollback else None
 
     def running(self, service: str) -> Container | None:
         return next((c for c in self.containers if c.service == service and c.state == "running" and not c.oneoff), None)

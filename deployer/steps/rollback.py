@@ -21,7 +21,7 @@ from deployer.server import facts as server_facts
 from deployer.steps import CHECKOUT, CONTAINERS, IMAGES, SCHEMA, StepKind, register
 from deployer.steps.build import restore_saved_images
 from deployer.steps.common import confirm, migration_argv, new_release_id, saved_tag, shown_revisions
-from deployer.steps.context import Context, Facts
+from deployer.steps.context import Context, Facts, RollbackFacts
 from deployer.steps.migrate import one_off
 from deployer.steps.playbook import Playbook, Step
 from deployer.steps.preflight import read_host_state
@@ -187,8 +187,9 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         commit=commit, remote=remote, scripts=scripts, heads=heads, compose=compose, database=database,
         containers=state["containers"], deployed_commit=deployed, path_exists=True, checkout_exists=True,  # type: ignore[arg-type]
         revision=revision, pending=path, previous_release=running, volumes=state["volumes"],  # type: ignore[arg-type]
-        services=tuple(sorted(s for s in compose.services if s != db)), target_release=chosen, restore_from=backup,
-        running_scripts=running_scripts,
+        services=tuple(sorted(s for s in compose.services if s != db)),
+        rollback=RollbackFacts(target_release=chosen, target_revision=target_rev, downgrades=path,
+                               restore_from=backup if restore else None, running_scripts=running_scripts),
     )
     ctx.values["release_id"] = "rollback-" + new_release_id(chosen.commit)
     steps = ", ".join(f"{m.revision} {m.message!r}" for m in path) or "none"
@@ -207,16 +208,17 @@ def _subject(repo, sha: str) -> str:  # noqa: ANN001
 def schema(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     facts = ctx.known
     app = ctx.app
-    if ctx.options.restore_backup:
-        backup = facts.restore_from
-        assert backup is not None
+    assert facts.rollback is not None
+    rollback = facts.rollback
+    if rollback.restore_from is not None:
+        backup = rollback.restore_from
         yield Command(tuple(ctx.compose.stop([app.web_service])), what=f"stop {app.web_service}", timeout=300)
         ctx.scratch["schema_changed_at"] = time.monotonic()
         yield from backups.restore_steps(ctx.target, backup, facts.database)
         return f"restored backup {backup.id}"
-    if not facts.pending:
+    if not rollback.downgrades:
         raise Skip("the schema is already at the target revision")
-    target_rev = facts.heads[0] if facts.heads else "base"
+    target_rev = rollback.target_revision
     ctx.scratch["schema_changed_at"] = time.monotonic()
     name = f"{app.name}-downgrade-{ctx.run_id}"
     ctx.note(migration=name)
@@ -228,7 +230,7 @@ def schema(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         raise DeployerError(f"the downgrade to {target_rev} exited {result.exit_code}: "
                             f"{failure_reason(output) or 'it printed no reason'}\n  its last output:\n{tail}")
     ctx.note(migration=None)
-    return f"downgraded {len(facts.pending)} migration(s) to {target_rev} with the current image"
+    return f"downgraded {len(rollback.downgrades)} migration(s) to {target_rev} with the current image"
 
 
 def undo_schema(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201

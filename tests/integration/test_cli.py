@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from deployer import __version__
+from tests.bench.cli import envelope
 from tests.bench.cli import result as result_of
 from tests.bench.sshd import SSHBench, free_port
 
@@ -100,6 +101,31 @@ def test_unknown_environment_lists_known(tmp_path: Path) -> None:
     write(tmp_path, GOOD.format(host="local"))
     result = deployer("release", "staging", cwd=tmp_path)
     assert result.returncode == 2 and "staging" in result.stderr and "prod" in result.stderr
+
+
+EVERY_COMMAND = [
+    ("config", "show", "staging"), ("config", "check"), ("status", "staging"), ("history", "staging"),
+    ("release", "staging"), ("release", "staging", "--dry-run"), ("rollback", "staging", "previous"), ("recover", "staging"),
+    ("lock", "status", "staging"), ("lock", "release", "staging"), ("backups", "list", "staging"),
+    ("backups", "create", "staging"), ("backups", "verify", "staging"), ("backups", "restore", "staging", "latest"),
+    ("backups", "prune", "staging"),
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+def test_every_command_prints_one_json_envelope_on_an_error(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """A broken deploy.toml (or an unknown environment): --json still prints one envelope."""
+    if command == ("config", "check"):
+        write(tmp_path, "[app\nname = 1\n")
+    else:
+        write(tmp_path, GOOD.format(host="local"))
+    result = deployer(*command, "--json", cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    doc = envelope(result.stdout)
+    assert doc == {"schema": 1, "ok": False, "error": doc["error"], "exit_code": 2}, doc
+    assert doc["error"]["kind"] == "ConfigError" and doc["error"]["message"] in result.stderr
+    assert ("staging" in doc["error"]["message"] and "prod" in (doc["error"]["hint"] or "") + doc["error"]["message"]
+            if command != ("config", "check") else "deploy.toml" in doc["error"]["message"])
 
 
 def test_unreachable_host(tmp_path: Path) -> None:

@@ -507,3 +507,14 @@ def test_repository_deploy_toml_local_runs_with_bench_images_offline() -> None:
     assert env["POSTGRES_IMAGE"] == "deployer-bench/postgres:15"
     shown = show_config(config, "local")["environments"]["local"]["env"]
     assert shown["RECIPES_DB_PASSWORD"] == "***"  # looks like a password, even from a default
+
+
+def test_credential_headers_are_secrets(tmp_path: Path) -> None:
+    text = edit('playbook = "release"', 'playbook = "release"\nhealthcheck_headers = '
+                '{ Authorization = "Bearer tok-literal-987", Cookie = "session=c00kie-v4lue", X-Forwarded-Proto = "https" }')
+    config = load_text(tmp_path, text)
+    assert {"Bearer tok-literal-987", "tok-literal-987", "session=c00kie-v4lue"} <= config.secrets
+    assert "https" not in config.secrets
+    body = show_config(config, "production")["environments"]["production"]
+    assert body["healthcheck_headers"] == {"Authorization": "***", "Cookie": "***", "X-Forwarded-Proto": "https"}
+    assert config.redact("curl -H 'Authorization: Bearer tok-literal-987'") == "curl -H 'Authorization: ***'"
