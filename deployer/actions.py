@@ -182,7 +182,7 @@ def drive(host, body, values: Mapping[str, str]):  # noqa: ANN001, ANN201
         return stop.value
 
 
-def templated(argv: Sequence[str], values: Mapping[str, str]) -> tuple[Arg, ...]:
+def templated(argv: Sequence[Arg], values: Mapping[str, str]) -> tuple[Arg, ...]:
     """``argv`` with every run-time value in it shown by name (``{release_id}``) in a plan.
 
     Steps build their commands with the real values; this keeps what a dry run prints
@@ -191,6 +191,9 @@ def templated(argv: Sequence[str], values: Mapping[str, str]) -> tuple[Arg, ...]
     out: list[Arg] = []
     known = sorted(((n, v) for n, v in values.items() if len(v) >= 8), key=lambda item: -len(item[1]))
     for arg in argv:
+        if isinstance(arg, Value):
+            out.append(arg)
+            continue
         for name, value in known:
             if value in arg:
                 out.append(Value(name, arg.replace(value, "{}")))
@@ -207,14 +210,15 @@ def shown(action: Action, values: Mapping[str, str]) -> str:
         text = _shown(argv)
         return f"cd {shlex.quote(action.cwd)} && {text}" if action.cwd else text
     if isinstance(action, Write):
-        path = templated([_display(action.path, values)], values)[0]
+        path = templated([_display(action.path, values)], values)[0]  # a Value prints by name
         mode = f" (mode {action.mode:o})" if action.mode is not None else ""
         return f"write {path}{mode}" + (f": {action.what}" if action.what else "")
     return action.shown
 
 
-def _display(arg: Arg, values: Mapping[str, str]) -> str:
-    """An argument as shown: its value when known, else its placeholder."""
+def _display(arg: Arg, values: Mapping[str, str]) -> Arg:
+    """An argument as shown: its value when known, else its placeholder (unquoted, as a
+    value known at run time is shown)."""
     if isinstance(arg, Value) and arg.name not in values:
-        return str(arg)
+        return arg
     return resolve(arg, values)

@@ -299,6 +299,20 @@ def _step_started(ctx: Context) -> float:
     return float(ctx.scratch.get("step_started", time.monotonic()))
 
 
+def _drive_step(ctx: Context, step: Step) -> str:
+    """The step's actions performed. A step that only reads (preflight reads the host in its
+    own body, not through actions) is read again on a new connection when the one it used
+    was lost."""
+    for attempt in range(RECONNECTS + 1):
+        try:
+            return drive(ctx, step.label, step_kind(step.name).run(ctx, step)) or ""
+        except ConnectionLost as lost:
+            if step_kind(step.name).changes or attempt == RECONNECTS or not _reconnect(ctx, lost):
+                raise
+            ctx.log(f"reconnected to {ctx.host.name}: reading again for {step.label}")
+    raise AssertionError("unreachable")
+
+
 def _run_step(ctx: Context, step: Step) -> tuple[str, str]:
     from deployer.actions import Skip
 
@@ -307,7 +321,7 @@ def _run_step(ctx: Context, step: Step) -> tuple[str, str]:
     if ctx.record is not None:
         ctx.note(progress=ctx.record.with_progress(step.label, step.name, runlog.STARTED).progress)
     try:
-        detail = drive(ctx, step.label, step_kind(step.name).run(ctx, step)) or ""
+        detail = _drive_step(ctx, step)
         status = "ok"
     except Skip as skipped:
         detail, status = str(skipped), "skipped"
@@ -363,10 +377,11 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
         raise _interrupted_or(failure, f"{ctx.kind} {ctx.run_id} {message} at step `{label}`: nothing had changed")
     facts = ctx.known
     recovery = Recovery(ctx.record, message, facts.database, facts.compose, restore_backup=False)
-    ctx.log("recovering the previous release ...")
-    ctx.note(phase=runlog.RECOVERING, error=message[:500])
     try:
+        # Signals are deferred from here on: a second Ctrl-C is announced, a third abandons.
         with interrupts.recovering(f"the step log {runlog.run_path(ctx.state_dir)} for the next command to converge from"):
+            ctx.log("recovering the previous release ...")
+            ctx.note(phase=runlog.RECOVERING, error=message[:500])
             drive(ctx, "recovery", undo_all(ctx, recovery))
     except interrupts.Abandoned as abandoned:
         ctx.log(f"recovery abandoned: the step log {runlog.run_path(ctx.state_dir)} stays; "
