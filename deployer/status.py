@@ -494,8 +494,11 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         repo, tip, tip_error = repo_future.result()
         records = journal_f.result()
         interrupted_run = runlog_f.result()
-        if interrupted_run is not None and any(r.id == interrupted_run.id for r in records):
-            interrupted_run = None  # journaled before it stopped: finished; the next command removes its step log
+        if (interrupted_run is not None and interrupted_run.phase != runlog.RECOVERING
+                and any(r.id == interrupted_run.id for r in records)):
+            # Journaled before it stopped: finished; the next command only removes its step log.
+            # (A run whose recovery was incomplete is journaled too, and its step log kept on purpose.)
+            interrupted_run = None
         running_sha, running_problem = _running_commit(cfg, containers, records, interrupted_run, deployed_sha)
         judged_sha = running_sha or deployed_sha
         deployed_scripts, deployed_subject, ahead, behind = None, None, None, None
