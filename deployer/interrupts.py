@@ -44,7 +44,9 @@ class Abandoned(Interrupted):
 
 class _State:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Re-entrant: the handler runs in the main thread, maybe while check() holds the lock
+        # there (a plain Lock would deadlock the process on that signal).
+        self.lock = threading.RLock()
         self.pending: int | None = None
         self.recovering = False
         self.deferred_at: float | None = None
