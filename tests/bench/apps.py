@@ -421,8 +421,10 @@ class AppDeployment:
                 except Exception as error:  # report, do not hide
                     problems.append(f"{kind} {getattr(item, 'name', item)}: {error}")
         bench = {PYTHON_IMAGE, POSTGRES_IMAGE}
-        for image in client.images.list():
-            for tag in image.tags:
+        # One list call (images.list() inspects each image after listing: an image another
+        # test removes in between makes it fail).
+        for image in client.api.images():
+            for tag in image.get("RepoTags") or ():
                 if tag.startswith(self.name) and tag not in bench:
                     try:
                         client.images.remove(tag)
