@@ -192,7 +192,10 @@ def test_second_release_while_one_runs_is_refused(deployment: Deployment) -> Non
         deadline = time.monotonic() + 60
         while not d.lock_held() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert d.lock_held(), "the first release never took the lock"
+        if not d.lock_held():
+            ended = first.poll() is not None
+            said = first.communicate(timeout=600)[1] if ended else "(still running after 60 s)"
+            raise AssertionError(f"the first release never took the lock (exit {first.returncode}):\n{said}")
         second = d.deployer("release", d.env_name, "--yes")
         assert second.returncode == 4, second.stderr
         assert "locked" in second.stderr and "held by" in second.stderr and "deployer lock status" in second.stderr
