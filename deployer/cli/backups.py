@@ -64,8 +64,8 @@ def create_cmd(
     Example:  deployer backups create production --download ./backups
     """
     from deployer.server.backups import create_environment
-    json_output(as_json)
 
+    json_output(as_json)
     with _target(env, config) as target:
         backup, local = create_environment(target, download_to=download, log=_log)
     if as_json:
@@ -83,8 +83,8 @@ def list_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption 
     Example:  deployer backups list production --json
     """
     from deployer.server.backups import list_backups
-    json_output(as_json)
 
+    json_output(as_json)
     with _target(env, config) as target:
         backups = list_backups(target)
         where = target.env.backup_dir
@@ -113,8 +113,8 @@ def verify_cmd(
     Example:  deployer backups verify production latest
     """
     from deployer.server.backups import BackupError, check, find, list_backups
-    json_output(as_json)
 
+    json_output(as_json)
     results = []
     with _target(env, config) as target:
         chosen = [find(target, backup_id) for backup_id in ids] if ids else list_backups(target)
@@ -151,8 +151,8 @@ def restore_cmd(
     Example:  deployer backups restore production 20250101T120000123456Z --yes
     """
     from deployer.server.backups import restore_environment
-    json_output(as_json)
 
+    json_output(as_json)
     confirm = confirmer()
     with _target(env, config) as target:
         outcome = restore_environment(target, backup_id, yes=yes, confirm=confirm, safety_backup=not no_safety_backup, log=_log)
@@ -179,8 +179,8 @@ def prune_cmd(
     Example:  deployer backups prune production --dry-run
     """
     from deployer.server.backups import prune
-    json_output(as_json)
 
+    json_output(as_json)
     with _target(env, config) as target:
         decision = prune(target, keep=keep, dry_run=dry_run)
     if as_json:

@@ -47,10 +47,9 @@ class _Output:
     emitted = False
 
 
-def json_output(enabled: bool) -> bool:
+def json_output(enabled: bool) -> None:
     """Called first by every command with its --json flag: errors then print the envelope too."""
     _Output.json, _Output.emitted = enabled, False
-    return enabled
 
 
 def envelope(result: Any = None, *, exit_code: int = 0, error: DeployerError | None = None,

@@ -53,7 +53,6 @@ class RollbackFacts:
     downgrades: tuple[MigrationStep, ...]  # between the database and the target, newest first
     restore_from: Backup | None  # restored instead of downgrading (--restore-backup): the dump taken
     # when the target release was replaced
-    running_scripts: MigrationScripts  # the migrations of the code that runs now
 
 
 @dataclass(frozen=True)

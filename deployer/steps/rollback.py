@@ -189,7 +189,7 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         revision=revision, pending=path, previous_release=running, volumes=state["volumes"],  # type: ignore[arg-type]
         services=tuple(sorted(s for s in compose.services if s != db)),
         rollback=RollbackFacts(target_release=chosen, target_revision=target_rev, downgrades=path,
-                               restore_from=backup if restore else None, running_scripts=running_scripts),
+                               restore_from=backup if restore else None),
     )
     ctx.values["release_id"] = "rollback-" + new_release_id(chosen.commit)
     steps = ", ".join(f"{m.revision} {m.message!r}" for m in path) or "none"
