@@ -33,3 +33,25 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ANN201 - pyte
                     kind = str(callspec.params[name])
                     break
         item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{kind}"))
+
+
+_group_seconds: dict[str, list[float]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Sum each xdist group's time (the node id's ``@group`` suffix): the slowest group bounds the run."""
+    group = report.nodeid.rpartition("@")[2] if "@" in report.nodeid else report.nodeid.partition("::")[0]
+    entry = _group_seconds.setdefault(group, [0.0, 0])
+    entry[0] += report.duration
+    entry[1] += report.when == "call"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's hook
+    if not _group_seconds:
+        return
+    ranked = sorted(_group_seconds.items(), key=lambda item: -item[1][0])
+    terminalreporter.section("slowest groups (a group runs in order on one worker)")
+    for group, (seconds, tests) in ranked[:20]:
+        terminalreporter.write_line(f"{seconds:8.1f}s {int(tests):4d} tests  {group}")
+    total = sum(seconds for seconds, _ in _group_seconds.values())
+    terminalreporter.write_line(f"{total:8.1f}s in all, over {len(_group_seconds)} groups")

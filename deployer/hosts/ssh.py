@@ -374,8 +374,7 @@ class SSHHost:
                 if remaining <= 0:
                     return False
                 wait = min(wait, remaining)
-            # The channel's fileno becomes readable when stdout or stderr data arrives.
-            select.select([channel], [], [], wait)
+            _wait_for_output(channel, wait)
 
     # -- long-lived processes ---------------------------------------------------------
 
@@ -663,7 +662,7 @@ class SSHProcess:
                 if done and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
                 if not got:
-                    select.select([channel], [], [], _EXIT_POLL_SECONDS)
+                    _wait_for_output(channel, _POLL_SECONDS)
             partial += decoder.decode(b"", final=True)
             if partial:
                 self._lines.put(partial)
@@ -887,6 +886,20 @@ class _Tunnel:
         for item in leftovers:
             with contextlib.suppress(Exception):
                 item.close()
+
+
+def _wait_for_output(channel: paramiko.Channel, timeout: float) -> None:
+    """Sleep until the command writes, ends, or ``timeout`` passes.
+
+    The channel's fileno is readable while output is buffered, and for good once the server
+    sent EOF: a command that closes its output early (the lock's lease runs for the whole
+    release with its output on /dev/null) would make a select spin a CPU core until it
+    exits. After EOF the wait is on the exit status instead, which wakes it at once.
+    """
+    if channel.eof_received:
+        channel.status_event.wait(timeout)
+    else:
+        select.select([channel], [], [], timeout)
 
 
 def _shuttle(

@@ -748,6 +748,14 @@ def test_failing_downgrade_and_health_with_writes_in_flight(stages) -> None:  # 
     assert code == 15 and doc["interrupted"] is None and doc["database"]["verdict"] == "up to date", doc
     (record,) = [r for r in d.journal()[before:] if r["id"] == left["id"]]
     assert record["outcome"] == "failed" and "kept forward" in record["recovery"], record
+    # The user mends the health check and releases: the environment is healthy again (and the
+    # next case starts from a release that answers).
+    stage.migration(message="mend the health check")
+    mended = stage.start()
+    code = mended.finish(timeout=600)
+    stage.outputs.append(mended.output)
+    assert code == 0, mended.output
+    assert d.wait_answer("/health")[0] == 200, d.logs()
     print(f"fault case: {writer.summary()}; restoring would have discarded {discarded.group(1)} row changes")
 
 

@@ -68,6 +68,19 @@ def test_exit_status_cwd_and_env(host: Host, tmp_path: Path) -> None:
     assert process.wait(timeout=10) == 7
 
 
+def test_a_command_that_closes_its_output_costs_no_cpu_while_it_runs(host: Host) -> None:
+    """The lock's lease runs for a whole release with its output on /dev/null: waiting on it
+    (and on a short command that does the same) must sleep, not spin a core."""
+    quiet = ["sh", "-c", "exec >/dev/null 2>&1; sleep 3"]
+    started, cpu = time.monotonic(), time.process_time()
+    process = host.start(quiet)
+    assert process.wait(timeout=20) == 0
+    assert host.run(quiet).exit_code == 0
+    used, took = time.process_time() - cpu, time.monotonic() - started
+    assert took >= 6
+    assert used < 0.6, f"{used:.2f} s of CPU while waiting {took:.1f} s on commands that write nothing"
+
+
 def test_kill_stops_the_whole_process_group(host: Host) -> None:
     marker = f"deployer-start-{uuid.uuid4().hex}"
     # A unique duration, so the child can be found by its command line.
