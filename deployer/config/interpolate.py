@@ -26,6 +26,10 @@ REDACTED = "***"
 # replacing every "1" or "db" in a log would make it unreadable and hide little.
 MIN_SCRUB_LENGTH = 4
 _SECRET_KEY = re.compile(r"passw(or)?d|pwd|(^|_)pass($|_)|secret|token|api_?key|private_?key|credential", re.I)
+# Variables that name an image, a tag, a port or a version hold no secret: their values stay
+# readable in output (status shows the images that run). Every other value taken from the
+# environment is treated as a secret, whatever its name (a SENTRY_DSN holds a key).
+_PLAIN_VARIABLE = re.compile(r"(^|_)(IMAGE|TAG|PORT|VERSION)$", re.I)
 
 # One token at a time: an escaped "$${", a complete "${...}", or an unterminated "${".
 _TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
@@ -99,16 +103,17 @@ def _resolve(body: str, environ: Mapping[str, str]) -> tuple[str, bool]:
         )
     name, default = reference.group("name"), reference.group("default")
     value = environ.get(name)
+    plain = bool(_PLAIN_VARIABLE.search(name)) and not _SECRET_KEY.search(name)
     if default is not None:
         # ":-" semantics, as in compose and POSIX sh: empty counts as unset.
-        return (value, True) if value else (default, False)
+        return (value, not plain) if value else (default, False)
     if value is None:
         raise MissingVariableError(
             f"environment variable {name} is not set: export {name}=... before running "
             f"deployer, or give a default with ${{{name}:-default}}",
             name,
         )
-    return value, bool(value)
+    return value, bool(value) and not plain
 
 
 @dataclass(frozen=True)

@@ -406,6 +406,22 @@ DB_PASSWORD = "${RECIPES_DB_PASSWORD}"
     assert config.secrets == frozenset({"s3cret!pw"})  # defaults are not secrets
 
 
+def test_values_from_the_environment_are_secrets_except_images_tags_ports_versions(tmp_path: Path) -> None:
+    text = edit('WEB_PORT = "8000"', """\
+WEB_PORT = "${WEB_PORT:-8000}"
+POSTGRES_IMAGE = "${POSTGRES_IMAGE:-postgres:15}"
+WEB_IMAGE_TAG = "${WEB_IMAGE_TAG}"
+SENTRY_DSN = "${SENTRY_DSN}"
+IMAGE_TOKEN = "${REGISTRY_TOKEN_IMAGE}"
+""")
+    environ = {"WEB_PORT": "8100", "POSTGRES_IMAGE": "bench/postgres:15", "WEB_IMAGE_TAG": "v42",
+               "SENTRY_DSN": "https://k3y@sentry.example/1", "REGISTRY_TOKEN_IMAGE": "tok-123456"}
+    config = load_text(tmp_path, text, environ)
+    assert dict(config.environment("production").env)["POSTGRES_IMAGE"] == "bench/postgres:15"
+    # status shows the images that run: an image name from the shell stays readable
+    assert config.secrets == frozenset({"https://k3y@sentry.example/1", "tok-123456"})
+
+
 def test_show_config_redacts_every_secret(tmp_path: Path) -> None:
     text = edit('WEB_PORT = "8000"', """\
 WEB_PORT = "8000"
@@ -421,12 +437,12 @@ remote = "https://ci:${GIT_DEPLOY_KEY}@git.example.com/recipes.git\"""", text)
     body = shown["environments"]["production"]
     assert body["database_url"] == "postgresql://recipes:***@db:5432/recipes"
     assert body["remote"] == "https://ci:***@git.example.com/recipes.git"
-    assert body["env"] == {"WEB_PORT": "8000", "PYTHON_IMAGE": "***", "API_TOKEN": "***"}
+    assert body["env"] == {"WEB_PORT": "8000", "PYTHON_IMAGE": "bench/python:1", "API_TOKEN": "***"}
     assert body["host"] == "deploy@203.0.113.10"
     assert shown["app"]["migrate_command"] == "flask db upgrade"
     assert "healthcheck_url" in body and "name" not in body
     flat = repr(shown)
-    for secret in [*environ.values(), "literal-token-value"]:
+    for secret in ["pg-pass-1", "gk-123456", "literal-token-value"]:
         assert secret not in flat
     # The same secrets are scrubbed from any text, and kept out of repr().
     log = "connecting with pg-pass-1 as ci:gk-123456, token literal-token-value"
