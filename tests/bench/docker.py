@@ -33,6 +33,7 @@ SETUP_HINT = "run `bash scripts/setup` (as root) to install and start Docker and
 
 PYTHON_IMAGE = "deployer-bench/python:bookworm"
 POSTGRES_IMAGE = "deployer-bench/postgres:15"
+HAPROXY_IMAGE = "deployer-bench/haproxy:2.6"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 
@@ -52,6 +53,7 @@ class BenchImages:
 
     python: str = PYTHON_IMAGE
     postgres: str = POSTGRES_IMAGE
+    haproxy: str = HAPROXY_IMAGE
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ def bench_images(docker_engine: DockerEngine) -> BenchImages:
             pytrace=False,
         )
     images = BenchImages()
-    for tag in (images.python, images.postgres):
+    for tag in (images.python, images.postgres, images.haproxy):
         try:
             docker_engine.client.images.get(tag)
         except NotFound:
