@@ -77,6 +77,26 @@ _DESTRUCTIVE_SQL = re.compile(
 )
 _SQL_SHOWN = 80
 
+# While a zero-downtime release swaps containers, the old code runs on the new schema for a
+# moment. These operations leave it working (it never reads what is new); anything else an
+# upgrade does is "breaking" and the release pauses requests instead of overlapping.
+_OVERLAP_SAFE_CALLS = frozenset({
+    "create_table", "create_index", "create_foreign_key", "bulk_insert", "create_table_comment",
+    "drop_table_comment", "drop_index", "drop_constraint", "batch_alter_table", "get_bind",
+    "get_context", "f", "inline_literal", "run_async",
+})
+_OVERLAP_SAFE_SQL = re.compile(
+    r"^\s*(?:CREATE\s+(?:UNIQUE\s+)?INDEX|CREATE\s+TABLE|CREATE\s+(?:OR\s+REPLACE\s+)?(?:VIEW|FUNCTION)|"
+    r"CREATE\s+(?:SEQUENCE|EXTENSION|SCHEMA|TYPE)|INSERT|UPDATE|SELECT|COMMENT|GRANT|ANALYZE|SET\b|"
+    r"DROP\s+INDEX)",
+    re.IGNORECASE,
+)
+_OVERLAP_SAFE_ALTER = re.compile(
+    r"^\s*ALTER\s+TABLE\s+(?:ONLY\s+)?[\w.\"]+\s+(?:ADD\s+(?:COLUMN\s+)?(?![^,;]*\bNOT\s+NULL\b(?![^,;]*\bDEFAULT\b))"
+    r"(?![^,;]*\b(?:UNIQUE|CHECK|PRIMARY)\b)|ALTER\s+(?:COLUMN\s+)?[\w\"]+\s+(?:SET\s+DEFAULT|DROP\s+DEFAULT|DROP\s+NOT\s+NULL))",
+    re.IGNORECASE,
+)
+
 
 class MigrationError(DeployerError):
     """The app's migration scripts cannot be read, or ask for something unsafe or impossible."""
@@ -95,6 +115,10 @@ class RevisionInfo:
     has_downgrade: bool
     branch_labels: tuple[str, ...] = ()
     depends_on: tuple[str, ...] = ()
+    # Operations the code of the other side of the migration may not survive (see
+    # :func:`overlap_breakers`): an upgrade's break the old code, a downgrade's the new.
+    upgrade_breaking_ops: tuple[str, ...] = ()
+    downgrade_breaking_ops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,7 @@ class MigrationStep:
     message: str
     destructive_ops: tuple[str, ...]
     has_downgrade: bool
+    breaking_ops: tuple[str, ...] = ()  # why the code running now may fail on the result
 
 
 @dataclass(frozen=True)
@@ -298,6 +323,8 @@ def _read_revision(name: str, path: str, source: str) -> RevisionInfo:
         path=path,
         upgrade_destructive_ops=_destructive_ops(upgrade, functions, strings),
         downgrade_destructive_ops=_destructive_ops(downgrade, functions, strings),
+        upgrade_breaking_ops=_breaking_ops(upgrade, functions, strings),
+        downgrade_breaking_ops=_breaking_ops(downgrade, functions, strings),
         has_downgrade=has_downgrade,
         branch_labels=_label_tuple(values.get("branch_labels"), path, "branch_labels"),
         depends_on=_label_tuple(values.get("depends_on"), path, "depends_on"),
@@ -392,6 +419,21 @@ def _destructive_ops(
     return tuple(dict.fromkeys(finder.ops))  # the same operation twice is one data loss
 
 
+def _breaking_ops(
+    function: ast.FunctionDef | None,
+    module_functions: Mapping[str, ast.FunctionDef],
+    module_strings: Mapping[str, str] | None = None,
+) -> tuple[str, ...]:
+    """Operations in ``function`` that the code of the other side may not survive while both
+    run (a column dropped, renamed, retyped or made NOT NULL; a constraint added; SQL that
+    is not known to be additive). Errs on the side of breaking: pause mode only delays."""
+    if function is None:
+        return ()
+    finder = _OpFinder(module_functions, module_strings or {})
+    finder.call(function, _Names(strings=dict(module_strings or {})))
+    return tuple(dict.fromkeys(finder.breaking))
+
+
 @dataclass
 class _Names:
     """What the names of one scope hold, as far as finding data loss goes."""
@@ -415,6 +457,7 @@ class _OpFinder:
         self.module_functions = module_functions
         self.module_strings = module_strings
         self.ops: list[str] = []
+        self.breaking: list[str] = []
         self.active: list[ast.AST] = []  # the calls being followed, innermost last
         self.followed: list[ast.AST] = []  # every function a call led to
 
@@ -510,6 +553,11 @@ class _OpFinder:
             return
         if not isinstance(func, ast.Attribute):
             return
+        receiver = func.value
+        if isinstance(receiver, ast.Name) and (receiver.id == "op" or receiver.id in names.batches):
+            why = self.breaks_overlap(node, names)
+            if why:
+                self.breaking.append(why)
         if func.attr in _DESTRUCTIVE_CALLS:
             described = self.describe_drop(node, names)
             if described:
@@ -587,6 +635,49 @@ class _OpFinder:
             return f"{label} {batch}.{self.shown(_argument(call, 0, 'column_name'), names)}"
         return f"{label} {self.qualified(table, schema, names)}.{self.shown(column, names)}"
 
+    def breaks_overlap(self, call: ast.Call, names: _Names) -> str | None:
+        """Why this alembic operation breaks code that does not know it; None if it does not."""
+        assert isinstance(call.func, ast.Attribute)
+        method = call.func.attr
+        if method in _OVERLAP_SAFE_CALLS:
+            return None
+        if method == "add_column":
+            column = next((a for a in [*call.args, *(k.value for k in call.keywords)]
+                           if isinstance(a, ast.Call) and _call_name(a) == "Column"), None)
+            if column is None:
+                return "add_column of a column that cannot be read"
+            required = _keyword_is(column, "nullable", False) or _keyword_is(column, "primary_key", True)
+            if required and _keyword(column, "server_default") is None:
+                return f"add NOT NULL column {self.shown(_argument(column, 0, 'name'), names)} without a server default"
+            if _keyword(column, "unique") is not None and not _keyword_is(column, "unique", False):
+                return f"add unique column {self.shown(_argument(column, 0, 'name'), names)}"
+            return None
+        if method == "alter_column":
+            name = self.shown(_argument(call, 1, "column_name") if _argument(call, 1, "column_name") is not None
+                              else _argument(call, 0, "column_name"), names)
+            if _keyword(call, "new_column_name") is not None:
+                return f"rename column {name}"
+            if _keyword(call, "type_") is not None:
+                return f"change the type of column {name}"
+            if _keyword_is(call, "nullable", False):
+                return f"make column {name} NOT NULL"
+            return None
+        if method in _SQL_CALLS:
+            texts = self.sql_texts(call, names)
+            if not texts:
+                return "execute SQL that cannot be read"
+            for text in texts:
+                for statement in (part for part in text.split(";") if part.strip()):
+                    if not (_OVERLAP_SAFE_SQL.match(statement) or _OVERLAP_SAFE_ALTER.match(statement)):
+                        sql = " ".join(statement.split())
+                        return f"execute {sql[: _SQL_SHOWN - 1] + '…' if len(sql) > _SQL_SHOWN else sql}"
+            return None
+        if method in _DESTRUCTIVE_CALLS:
+            return self.describe_drop(call, names) or _DESTRUCTIVE_CALLS[method]
+        if method == "rename_table":
+            return f"rename table {self.shown(_argument(call, 0, 'old_table_name'), names)}"
+        return method.replace("_", " ")  # an operation not known to be safe for the old code
+
     def sql_texts(self, call: ast.Call, names: _Names) -> list[str]:
         """The SQL an ``execute`` call may run: its literals, and the text of names holding SQL."""
         texts = []
@@ -642,6 +733,16 @@ def _argument(call: ast.Call, position: int, keyword: str) -> ast.expr | None:
     if len(call.args) > position and not isinstance(call.args[position], ast.Starred):
         return call.args[position]
     return _keyword(call, keyword)
+
+
+def _call_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+def _keyword_is(call: ast.Call, keyword: str, value: object) -> bool:
+    node = _keyword(call, keyword)
+    return isinstance(node, ast.Constant) and node.value is value
 
 
 def _keyword(call: ast.Call, keyword: str) -> ast.expr | None:
@@ -704,6 +805,7 @@ def _step(info: RevisionInfo, *, upgrade: bool) -> MigrationStep:
         message=info.message,
         destructive_ops=info.upgrade_destructive_ops if upgrade else info.downgrade_destructive_ops,
         has_downgrade=info.has_downgrade,
+        breaking_ops=info.upgrade_breaking_ops if upgrade else info.downgrade_breaking_ops,
     )
 
 

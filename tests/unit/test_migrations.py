@@ -466,7 +466,7 @@ def test_upgrade_path_from_empty_database_in_apply_order(linear: Path) -> None:
     steps = upgrade_path(linear, None)
     assert [s.revision for s in steps] == [A, B, C]
     assert steps[0] == MigrationStep(A, None, "create users", (), True)
-    assert steps[2] == MigrationStep(C, B, "drop email", ("drop column users.email",), False)
+    assert steps[2] == MigrationStep(C, B, "drop email", ("drop column users.email",), False, ("drop column users.email",))
 
 
 @pytest.mark.parametrize(
