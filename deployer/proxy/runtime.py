@@ -138,12 +138,13 @@ class Proxy:
         except ValueError as error:
             raise ProxyError(str(error)) from error
 
-    def sessions(self, slot: str) -> int:
+    def sessions(self, slots: list[str]) -> int:
+        """How many client sessions ``slots`` hold now (one ``show stat`` for all of them)."""
         try:
             stats = haproxy.parse_stat(self.command(haproxy.show_stat()))
         except ValueError as error:
             raise ProxyError(str(error)) from error
-        return stats[slot].current_sessions if slot in stats else 0
+        return sum(stats[name].current_sessions for name in slots if name in stats)
 
     def serving(self) -> list[Slot]:
         """The slots that receive requests now."""
@@ -157,59 +158,61 @@ class Proxy:
         The caller has checked that the new backend answers healthy on its own address: from
         the first command on, it may receive requests."""
         slots = self.slots()
-        serving_now = [s for s in slots.values() if s.state != "maint" and not s.empty]
-        same = [s for s in serving_now if (s.address, s.port) == (address, port)]
+        live = _live(slots)
+        same = [s for s in live if (s.address, s.port) == (address, port)]
         if same:  # already routed there (a switch that completed before a crash)
             target = same[0].name
         else:
-            try:
-                target = haproxy.free_slot(slots)
-            except ValueError as error:
-                raise ProxyError(str(error)) from error
+            target = _free(slots)
             self.command(haproxy.set_address(target, address, port))
             self.command(haproxy.set_state(target, "ready"))
             self.log(f"proxy: slot {target} → {address}:{port} ready")
-        old = [s.name for s in serving_now if s.name != target]
+        old = [s.name for s in live if s.name != target]
         parked = [s.name for s in slots.values() if s.name != target and s.state != "maint" and s.empty]
-        for name in old:
-            self.command(haproxy.set_state(name, "drain"))
         started = time.monotonic()
-        clean = self._drain(old, drain_timeout)
-        for name in old + parked:
-            self.command(haproxy.set_state(name, "maint"))
-            self.command(haproxy.set_address(name, *NOWHERE))
+        clean = self._retire(old, drain_timeout, also=parked)
         waited = time.monotonic() - started
         if old:
             self.log(f"proxy: drained slot {', '.join(old)} in {waited:.2f}s" + ("" if clean else " (timed out)"))
         self.write_config({target: (address, port, "ready")})
         return Switched(slot=target, drained=tuple(old), drain_seconds=waited, drained_cleanly=clean)
 
-    def _drain(self, slots: list[str], timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while slots:
-            if all(self.sessions(name) == 0 for name in slots):
-                return True
-            if time.monotonic() >= end:
-                return False
-            time.sleep(0.1)
-        return True
-
     def hold(self) -> None:
         """Pause mode: new requests wait (retried about once a second, up to the pause
         bound) instead of reaching a backend; the ones in flight finish on the old one.
         Returns once nothing is in flight; :meth:`switch` then releases the held requests."""
         slots = self.slots()
-        serving_now = [s for s in slots.values() if s.state != "maint" and not s.empty]
-        try:
-            parking = haproxy.free_slot(slots)
-        except ValueError as error:
-            raise ProxyError(str(error)) from error
+        parking = _free(slots)
         self.command(haproxy.set_address(parking, *NOWHERE))
         self.command(haproxy.set_state(parking, "ready"))
-        for slot in serving_now:
-            self.command(haproxy.set_state(slot.name, "drain"))
-        self._drain([s.name for s in serving_now], self.container.settings.pause_timeout)
-        for slot in serving_now:
-            self.command(haproxy.set_state(slot.name, "maint"))
-            self.command(haproxy.set_address(slot.name, *NOWHERE))
+        self._retire([s.name for s in _live(slots)], self.container.settings.pause_timeout)
         self.log("proxy: holding new requests")
+
+    def _retire(self, draining: list[str], timeout: float, *, also: list[str] | None = None) -> bool:
+        """Drain ``draining`` (no new requests; True once none is in flight, False when
+        ``timeout`` passed first), then put them and ``also`` in maintenance, pointing nowhere."""
+        for name in draining:
+            self.command(haproxy.set_state(name, "drain"))
+        end = time.monotonic() + timeout
+        clean = True
+        while draining and self.sessions(draining) > 0:
+            if time.monotonic() >= end:
+                clean = False
+                break
+            time.sleep(0.1)
+        for name in [*draining, *(also or [])]:
+            self.command(haproxy.set_state(name, "maint"))
+            self.command(haproxy.set_address(name, *NOWHERE))
+        return clean
+
+
+def _live(slots: dict[str, Slot]) -> list[Slot]:
+    """The slots a backend is in that is not in maintenance (ready or draining)."""
+    return [s for s in slots.values() if s.state != "maint" and not s.empty]
+
+
+def _free(slots: dict[str, Slot]) -> str:
+    try:
+        return haproxy.free_slot(slots)
+    except ValueError as error:
+        raise ProxyError(str(error)) from error

@@ -66,8 +66,7 @@ class Bench:
                "--volume", f"{self.app_dir}:/app:ro", "--workdir", "/app", "--stop-timeout", "20", self.images.python,
                "gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--graceful-timeout", "20", "app:app")
         self.backends.append(container)
-        address = docker("inspect", "--format", f"{{{{(index .NetworkSettings.Networks \"{self.network}\").IPAddress}}}}",
-                         container).stdout.strip()
+        address = self.address_of(name)
         deadline = time.monotonic() + 60
         while True:  # health-gated on its own address, before any switch
             try:
@@ -77,6 +76,11 @@ class Bench:
             except OSError:
                 assert time.monotonic() < deadline, docker("logs", container, check=False).stderr
                 time.sleep(0.2)
+
+    def address_of(self, name: str) -> str:
+        """A backend's address on the test's network."""
+        network = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
+        return docker("inspect", "--format", network, f"{self.prefix}-{name}").stdout.strip()
 
     def stop(self, name: str) -> None:
         docker("stop", f"{self.prefix}-{name}")
@@ -225,7 +229,6 @@ def test_a_restarted_proxy_routes_where_the_last_switch_left_it(bench: Bench) ->
     assert [s.name for s in bench.proxy.serving()] == ["b"]
     assert bench.get() == (200, "two")
     # and a switch that is asked again (a crash after it completed) changes nothing
-    again = bench.proxy.switch(docker("inspect", "--format", f"{{{{(index .NetworkSettings.Networks \"{bench.network}\").IPAddress}}}}",
-                                      f"{bench.prefix}-two").stdout.strip(), 8000)
+    again = bench.proxy.switch(bench.address_of("two"), 8000)
     assert again.slot == "b" and again.drained == ()
     assert bench.get() == (200, "two")
