@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -37,7 +37,7 @@ from deployer.config.interpolate import (
 from deployer.errors import ConfigError
 from deployer.hosts.spec import HostSpec, parse_host
 
-__all__ = ["AppConfig", "Config", "Environment", "find_config", "load_config", "redact", "show_config"]
+__all__ = ["AppConfig", "Config", "Environment", "ProxyConfig", "find_config", "load_config", "redact", "show_config"]
 
 CONFIG_FILENAME = "deploy.toml"
 _HINT = f"create a {CONFIG_FILENAME} at the repository root (see docs/configuration.md), or pass --config PATH"
@@ -66,6 +66,19 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """An ``[environments.NAME.proxy]`` table: the proxy deployer runs in front of the web
+    service, which then publishes no port of its own (see docs/zero-downtime.md)."""
+
+    listen: str  # where the proxy publishes on the host: "80", "127.0.0.1:8000"
+    web_port: int  # the port the web service listens on inside its container
+    image: str = "haproxy:2.6"
+    mode: str = "auto"  # auto | overlap | pause (see deployer.proxy.modes)
+    pause_timeout: float = 10.0  # seconds a request may be held in pause mode
+    drain_timeout: float = 30.0  # seconds the old container gets to finish its requests
+
+
+@dataclass(frozen=True)
 class Environment:
     """One ``[environments.NAME]`` table, defaults filled in (``branch`` falls back to the app's)."""
 
@@ -88,6 +101,7 @@ class Environment:
     healthcheck_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     healthcheck_status: tuple[int, ...] = ()  # empty: any 2xx
     healthcheck_body: str | None = None  # text the health page must contain
+    proxy: ProxyConfig | None = None  # None: no proxy; the web service publishes its port
 
 
 @dataclass(frozen=True)
@@ -342,6 +356,26 @@ class _App(BaseModel):
         'an environment variable name of the web service (e.g. "APP_DATABASE_URL")'))
 
 
+def _check_listen(value: str) -> str:
+    address, _, port = value.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Invalid("the port is not a number from 1 to 65535")
+    if address and not re.fullmatch(r"[0-9.]+|\[[0-9A-Fa-f:]+\]", address):
+        raise _Invalid("the address must be an IP address (e.g. 127.0.0.1)")
+    return value
+
+
+class _Proxy(BaseModel):
+    model_config = _STRICT
+    listen: Annotated[str, AfterValidator(_check_listen)] = Field(description=(
+        'the host port the proxy publishes, optionally with an address (e.g. "80" or "127.0.0.1:8000")'))
+    web_port: int = Field(ge=1, le=65535, description="the port the web service listens on in its container (e.g. 8000)")
+    image: str = Field("haproxy:2.6", pattern=r"^[^\s]+$", description='an image reference (e.g. "haproxy:2.6")')
+    mode: Literal["auto", "overlap", "pause"] = Field("auto", description='"auto", "overlap" or "pause"')
+    pause_timeout: float = Field(10.0, gt=0, le=120, description="a number of seconds > 0, at most 120")
+    drain_timeout: float = Field(30.0, gt=0, description=_SECONDS)
+
+
 class _Environment(BaseModel):
     model_config = _STRICT
     host: Annotated[str, AfterValidator(_check_host)] = Field(
@@ -371,6 +405,7 @@ class _Environment(BaseModel):
         default_factory=dict, description='a table of NAME = "value" strings')
     database_url: Annotated[str, AfterValidator(partial(_check_url, http_only=False))] | None = Field(
         None, description='a database URL (e.g. "postgresql://user:pw@db:5432/app")')
+    proxy: _Proxy | None = Field(None, description="a table [environments.NAME.proxy] with at least listen and web_port")
 
 
 class _File(BaseModel):
@@ -409,7 +444,8 @@ def _describe_error(error: Mapping[str, Any]) -> str:
 
 
 def _expectation(loc: tuple[str, ...]) -> str:
-    if loc[0] == "environments" and len(loc) in (2, 4):  # an environment; a value in its env table
+    if loc[0] == "environments" and (len(loc) == 2 or (len(loc) == 4 and loc[2] == "env")):
+        # an environment; a value in its env table
         return f"a table [environments.{loc[1]}] with at least host and path" if len(loc) == 2 else "a string"
     info = _model(loc[:-1]).model_fields.get(loc[-1])
     return info.description if info and info.description else "a valid value"
@@ -417,7 +453,11 @@ def _expectation(loc: tuple[str, ...]) -> str:
 
 def _model(table: tuple[str, ...]) -> type[BaseModel]:
     """The schema of the table at key path ``table`` (the file, [app] or an environment)."""
-    return _File if not table else _App if table[0] == "app" else _Environment
+    if not table:
+        return _File
+    if table[0] == "app":
+        return _App
+    return _Proxy if len(table) >= 3 and table[2] == "proxy" else _Environment
 
 
 def _suggest(word: str, known: Iterable[str]) -> str:
@@ -471,6 +511,7 @@ def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
             "healthcheck_command": None if command is None else tuple(shlex.split(command) if isinstance(command, str) else command),
             "healthcheck_headers": MappingProxyType(dict(raw.healthcheck_headers)),
             "healthcheck_status": () if status is None else ((status,) if isinstance(status, int) else tuple(status)),
+            "proxy": None if raw.proxy is None else ProxyConfig(**raw.proxy.model_dump()),
         })
         secrets.update(value for key, value in raw.env.items() if looks_secret(key))
         secrets.update(credential for key, value in raw.healthcheck_headers.items()
@@ -495,6 +536,8 @@ def _plain(obj: Any) -> dict[str, Any]:
             value = list(value)
         elif isinstance(value, Mapping):
             value = dict(value)
+        elif isinstance(value, ProxyConfig):
+            value = _plain(value)
         out[f.name] = value
     return out
 

@@ -11,6 +11,7 @@ from deployer.config import (
     AppConfig,
     Config,
     Environment,
+    ProxyConfig,
     find_config,
     load_config,
     redact,
@@ -188,6 +189,14 @@ BROKEN: list[tuple[str, str | bytes, str, str]] = [
      "invalid variable reference"),
     ("variable-bad-operator", edit('path = "/srv/recipes"', 'path = "/srv/${DIR:=x}"'), "environments.production.path",
      "expected ${NAME} or ${NAME:-default}"),
+    ("proxy-missing-web-port", VALID + '\n[environments.production.proxy]\nlisten = "80"\n',
+     "environments.production.proxy.web_port", "missing required key: expected the port the web service listens on"),
+    ("proxy-bad-listen", VALID + '\n[environments.production.proxy]\nlisten = "web:80"\nweb_port = 8000\n',
+     "environments.production.proxy.listen", "the address must be an IP address"),
+    ("proxy-bad-mode", VALID + '\n[environments.production.proxy]\nlisten = "80"\nweb_port = 8000\nmode = "always"\n',
+     "environments.production.proxy.mode", 'expected "auto", "overlap" or "pause", got "always"'),
+    ("proxy-unknown-key", VALID + '\n[environments.production.proxy]\nlisten = "80"\nweb_port = 8000\ndrain = 5\n',
+     "environments.production.proxy.drain", "unknown key; did you mean drain_timeout?"),
     ("variable-unterminated", edit('path = "/srv/recipes"', 'path = "/srv/${DIR"'), "environments.production.path",
      'unterminated "${"'),
 ]
@@ -203,6 +212,16 @@ def test_broken_file_is_one_clear_config_error(tmp_path: Path, text: str | bytes
     separator = "" if key_path.startswith("deploy.toml") else "deploy.toml: "
     assert f"{separator}{key_path}:" in message, message
     assert phrase in message, message
+
+
+def test_a_proxy_table_is_read_with_its_defaults(tmp_path: Path) -> None:
+    config = load_text(tmp_path, VALID + '\n[environments.production.proxy]\nlisten = "127.0.0.1:8000"\nweb_port = 8000\n')
+    proxy = config.environment("production").proxy
+    assert proxy == ProxyConfig(listen="127.0.0.1:8000", web_port=8000)
+    assert proxy.mode == "auto" and proxy.pause_timeout == 10 and proxy.drain_timeout == 30 and proxy.image == "haproxy:2.6"
+    shown = show_config(config, "production")["environments"]["production"]["proxy"]
+    assert shown["listen"] == "127.0.0.1:8000" and shown["mode"] == "auto"
+    assert load_text(tmp_path, VALID).environment("production").proxy is None
 
 
 def test_at_least_25_broken_cases() -> None:
