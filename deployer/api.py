@@ -60,17 +60,19 @@ def release(
     dry_run: bool = False,
     verbose: bool = False,
     playbook: str | None = None,
+    swap_mode: str | None = None,
     confirm: Callable[[str], bool] | None = None,
     log: Callable[[str], None] = _noop,
     host: Host | None = None,
 ) -> Outcome | Plan:
-    """Release the configured branch (or ``ref``) to ``env``; with ``dry_run``, only plan it."""
+    """Release the configured branch (or ``ref``) to ``env``; with ``dry_run``, only plan it.
+    ``swap_mode`` (behind a proxy): auto, overlap or pause for this release."""
     from deployer.steps.context import Options
     from deployer.steps.playbook import load_playbook
 
     cfg = load(config_path)
     book = load_playbook(playbook or cfg.environment(env).playbook, cfg.root)
-    options = Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm)
+    options = Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm, swap_mode=swap_mode)
     return _operate(cfg, env, book, options, kind="release", log=log, host=host)
 
 
@@ -83,6 +85,7 @@ def rollback(
     dry_run: bool = False,
     restore_backup: bool = False,
     verbose: bool = False,
+    swap_mode: str | None = None,
     confirm: Callable[[str], bool] | None = None,
     log: Callable[[str], None] = _noop,
     host: Host | None = None,
@@ -92,7 +95,8 @@ def rollback(
     from deployer.steps.context import Options
 
     cfg = load(config_path)
-    options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm)
+    options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm,
+                      swap_mode=swap_mode)
     return _operate(cfg, env, rollbacks.playbook(), options, kind="rollback", log=log, host=host)
 
 

@@ -66,6 +66,7 @@ class Outcome:
     exit_code: int = 0
     kind: str = "release"
     converged: str | None = None  # an interrupted run this command converged first
+    served: dict[str, Any] | None = None  # what the prober saw through the proxy (journal.Record.served)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +98,7 @@ class Plan:
     restore_backup: str | None = None  # and the backup restored instead of downgrading (--restore-backup)
     database: str = ""  # where the database is, as the app states it
     converge_first: str | None = None  # an interrupted run that would be converged first
+    swap: str | None = None  # behind a proxy: overlap or pause, and why
     footer: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
@@ -239,7 +241,16 @@ def _journal_record(ctx: Context, outcome: str, timings: list[journal.StepTiming
         previous_release=facts.previous_release.id if facts and facts.previous_release else None,
         target_release=facts.target_release.id if facts and facts.target_release else None,
         image_ids=dict(ctx.scratch.get("image_ids") or {}) if outcome == journal.SUCCEEDED else {},
+        served=_served(ctx),
     )
+
+
+def _served(ctx: Context) -> dict[str, Any] | None:
+    """What the prober saw; a run that failed mid-swap stops it here."""
+    from deployer.steps.swap import stop_probe
+
+    summary = stop_probe(ctx) or ctx.scratch.get("served")
+    return summary.as_dict() if summary is not None else None
 
 
 def _changed(record: runlog.RunRecord | None) -> bool:
@@ -290,6 +301,8 @@ def execute(ctx: Context, book: Playbook) -> Outcome:
     except (Exception, KeyboardInterrupt) as failure:
         return _failed(ctx, failure, current, timings, started_at, clock)
     finally:
+        for cleanup in ctx.scratch.pop("cleanups", []):  # a prober's tunnel, if a step failed
+            cleanup()
         if ctx.lease is not None:
             ctx.lease.release()
             ctx.lease = None
@@ -359,6 +372,7 @@ def _outcome(ctx: Context, outcome: str, timings: list[journal.StepTiming], cloc
         steps=tuple(timings),
         seconds=round(time.monotonic() - clock, 3),
         kind=ctx.kind,
+        served=_served(ctx),
         **extra,
     )
 
@@ -463,6 +477,7 @@ def plan(ctx: Context, book: Playbook) -> Plan:
         restore_backup=facts.rollback.restore_from.id if facts.rollback and facts.rollback.restore_from else None,
         database=f"{facts.database.shown} ({facts.database.source})",
         converge_first=ctx.scratch.get("converge_first"),
+        swap=ctx.scratch["swap_mode"].describe() if ctx.scratch.get("swap_mode") else None,
         footer=(
             f"the step log {runlog.run_path(ctx.state_dir)} records the intent, then each step's start and end",
             f"the journal {journal.journal_path(ctx.state_dir)} gets the outcome; on failure, recovery undoes in reverse",

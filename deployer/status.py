@@ -792,6 +792,10 @@ def render_history(h: History) -> str:
             f"  {e.id:<24} {e.kind:<8} {e.outcome:<15} {_short(e.commit):<12} {before} -> {after}  "
             f"{e.seconds:.1f}s  {e.user}  {e.finished_at}"
         )
+        if e.served:
+            from deployer.proxy.probe import describe_served
+
+            lines.append(f"      {describe_served(e.served)}")
         if e.error:
             lines.append(f"      error: {e.error.splitlines()[0][:200]}")
     return "\n".join(lines)

@@ -13,7 +13,17 @@ from typing import Annotated
 import typer
 
 from deployer import __version__
-from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer, emit, emit_failure, json_output
+from deployer.cli.common import (
+    ConfigOption,
+    EnvArgument,
+    JsonOption,
+    SwapModeOption,
+    confirmer,
+    emit,
+    emit_failure,
+    json_output,
+    served_line,
+)
 from deployer.errors import DeployerError, ExitCode
 
 app = typer.Typer(
@@ -93,6 +103,7 @@ def release_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (destructive migrations).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the output of build, migrate and run steps.")] = False,
+    swap_mode: SwapModeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Ship the branch tip (or --ref) to ENV: sync, build, back up, migrate, up, verify, health, record.
@@ -115,6 +126,7 @@ def release_cmd(
         dry_run=dry_run,
         verbose=verbose,
         playbook=playbook,
+        swap_mode=swap_mode.value if swap_mode else None,
         confirm=confirmer(),
         log=log,
     )
@@ -123,7 +135,8 @@ def release_cmd(
     elif dry_run:
         render_plan(result)
     else:
-        typer.echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s")  # type: ignore[union-attr]
+        typer.echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
+                   + served_line(result))
 
 
 @app.command("rollback")
@@ -137,6 +150,7 @@ def rollback_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (data-dropping downgrades, restores).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the output of the commands run.")] = False,
+    swap_mode: SwapModeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Move ENV back to TARGET: schema (downgraded with the current image, or restored), code and images.
@@ -158,6 +172,7 @@ def rollback_cmd(
         dry_run=dry_run,
         restore_backup=restore_backup,
         verbose=verbose,
+        swap_mode=swap_mode.value if swap_mode else None,
         confirm=confirmer(),
         log=progress_printer(),
     )
@@ -166,7 +181,8 @@ def rollback_cmd(
     elif dry_run:
         render_plan(result)
     else:
-        typer.echo(f"rolled {env} back to commit {result.commit} as {result.id} in {result.seconds:.1f}s")  # type: ignore[union-attr]
+        typer.echo(f"rolled {env} back to commit {result.commit} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
+                   + served_line(result))
 
 
 lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)

@@ -4,6 +4,7 @@ JSON envelope."""
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import sys
 from collections.abc import Callable
@@ -26,6 +27,24 @@ ConfigOption = Annotated[
 ]
 EnvArgument = Annotated[str, typer.Argument(help="Environment name from deploy.toml, e.g. production.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+class SwapModeChoice(enum.StrEnum):
+    auto = "auto"
+    overlap = "overlap"
+    pause = "pause"
+
+
+SwapModeOption = Annotated[SwapModeChoice | None, typer.Option(
+    "--swap-mode",
+    help="Behind the proxy: overlap (old and new code serve side by side), pause (requests wait while the "
+         "old code stops and the migration runs) or auto (decided from the migrations; the environment's default).")]
+
+
+def served_line(result: Any) -> str:
+    """The release summary's account of what users saw during the swap (empty: no proxy)."""
+    from deployer.proxy.probe import describe_served
+
+    served = getattr(result, "served", None)
+    return f"; {describe_served(served)}" if served else ""
 
 
 def confirmer() -> Callable[[str], bool] | None:

@@ -88,6 +88,8 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
             out(f"    {item['revision']}  {item['message']}{flag}")
     else:
         out(f"  {label}: none")
+    if plan.swap:
+        out(f"  swap     {plan.swap}")
     out("")
     for number, step in enumerate(plan.steps, start=1):
         out(f"{number:2d}. {step.label}" + (f"  ({step.note})" if step.note else ""))

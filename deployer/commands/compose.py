@@ -27,14 +27,17 @@ class Compose:
     project_dir: str
     files: tuple[str, ...]
     env_file: str | None = None
+    # Files deployer adds after the user's (the proxy's: the web service publishes no port).
+    # Left out of :meth:`config`, which reads what the user's files say.
+    overrides: tuple[str, ...] = ()
 
     @property
     def is_v2(self) -> bool:
         return self.program == V2
 
-    def base(self) -> list[str]:
+    def base(self, *, overrides: bool = True) -> list[str]:
         argv = [*self.program, "--project-name", self.project, "--project-directory", self.project_dir]
-        for file in self.files:
+        for file in (*self.files, *(self.overrides if overrides else ())):
             argv += ["--file", file]
         if self.env_file:
             argv += ["--env-file", self.env_file]
@@ -56,12 +59,18 @@ class Compose:
         wait: bool = False,
         wait_timeout: int | None = None,
         remove_orphans: bool = False,
+        no_recreate: bool = False,
+        scale: Mapping[str, int] | None = None,
     ) -> list[str]:
         argv = [*self.base(), "up", "--detach"]
         if no_build:
             argv.append("--no-build")
         if no_deps:
             argv.append("--no-deps")
+        if no_recreate:
+            argv.append("--no-recreate")
+        for service, count in (scale or {}).items():
+            argv += ["--scale", f"{service}={count}"]
         if force_recreate:
             argv.append("--force-recreate")
         if remove_orphans:
@@ -129,7 +138,13 @@ class Compose:
 
     def config(self) -> list[str]:
         """The resolved configuration of the checkout, as YAML (parse with :func:`parse_config`)."""
-        return [*self.base(), "config"]
+        return [*self.base(overrides=False), "config"]
+
+    def config_hash(self, service: str) -> list[str]:
+        """argv printing ``SERVICE HASH``: the configuration hash compose labels the
+        service's containers with (``com.docker.compose.config-hash``); a container whose
+        label differs runs an older configuration."""
+        return [*self.base(), "config", "--hash", service]
 
     def config_of(self, compose_file: str, variables: str | None) -> tuple[list[str], bytes]:
         """argv and stdin that resolve ``compose_file`` (a file's text) on the host, read-only.
@@ -169,6 +184,16 @@ class ServiceConfig:
     volumes: tuple[str, ...] = ()  # named volumes it mounts (their keys in `volumes:`)
     has_healthcheck: bool = False
     publishes_ports: bool = False
+    ports: tuple[PublishedPort, ...] = ()  # what it publishes on the host
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """One ``ports`` entry: ``host_ip:published:target``."""
+
+    target: int  # inside the container
+    published: int | None  # on the host (None: an ephemeral port)
+    host_ip: str = ""  # "" : every address
 
 
 @dataclass(frozen=True)
@@ -220,6 +245,7 @@ def parse_config(text: str, project: str) -> ComposeConfig:
             volumes=tuple(mounts),
             has_healthcheck=bool(raw.get("healthcheck")) and not (raw.get("healthcheck") or {}).get("disable"),
             publishes_ports=bool(raw.get("ports")),
+            ports=_ports(raw.get("ports") or ()),
         )
     volumes = {}
     for key, raw in (data.get("volumes") or {}).items():
@@ -228,3 +254,20 @@ def parse_config(text: str, project: str) -> ComposeConfig:
         default = str(key) if external else f"{project}_{key}"
         volumes[str(key)] = str(raw.get("name") or default)
     return ComposeConfig(services=services, volumes=volumes)
+
+
+def _ports(raw: object) -> tuple[PublishedPort, ...]:
+    """``ports`` as compose config prints them (long syntax; v1 may print short strings)."""
+    ports = []
+    for entry in raw if isinstance(raw, list) else ():
+        if isinstance(entry, dict) and str(entry.get("target", "")).isdigit():
+            published = str(entry.get("published") or "")
+            ports.append(PublishedPort(int(entry["target"]), int(published) if published.isdigit() else None,
+                                       str(entry.get("host_ip") or "")))
+        elif isinstance(entry, (str, int)):
+            parts = str(entry).split("/")[0].rsplit(":", 2)
+            if parts[-1].isdigit():
+                published = parts[-2] if len(parts) >= 2 else ""
+                ports.append(PublishedPort(int(parts[-1]), int(published) if published.isdigit() else None,
+                                           parts[0] if len(parts) == 3 else ""))
+    return tuple(ports)

@@ -23,6 +23,7 @@ class Container:
     restart_count: int
     started_at: str
     ips: tuple[str, ...] = ()
+    networks: dict[str, str] = field(default_factory=dict)  # network name -> its address there
     env: dict[str, str] = field(default_factory=dict)
     oneoff: bool = False
     labels: dict[str, str] = field(default_factory=dict)
@@ -73,6 +74,7 @@ def parse_inspect(stdout: str) -> list[Container]:
                 restart_count=int(row.get("RestartCount") or 0),
                 started_at=str(state.get("StartedAt", "")),
                 ips=tuple(net.get("IPAddress") for net in networks.values() if net.get("IPAddress")),
+                networks={str(name): str(net.get("IPAddress")) for name, net in networks.items() if net.get("IPAddress")},
                 env=env,
                 oneoff=labels.get(ONEOFF_LABEL, "False") == "True",
                 labels=dict(labels),

@@ -70,8 +70,9 @@ class ProxyConfig:
     """An ``[environments.NAME.proxy]`` table: the proxy deployer runs in front of the web
     service, which then publishes no port of its own (see docs/zero-downtime.md)."""
 
-    listen: str  # where the proxy publishes on the host: "80", "127.0.0.1:8000"
-    web_port: int  # the port the web service listens on inside its container
+    listen: str | None = None  # where the proxy publishes on the host: "80", "127.0.0.1:8000";
+    # None: where the web service's compose file publishes it
+    web_port: int | None = None  # the web service's port inside its container; None: from its `ports`
     image: str = "haproxy:2.6"
     mode: str = "auto"  # auto | overlap | pause (see deployer.proxy.modes)
     pause_timeout: float = 10.0  # seconds a request may be held in pause mode
@@ -367,9 +368,10 @@ def _check_listen(value: str) -> str:
 
 class _Proxy(BaseModel):
     model_config = _STRICT
-    listen: Annotated[str, AfterValidator(_check_listen)] = Field(description=(
+    listen: Annotated[str, AfterValidator(_check_listen)] | None = Field(None, description=(
         'the host port the proxy publishes, optionally with an address (e.g. "80" or "127.0.0.1:8000")'))
-    web_port: int = Field(ge=1, le=65535, description="the port the web service listens on in its container (e.g. 8000)")
+    web_port: int | None = Field(None, ge=1, le=65535,
+                                 description="the port the web service listens on in its container (e.g. 8000)")
     image: str = Field("haproxy:2.6", pattern=r"^[^\s]+$", description='an image reference (e.g. "haproxy:2.6")')
     mode: Literal["auto", "overlap", "pause"] = Field("auto", description='"auto", "overlap" or "pause"')
     pause_timeout: float = Field(10.0, gt=0, le=120, description="a number of seconds > 0, at most 120")
@@ -405,7 +407,7 @@ class _Environment(BaseModel):
         default_factory=dict, description='a table of NAME = "value" strings')
     database_url: Annotated[str, AfterValidator(partial(_check_url, http_only=False))] | None = Field(
         None, description='a database URL (e.g. "postgresql://user:pw@db:5432/app")')
-    proxy: _Proxy | None = Field(None, description="a table [environments.NAME.proxy] with at least listen and web_port")
+    proxy: _Proxy | None = Field(None, description="a table [environments.NAME.proxy] (empty: every value inferred)")
 
 
 class _File(BaseModel):

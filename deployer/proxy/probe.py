@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -37,17 +38,29 @@ class ProbeSummary:
         }
 
 
+def describe_served(served: dict[str, object]) -> str:
+    """:meth:`ProbeSummary.describe` of a summary kept as a dict (the journal's)."""
+    keys = ("probes", "failed", "slowest_ms", "p99_ms", "longest_gap_ms")
+    numbers = {key: float(str(served.get(key) or 0)) for key in keys}
+    first = served.get("first_failure")
+    return ProbeSummary(int(numbers["probes"]), int(numbers["failed"]), numbers["slowest_ms"], numbers["p99_ms"],
+                        numbers["longest_gap_ms"], str(first) if first else None).describe()
+
+
 class Prober:
     """Probe ``http://host:port/path`` from a thread until :meth:`stop`."""
 
     def __init__(self, host: str, port: int, path: str = "/", *, interval: float = 0.02, timeout: float = 30,
-                 status: int = 200, host_header: str | None = None) -> None:
+                 status: int | tuple[int, ...] = 200, host_header: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         self.address = (host, port)
         self.path = path
         self.interval = interval
         self.timeout = timeout
-        self.status = status
+        # the answers that count as served (an empty tuple: any 2xx)
+        self.statuses = (status,) if isinstance(status, int) else tuple(status)
         self.host_header = host_header
+        self.headers = dict(headers or {})
         self._latencies: list[float] = []
         self._failures: list[str] = []
         self._gap = 0.0
@@ -79,13 +92,15 @@ class Prober:
     def _once(self) -> str | None:
         connection = http.client.HTTPConnection(*self.address, timeout=self.timeout)
         try:
-            headers = {"Connection": "close"}
+            headers = {"Connection": "close", "User-Agent": "deployer-probe"}
             if self.host_header:
                 headers["Host"] = self.host_header
+            headers.update(self.headers)
             connection.request("GET", self.path, headers=headers)
             response = connection.getresponse()
             response.read()
-            return None if response.status == self.status else f"HTTP {response.status}"
+            served = response.status in self.statuses if self.statuses else 200 <= response.status < 300
+            return None if served else f"HTTP {response.status}"
         except (OSError, http.client.HTTPException) as error:
             return f"{type(error).__name__}: {error}"
         finally:

@@ -55,6 +55,9 @@ class Record:
     previous_release: str | None = None
     target_release: str | None = None  # rollbacks: the release they brought back
     image_ids: dict[str, str] = field(default_factory=dict)  # service -> image id it ran (status tells the running code by it)
+    # What a prober saw through the proxy during the swap: probes, failed, slowest_ms, p99_ms,
+    # longest_gap_ms (None: no proxy, or no swap ran)
+    served: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False)

@@ -91,6 +91,9 @@ class RunRecord:
     backup_partial: str | None = None  # a dump being written
     migration: str | None = None  # the one-off migration container's name
     built: Mapping[str, str] = field(default_factory=dict)  # service -> image id this run built
+    # A swap behind the proxy: the web containers it replaces ("old"), the one it started
+    # ("new") and whether the proxy routes to it ("switched").
+    swap: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
     schema: int = SCHEMA
 

@@ -23,6 +23,9 @@ from deployer.errors import ConfigError, HostError
 from deployer.hosts import Host, connect
 
 ENV_FILE = "compose.env"
+# With a proxy: a compose file deployer adds after the user's, so that the web service
+# publishes no port (the proxy owns it) and two of its containers can run side by side.
+PROXY_OVERRIDE_FILE = "compose.proxy.yml"
 # Where versions before state_dir kept their files: inside the checkout.
 LEGACY_STATE_DIR = ".deployer"
 LEGACY_BACKUP_DIR = "backups"
@@ -82,6 +85,19 @@ def make_compose(config: Config, env: Environment, program: tuple[str, ...] = co
         project_dir=posixpath.dirname(posixpath.join(env.path, config.app.compose_file)),
         files=(posixpath.join(env.path, config.app.compose_file),),
         env_file=posixpath.join(env.state_dir, ENV_FILE) if env.env else None,
+        overrides=(posixpath.join(env.state_dir, PROXY_OVERRIDE_FILE),) if env.proxy else (),
+    )
+
+
+def proxy_override_text(web_service: str) -> str:
+    """The compose file that leaves the web service's port to the proxy (``!reset``: compose
+    2.24 or later)."""
+    import json
+
+    return (
+        "# Written by deployer: the proxy in front of this service publishes its port, so that\n"
+        "# a new container can start beside the old one. See docs/zero-downtime.md.\n"
+        f"services:\n  {json.dumps(web_service)}:\n    ports: !reset []\n"
     )
 
 

@@ -61,7 +61,7 @@ class StepKind:
 _KINDS: dict[str, StepKind] = {}
 _MODULES = (
     "preflight", "lock", "snapshot", "sync", "stop", "build", "database_up", "backup", "migrate",
-    "up", "verify", "health", "record", "run", "rollback",
+    "up", "swap", "verify", "health", "record", "run", "rollback",
 )
 
 

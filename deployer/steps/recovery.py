@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from deployer.server.runlog import RunRecord
     from deployer.steps.context import Context
 
-CONTAINER_KINDS = {"stop", "up", "database_up", "switch", "schema", "migrate"}
+CONTAINER_KINDS = {"stop", "up", "database_up", "switch", "schema", "migrate", "hold", "swap"}
 
 
 @dataclass
@@ -123,11 +123,18 @@ def restart(ctx: Context, recovery: Recovery, touched: Sequence[str]):  # noqa: 
     if recovery.first_release:
         yield from teardown_first_release(ctx, recovery)
         return
+    behind_proxy = _proxy_site(ctx, recovery)
     if recovery.code_stays:
+        if behind_proxy is not None:
+            yield from _converge_web(ctx, recovery, behind_proxy, "the new release")
         recovery.left.append("the new release's containers keep running: they match the schema")
         return
     if recovery.left:
         recovery.left.append("start the previous release (`docker compose up -d --no-build`) once the above is done")
+        return
+    # Behind a proxy: the previous release's web container beside whatever serves, then the
+    # switch: recovery itself fails no request.
+    if behind_proxy is not None and not (yield from _converge_web(ctx, recovery, behind_proxy, "the previous release")):
         return
     result = yield Command(tuple(ctx.compose.up([])), what="start the previous release", check=False, timeout=600)
     if not result.ok:
@@ -137,6 +144,32 @@ def restart(ctx: Context, recovery: Recovery, touched: Sequence[str]):  # noqa: 
     detail = yield Wait("the previous release answers", lambda c: _healthy(c, recovery))
     if detail:
         recovery.done.append(f"previous release answers ({detail})")
+
+
+def _proxy_site(ctx: Context, recovery: Recovery):  # noqa: ANN202 - Site | None
+    from deployer.errors import DeployerError
+    from deployer.steps import swap
+
+    if ctx.env.proxy is None or recovery.compose is None:
+        return None
+    try:
+        return swap.site(ctx, recovery.compose)
+    except DeployerError as error:
+        recovery.left.append(f"route the proxy: {error.message}")
+        return None
+
+
+def _converge_web(ctx: Context, recovery: Recovery, where, what: str):  # noqa: ANN001, ANN202 - generator -> bool
+    from deployer.errors import DeployerError
+    from deployer.steps import swap
+
+    try:
+        detail = yield from swap.converge_web(ctx, where, timeout=float(ctx.env.health_timeout), note=False)
+    except DeployerError as error:
+        recovery.left.append(f"bring {what}'s web container behind the proxy: {error.message}")
+        return False
+    recovery.done.append(f"web behind the proxy: {detail}")
+    return True
 
 
 def _healthy(ctx: Context, recovery: Recovery) -> str:

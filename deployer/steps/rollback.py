@@ -293,7 +293,8 @@ def undo_switch(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
 
 PLAYBOOK = (
     ("rollback_preflight", "preflight"), ("lock", "lock"), ("snapshot", "snapshot"), ("backup", "backup"),
-    ("schema", "schema"), ("switch", "switch"), ("up", "up"), ("verify", "verify"), ("health", "health"), ("record", "record"),
+    ("hold", "hold"), ("schema", "schema"), ("switch", "switch"), ("swap", "swap"), ("verify", "verify"),
+    ("health", "health"), ("record", "record"),
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from deployer.actions import Command, Write
 from deployer.commands import git as gitops
 from deployer.errors import DeployerError
-from deployer.server.target import env_file_text
+from deployer.server.target import env_file_text, proxy_override_text
 from deployer.steps import CHECKOUT, HOST_FILES, StepKind, register
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
@@ -30,11 +30,20 @@ def checkout_commands(ctx: Context, sha: str, *, exists: bool):  # noqa: ANN201 
         raise DeployerError(f"the checkout on {ctx.host.name} is at {head.stdout.strip() or 'nothing'}, not {sha} after checkout")
 
 
-def sync(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
-    facts = ctx.known
+def compose_files(ctx: Context):  # noqa: ANN201 - generator of actions
+    """The files deployer gives docker compose beside the user's: the variables of
+    deploy.toml, and with a proxy the override that leaves the web port to it."""
     if ctx.target.compose.env_file:
         yield Write(ctx.target.compose.env_file, env_file_text(ctx.env.env), mode=0o600,
                     what="the variables docker compose reads (secrets included)")
+    for override in ctx.target.compose.overrides:
+        yield Write(override, proxy_override_text(ctx.app.web_service), mode=0o644,
+                    what=f"the proxy publishes the port: {ctx.app.web_service} publishes none")
+
+
+def sync(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
+    facts = ctx.known
+    yield from compose_files(ctx)
     yield from checkout_commands(ctx, facts.commit.sha, exists=facts.checkout_exists)
     return f"{ctx.env.path} at {facts.commit.sha[:12]}"
 

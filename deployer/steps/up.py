@@ -52,6 +52,13 @@ def up(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     timeout = float(step.params.get("timeout", 600))
     yield Command(tuple(ctx.compose.up(services, no_deps=no_deps)), what="recreate the containers", timeout=timeout)
     detail = "containers up to date" + (f" ({', '.join(services)})" if services else "")
+    if ctx.env.proxy is not None and step.name == "up":
+        from deployer.steps import swap
+
+        where = swap.site(ctx)
+        if where is not None:  # the recreated web container, behind the proxy
+            routed = yield from swap.converge_web(ctx, where, timeout=float(ctx.env.health_timeout), note=False)
+            detail += f"; {routed}"
     changed_at = ctx.scratch.get("schema_changed_at")
     if changed_at is not None:
         # How long running code and schema did not match (old code on the new schema).

@@ -26,11 +26,14 @@ from pathlib import Path
 import pytest
 
 from tests.bench.cli import result as result_of
-from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE, BenchImages, DockerEngine, free_port
+from tests.bench.docker import HAPROXY_IMAGE, POSTGRES_IMAGE, PYTHON_IMAGE, BenchImages, DockerEngine, free_port
 from tests.bench.gitrepos import GitOrigin, git, make_origin
 from tests.bench.sshd import SSHBench
 
 EXAMPLE_HEAD = "56b6764ae94a"
+# Behind the proxy: how long a request may be held in pause mode. Generous: the suite's
+# workers share two cores, and a pause (stop, migrate, start, gate) takes longer there.
+PAUSE_TIMEOUT = 30
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Deployment:
     password: str
     home: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    proxy: bool = False  # behind deployer's proxy ([environments.NAME.proxy])
 
     # -- running deployer as a user would
     def environ(self) -> dict[str, str]:
@@ -186,6 +190,7 @@ class Deployment:
         subprocess.run(["docker", "rm", "-f", *subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.name}"],
             capture_output=True, text=True).stdout.split()], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", f"deployer-proxy-{self.name}"], capture_output=True)
         subprocess.run(["docker", "volume", "rm", "-f", f"{self.name}_dbdata"], capture_output=True)
         shutil.rmtree(self.state_path, ignore_errors=True)
         images = subprocess.run(["docker", "images", "-q", "--filter", f"reference={self.name}-web"], capture_output=True, text=True).stdout.split()
@@ -195,6 +200,11 @@ class Deployment:
 
 def deploy_toml(d: Deployment, *, health_timeout: int = 60) -> str:
     host = "bench" if d.kind == "ssh" else "local"
+    proxy = f"""
+[environments.{d.env_name}.proxy]
+image = "{HAPROXY_IMAGE}"
+pause_timeout = {PAUSE_TIMEOUT}
+""" if d.proxy else ""
     return f"""\
 [app]
 name = "{d.name}"
@@ -219,7 +229,7 @@ WEB_PORT = "{d.web_port}"
 WEB_IMAGE = "{d.name}-web"
 PYTHON_IMAGE = "{PYTHON_IMAGE}"
 POSTGRES_IMAGE = "{POSTGRES_IMAGE}"
-"""
+{proxy}"""
 
 
 def _fake_home(base: Path, sshd: SSHBench | None) -> Path:
@@ -242,7 +252,7 @@ def deployment_factory(
 ) -> Iterator[Callable[..., Deployment]]:
     made: list[tuple[Deployment, Path]] = []
 
-    def make(kind: str, *, health_timeout: int = 60) -> Deployment:
+    def make(kind: str, *, health_timeout: int = 60, proxy: bool = False) -> Deployment:
         assert kind in ("ssh", "local")
         base = Path(tempfile.mkdtemp(prefix=f"deployer-e2e-{kind}-"))
         sshd = request.getfixturevalue("sshd") if kind == "ssh" else None
@@ -252,7 +262,7 @@ def deployment_factory(
         d = Deployment(
             kind=kind, env_name="production" if kind == "ssh" else "local", name=name, origin=origin, laptop=laptop,
             server_path=base / "server" / "app", web_port=free_port(), password="pw-" + secrets.token_hex(8),
-            home=_fake_home(base, sshd),
+            home=_fake_home(base, sshd), proxy=proxy,
         )
         made.append((d, base))
         (laptop / "deploy.toml").write_text(deploy_toml(d, health_timeout=health_timeout))
