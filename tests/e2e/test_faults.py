@@ -348,12 +348,12 @@ def run_case(stage: Stage, fault: Callable[[Background], None], *, expect_exit: 
 # --------------------------------------------------------------------------- SIGKILL at every step boundary
 
 # At "> STEP" (the step about to start) and at the end ("✓ record": the release done, not journaled yet).
-BOUNDARIES = ["lock", "snapshot", "sync", "build", "database_up", "backup", "migrate", "up", "verify", "health", "record", "end"]
+BOUNDARIES = ["lock", "snapshot", "sync", "build", "database_up", "backup", "migrate", "swap", "verify", "health", "record", "end"]
 
 
 # Locally, every other boundary (what differs from SSH is the transport: how the lease sees
 # its owner go, which these cover; the step log and converging are the same code).
-LOCAL_BOUNDARIES = ["lock", "sync", "backup", "migrate", "up", "record"]
+LOCAL_BOUNDARIES = ["lock", "sync", "backup", "migrate", "swap", "record"]
 
 
 @pytest.mark.parametrize("kind, step", [
@@ -453,7 +453,7 @@ def test_sigkill_inside_up(kind: str, stages) -> None:  # noqa: ANN001
     stage.migration()
 
     def fault(run: Background) -> None:
-        run.wait_line(r"^> up\b")
+        run.wait_line(r"^> swap\b")
         wait_process(stage.d.name, exact=("compose", "up"), alive=run)
         run.kill()
 
@@ -494,13 +494,13 @@ SIGNALS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 143), "SI
 
 
 def at_step(stage: Stage, where: str) -> Callable[[Background], None]:
-    """Wait until the release is inside ``where`` (migrate: its SQL runs; up: compose up runs)."""
+    """Wait until the release is inside ``where`` (migrate: its SQL runs; swap: its compose up runs — no proxy here, so it recreates)."""
 
     def wait(run: Background) -> None:
         if where == "migrate":
             wait_backend(stage.d, f"{stage.d.name}-migrate-%", "%pg_sleep%", alive=run)
         else:
-            run.wait_line(r"^> up\b")
+            run.wait_line(r"^> swap\b")
             wait_process(stage.d.name, exact=("compose", "up"), alive=run)
 
     return wait
@@ -508,7 +508,7 @@ def at_step(stage: Stage, where: str) -> Callable[[Background], None]:
 
 @pytest.mark.parametrize("kind, where", [
     pytest.param(kind, where, marks=pytest.mark.xdist_group(f"faults-{kind}-signals"), id=f"{where}-{kind}")
-    for kind, places in (("ssh", ("migrate", "up")), ("local", ("migrate",))) for where in places
+    for kind, places in (("ssh", ("migrate", "swap")), ("local", ("migrate",))) for where in places
 ])  # locally inside migrate only: the handlers are the same code, the transport is what differs
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_signal_once(kind: str, where: str, name: str, stages) -> None:  # noqa: ANN001
@@ -529,7 +529,7 @@ def test_signal_once(kind: str, where: str, name: str, stages) -> None:  # noqa:
 
 
 @pytest.mark.parametrize("kind", on(("ssh", "local"), "signals"))
-@pytest.mark.parametrize("where", ["migrate", "up"])
+@pytest.mark.parametrize("where", ["migrate", "swap"])
 def test_ctrl_c_twice(kind: str, where: str, stages) -> None:  # noqa: ANN001
     """The second Ctrl-C, during recovery, is deferred with a message: recovery finishes."""
     stage = stages(kind, "signals")
@@ -611,7 +611,7 @@ def test_ssh_cut_during_up(stages) -> None:  # noqa: ANN001
     stage.migration()
 
     def fault(run: Background) -> None:
-        run.wait_line(r"^> up\b")
+        run.wait_line(r"^> swap\b")
         wait_process(stage.d.name, exact=("compose", "up"), alive=run)
         assert stage.sshd is not None
         cut_ssh(stage.sshd, run)
