@@ -23,11 +23,13 @@ MODES = ("auto", "overlap", "pause")
 class SwapMode:
     mode: str  # overlap | pause
     reasons: tuple[str, ...]  # why pause (or why a forced overlap is risky)
-    chosen_by: str  # "migrations" | "setting"
+    chosen_by: str  # "migrations" | "setting" | "nothing" (no migration pending)
 
     def describe(self) -> str:
         """One line for the plan and the summary: the mode and why."""
         if self.mode == "overlap":
+            if self.chosen_by == "nothing":
+                return "overlap: no migration pending"
             if self.chosen_by == "migrations":
                 return "overlap: the pending migrations are additive"
             return "overlap: set by configuration" + (f", although {'; '.join(self.reasons)}" if self.reasons else "")
@@ -44,4 +46,6 @@ def swap_mode(pending: Sequence[MigrationStep], setting: str = "auto") -> SwapMo
         return SwapMode("overlap", reasons, "setting")
     if setting == "pause":
         return SwapMode("pause", reasons, "setting")
+    if not pending:
+        return SwapMode("overlap", (), "nothing")
     return SwapMode("pause" if reasons else "overlap", reasons, "migrations")

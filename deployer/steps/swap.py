@@ -271,7 +271,7 @@ def converge_web(ctx: Context, where: Site, *, timeout: float, note: bool = True
                           and image_id and c.image_id == image_id), key=_number)
     if current:
         chosen = current[-1]
-        started = ""
+        started = False
     else:
         stale = [c for c in before if c.state != "running"]
         if stale:  # compose would start these again instead of creating one
@@ -280,7 +280,7 @@ def converge_web(ctx: Context, where: Site, *, timeout: float, note: bool = True
                       what=f"start the new {web} container beside the old one", timeout=600)
         found = yield Read(f"the new {web} container", lambda c: _new_container(c, before))
         chosen = found
-        started = "started "
+        started = True
         if note and chosen is not None:
             ctx.note(swap={"old": [c.id for c in running], "new": chosen.id, "switched": False})
     others = [c for c in running if chosen is None or c.id != chosen.id]
@@ -297,7 +297,9 @@ def converge_web(ctx: Context, where: Site, *, timeout: float, note: bool = True
         yield Command(("docker", "stop", "--time", "30", *ids), what=f"stop the old {web} container", timeout=120)
         yield Command(("docker", "rm", "--force", *ids), what=f"remove the old {web} container", timeout=120)
     name = chosen.name if chosen is not None else web
-    return f"{started}{name}: {switched}" if switched else f"{started}{name}"
+    if not started:
+        return f"{name} already runs this configuration and image; {switched}"
+    return f"started {name}; {switched}" if switched else f"started {name}"
 
 
 def _new_container(ctx: Context, before: Sequence[Container]) -> Container:
