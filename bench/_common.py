@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from deployer.commands.compose import V2, Compose  # noqa: E402
 from tests.bench.deployment import add_migration  # noqa: E402
-from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE, free_port  # noqa: E402
+from tests.bench.docker import HAPROXY_IMAGE, POSTGRES_IMAGE, PYTHON_IMAGE, free_port  # noqa: E402
 from tests.bench.gitrepos import git, make_origin  # noqa: E402
 
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-base-images"
@@ -279,6 +279,12 @@ class Stack:
     head: str = FIRST_HEAD
     releases: int = 0
     notes: list[str] = field(default_factory=list)
+    proxy: bool = False  # behind deployer's proxy
+
+    @property
+    def state_dir(self) -> Path:
+        """deployer's files on the server: beside the checkout (``<path>.deployer``)."""
+        return self.server.parent / f"{self.server.name}.deployer"
 
     @property
     def health_url(self) -> str:
@@ -297,7 +303,8 @@ class Stack:
             project=self.name,
             project_dir=str(self.server),
             files=(str(self.server / "docker-compose.prod.yml"),),
-            env_file=str(self.server / ".deployer" / "compose.env"),
+            env_file=str(self.state_dir / "compose.env"),
+            overrides=(str(self.state_dir / "compose.proxy.yml"),) if self.proxy else (),
         )
 
     def deployer(self, *args: str, timeout: float = 900) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -355,13 +362,14 @@ class Stack:
         return result
 
     def journal(self) -> list[dict]:
-        path = self.server / ".deployer" / "journal.jsonl"
+        path = self.state_dir / "journal.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def cleanup(self) -> None:
         """Remove every container, volume, network and image tag of the project, and the directories."""
+        quiet(["docker", "rm", "--force", f"deployer-proxy-{self.name}"])
         remove_project(self.name, extra_volumes=(f"{self.name}_dbdata",))
         # Release tags: every tag of the app's own web image, and the saved tags deployer put
         # on the shared postgres image (deployer-<release id> / deployer-before-<release id>).
@@ -406,11 +414,15 @@ WEB_PORT = "{stack.web_port}"
 WEB_IMAGE = "{stack.name}-web"
 PYTHON_IMAGE = "{PYTHON_IMAGE}"
 POSTGRES_IMAGE = "{POSTGRES_IMAGE}"
-"""
+""" + (f"""
+[environments.{stack.env_name}.proxy]
+image = "{HAPROXY_IMAGE}"
+pause_timeout = 30
+""" if stack.proxy else "")
 
 
 @contextmanager
-def stack(prefix: str, *, ssh: SSHServer | None = None) -> Iterator[Stack]:
+def stack(prefix: str, *, ssh: SSHServer | None = None, proxy: bool = False) -> Iterator[Stack]:
     """A fresh app deployment (not yet released); everything is removed on exit, also on failure."""
     base = Path(tempfile.mkdtemp(prefix=f"deployer-bench-{prefix}-"))
     home = base / "home"
@@ -418,7 +430,7 @@ def stack(prefix: str, *, ssh: SSHServer | None = None) -> Iterator[Stack]:
     s = Stack(
         base=base, name=f"bench{prefix}{secrets.token_hex(3)}", env_name="bench", host="bench" if ssh else "local",
         laptop=base / "laptop", server=base / "server" / "app", web_port=free_port(),
-        password="pw" + secrets.token_hex(8), home=home,
+        password="pw" + secrets.token_hex(8), home=home, proxy=proxy,
     )
     try:
         if ssh is not None:

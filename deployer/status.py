@@ -131,6 +131,34 @@ class Service:
 
 
 @dataclass(frozen=True)
+class ProxyState:
+    container: str
+    state: str  # running, exited, … ("missing": no such container)
+    routes_to: tuple[str, ...]  # the web containers (or addresses) it sends new requests to
+    error: str | None = None
+
+
+def proxy_state(routes: Any, containers: Sequence[Container], web_service: str) -> tuple[ProxyState, list[str]]:
+    """The proxy as status shows it, and what is wrong with it (pure)."""
+    by_address = {ip: c.name for c in containers if c.service == web_service and c.state == "running" for ip in c.ips}
+    named = tuple(f"{by_address.get(address, address)}" + ("" if address in by_address else f":{port}")
+                  for address, port in routes.serving)
+    problems = []
+    if routes.state != "running":
+        problems.append(f"the proxy {routes.name} does not run ({routes.state or 'no such container'}): the site does not answer")
+    elif routes.error:
+        problems.append(f"the proxy {routes.name} does not answer its runtime API: {routes.error}")
+    elif not routes.serving:
+        problems.append(f"the proxy {routes.name} sends requests to no container")
+    else:
+        strays = [f"{a}:{p}" for a, p in routes.serving if a not in by_address]
+        if strays:
+            problems.append(f"the proxy {routes.name} sends requests to {', '.join(strays)}, which no running "
+                            f"{web_service} container has")
+    return ProxyState(routes.name, routes.state or "missing", named, routes.error), problems
+
+
+@dataclass(frozen=True)
 class LockState:
     held: bool
     holder: str | None = None
@@ -179,6 +207,7 @@ class Status:
     exit_code: int
     interrupted: str | None = None  # an interrupted run, described
     running: str | None = None  # the commit the running web container was built from
+    proxy: ProxyState | None = None  # behind deployer's proxy: where it sends requests
 
     @property
     def in_sync(self) -> bool:
@@ -475,6 +504,7 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         backup_f = pool.submit(read_newest_backup, host, environment.backup_dir)
         runlog_f = pool.submit(runlog.read, host, state_dir)
         location_f = pool.submit(_after, warm, _locate_database, target)
+        proxy_f = pool.submit(_read_proxy, host, cfg) if environment.proxy is not None else None
 
         every = containers_f.result()
         containers = [c for c in every if not c.oneoff]
@@ -525,6 +555,11 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         if deployed_sha is not None:
             expected = [s for s in (cfg.app.db_service, cfg.app.web_service) if s]
             problems += service_problems(services, expected)
+        proxied: ProxyState | None = None
+        if proxy_f is not None:
+            proxied, proxy_problems = proxy_state(proxy_f.result(), containers, cfg.app.web_service)
+            if deployed_sha is not None:
+                problems += proxy_problems
         leftovers = [c.name for c in every if c.oneoff and "-migrate-" in c.name or c.oneoff and "-downgrade-" in c.name]
         if leftovers:
             problems.append(f"a migration container is left from an interrupted run: {', '.join(leftovers)}")
@@ -559,12 +594,20 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
             exit_code=exit_code_for(database, problems, interrupted),
             interrupted=interrupted,
             running=running_sha,
+            proxy=proxied,
         )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         importer.shutdown(wait=True)
         if own_host and host is not None:
             host.close()
+
+
+def _read_proxy(host: Host, cfg: Config) -> Any:
+    from deployer.proxy.runtime import read_routes
+    from deployer.proxy.site import CONTAINER_PREFIX
+
+    return read_routes(host, CONTAINER_PREFIX + cfg.app.name)
 
 
 def _running_commit(cfg: Config, containers: Sequence[Container], records: Sequence[Record], run: Any,
@@ -755,6 +798,11 @@ def render_status(s: Status, now: datetime | None = None) -> str:
             lines.append(f"    {mark} {sv.service:<12} {state:<20} {since:<14} {sv.image}")
     else:
         lines.append("  services   no containers")
+    if s.proxy is not None:
+        p = s.proxy
+        where = f"routes to {', '.join(p.routes_to)}" if p.routes_to else "routes to nothing"
+        lines.append(f"  proxy      {p.container} {p.state}" + (f", {where}" if p.state == "running" and not p.error else "")
+                     + (f" (runtime API: {p.error})" if p.error else ""))
     if s.lock.held:
         lines.append(f"  lock       held by {s.lock.holder} for '{s.lock.command}' since {s.lock.acquired_at} "
                      f"({_age(s.lock.acquired_at, now)} ago)")

@@ -136,17 +136,31 @@ def show_stat() -> str:
     return "show stat"
 
 
-# One runtime API command through the proxy container's bash (every HAProxy image has it):
-# the command arrives as $1, never formatted into the script.
+# Runtime API commands through the proxy container's bash (every HAProxy image has it), in
+# order, one connection each; the commands arrive as arguments, never formatted into the
+# script, and each answer ends with a line of its own.
+ANSWER_END = "@@deployer-answer-end@@"
 _CLI_SCRIPT = (
+    'for command in "$@"; do '
     f"exec 3<>/dev/tcp/127.0.0.1/{ADMIN_PORT} || exit 70; "
-    'printf "%s\\n" "$1" >&3; exec cat <&3'
+    'printf "%s\\n" "$command" >&3; cat <&3; exec 3<&-; '
+    f'printf "\\n%s\\n" "{ANSWER_END}"; done'
 )
 
 
-def cli_argv(container: str, command: str) -> list[str]:
-    """argv that sends one runtime API ``command`` to the proxy and prints its answer."""
-    return ["docker", "exec", container, "bash", "-c", _CLI_SCRIPT, "bash", command]
+def cli_argv(container: str, *commands: str) -> list[str]:
+    """argv that sends runtime API ``commands`` to the proxy, in one ``docker exec``, and
+    prints their answers (split them with :func:`split_answers`)."""
+    return ["docker", "exec", container, "bash", "-c", _CLI_SCRIPT, "bash", *commands]
+
+
+def split_answers(output: str, count: int) -> list[str]:
+    """The answers of ``count`` commands sent by :func:`cli_argv`."""
+    parts = output.split(f"\n{ANSWER_END}\n")
+    answers = parts[:-1] if parts and not parts[-1].strip() else parts
+    if len(answers) != count:
+        raise ValueError(f"expected {count} runtime API answers, got {len(answers)}")
+    return answers
 
 
 # -- parsing answers -----------------------------------------------------------------------

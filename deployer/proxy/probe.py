@@ -24,11 +24,10 @@ class ProbeSummary:
     first_failure: str | None = None
 
     def describe(self) -> str:
-        verdict = "served throughout" if self.failed == 0 else f"{self.failed} failed"
-        text = f"{verdict}: {self.failed} failed of {self.probes} probes, slowest {self.slowest_ms:.0f} ms"
-        if self.failed:
-            text += f", longest gap {self.longest_gap_ms:.0f} ms (first: {self.first_failure})"
-        return text
+        if self.failed == 0:
+            return f"served throughout: 0 failed of {self.probes} probes, slowest {self.slowest_ms:.0f} ms"
+        return (f"{self.failed} of {self.probes} probes failed, slowest {self.slowest_ms:.0f} ms, "
+                f"longest gap {self.longest_gap_ms:.0f} ms (first: {self.first_failure})")
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -90,7 +90,8 @@ class Proxy:
     def write_config(self, servers: dict[str, tuple[str, int, str]] | None = None) -> None:
         """Write haproxy.cfg atomically (the proxy reads it when it starts)."""
         text = haproxy.render_config(self.container.settings, servers)
-        self.host.run(["mkdir", "-p", self.container.config_dir], check=True, timeout=30)
+        if servers is None:  # the first configuration: its directory may not exist yet
+            self.host.run(["mkdir", "-p", self.container.config_dir], check=True, timeout=30)
         self.host.write_text(self.container.config_path, text, mode=0o644)
 
     def ensure(self, *, deadline_seconds: float = 30) -> None:
@@ -115,21 +116,31 @@ class Proxy:
 
     def command(self, text: str) -> str:
         """Send one runtime API command; its answer (:class:`ProxyError` when refused)."""
+        return self.commands([text])[0]
+
+    def commands(self, texts: list[str]) -> list[str]:
+        """Send runtime API commands in order, in one round trip to the host; their answers.
+        :class:`ProxyError` names the first one refused (those after it were still sent)."""
+        shown = "; ".join(texts)
         try:
-            result = self.host.run(haproxy.cli_argv(self.container.name, text), timeout=30)
+            result = self.host.run(haproxy.cli_argv(self.container.name, *texts), timeout=30)
         except CommandError as error:
-            raise ProxyError(f"the proxy {self.container.name} did not answer `{text}`: {error.message}") from error
+            raise ProxyError(f"the proxy {self.container.name} did not answer `{shown}`: {error.message}") from error
         if not result.ok:
             raise ProxyError(
-                f"the proxy {self.container.name} did not answer `{text}` (exit {result.exit_code}): "
+                f"the proxy {self.container.name} did not answer `{shown}` (exit {result.exit_code}): "
                 f"{(result.stderr or result.stdout).strip()[:300]}",
                 hint=f"is it running? `docker ps --filter name={self.container.name}` on the host",
             )
-        answer = result.stdout
-        refused = haproxy.refusal(text, answer)
-        if refused is not None:
-            raise ProxyError(f"the proxy refused `{text}`: {refused}")
-        return answer
+        try:
+            answers = haproxy.split_answers(result.stdout, len(texts))
+        except ValueError as error:
+            raise ProxyError(f"the proxy {self.container.name}: {error} for `{shown}`") from error
+        for text, answer in zip(texts, answers, strict=True):
+            refused = haproxy.refusal(text, answer)
+            if refused is not None:
+                raise ProxyError(f"the proxy refused `{text}`: {refused}")
+        return answers
 
     def slots(self) -> dict[str, Slot]:
         answer = self.command(haproxy.show_servers())
@@ -160,17 +171,25 @@ class Proxy:
         slots = self.slots()
         live = _live(slots)
         same = [s for s in live if (s.address, s.port) == (address, port)]
+        old = [s.name for s in live if (s.address, s.port) != (address, port)]
+        first: list[str] = []
         if same:  # already routed there (a switch that completed before a crash)
             target = same[0].name
+            if same[0].state != "ready":
+                first.append(haproxy.set_state(target, "ready"))
         else:
             target = _free(slots)
-            self.command(haproxy.set_address(target, address, port))
-            self.command(haproxy.set_state(target, "ready"))
-            self.log(f"proxy: slot {target} → {address}:{port} ready")
-        old = [s.name for s in live if s.name != target]
+            first += [haproxy.set_address(target, address, port), haproxy.set_state(target, "ready")]
+        old = [name for name in old if name != target]
         parked = [s.name for s in slots.values() if s.name != target and s.state != "maint" and s.empty]
         started = time.monotonic()
-        clean = self._retire(old, drain_timeout, also=parked)
+        # The new slot is ready before the old ones drain: one round trip for both.
+        batch = [*first, *(haproxy.set_state(name, "drain") for name in old)]
+        if batch:
+            self.commands(batch)
+        if not same:
+            self.log(f"proxy: slot {target} → {address}:{port} ready")
+        clean = self._retire(old, drain_timeout, also=parked, drained=True)
         waited = time.monotonic() - started
         if old:
             self.log(f"proxy: drained slot {', '.join(old)} in {waited:.2f}s" + ("" if clean else " (timed out)"))
@@ -183,16 +202,18 @@ class Proxy:
         Returns once nothing is in flight; :meth:`switch` then releases the held requests."""
         slots = self.slots()
         parking = _free(slots)
-        self.command(haproxy.set_address(parking, *NOWHERE))
-        self.command(haproxy.set_state(parking, "ready"))
-        self._retire([s.name for s in _live(slots)], self.container.settings.pause_timeout)
+        live = [s.name for s in _live(slots)]
+        self.commands([haproxy.set_address(parking, *NOWHERE), haproxy.set_state(parking, "ready"),
+                       *(haproxy.set_state(name, "drain") for name in live)])
+        self._retire(live, self.container.settings.pause_timeout, drained=True)
         self.log("proxy: holding new requests")
 
-    def _retire(self, draining: list[str], timeout: float, *, also: list[str] | None = None) -> bool:
+    def _retire(self, draining: list[str], timeout: float, *, also: list[str] | None = None, drained: bool = False) -> bool:
         """Drain ``draining`` (no new requests; True once none is in flight, False when
-        ``timeout`` passed first), then put them and ``also`` in maintenance, pointing nowhere."""
-        for name in draining:
-            self.command(haproxy.set_state(name, "drain"))
+        ``timeout`` passed first), then put them and ``also`` in maintenance, pointing nowhere.
+        ``drained``: the caller already set them to drain."""
+        if draining and not drained:
+            self.commands([haproxy.set_state(name, "drain") for name in draining])
         end = time.monotonic() + timeout
         clean = True
         while draining and self.sessions(draining) > 0:
@@ -200,10 +221,36 @@ class Proxy:
                 clean = False
                 break
             time.sleep(0.1)
-        for name in [*draining, *(also or [])]:
-            self.command(haproxy.set_state(name, "maint"))
-            self.command(haproxy.set_address(name, *NOWHERE))
+        retired = [*draining, *(also or [])]
+        if retired:
+            self.commands([command for name in retired
+                           for command in (haproxy.set_state(name, "maint"), haproxy.set_address(name, *NOWHERE))])
         return clean
+
+
+@dataclass(frozen=True)
+class Routes:
+    """What a proxy container does now, read without changing anything (``deployer status``)."""
+
+    name: str
+    state: str  # the container's state ("" when there is no such container)
+    serving: tuple[tuple[str, int], ...] = ()  # the addresses it sends new requests to
+    error: str | None = None  # its runtime API did not answer
+
+
+def read_routes(host: Host, name: str) -> Routes:
+    inspected = host.run(["docker", "inspect", "--type", "container", "--format", "{{.State.Status}}", name], timeout=30)
+    state = inspected.stdout.strip() if inspected.ok else ""
+    if state != "running":
+        return Routes(name, state)
+    answer = host.run(haproxy.cli_argv(name, haproxy.show_servers()), timeout=30)
+    try:
+        if not answer.ok:
+            raise ValueError((answer.stderr or answer.stdout).strip()[:200] or f"exit {answer.exit_code}")
+        slots = haproxy.parse_servers(answer.stdout)
+    except ValueError as error:
+        return Routes(name, state, error=str(error))
+    return Routes(name, state, tuple((s.address, s.port) for s in slots.values() if s.state == "ready" and not s.empty))
 
 
 def _live(slots: dict[str, Slot]) -> list[Slot]:

@@ -146,6 +146,12 @@ def _check_order(playbook: Playbook) -> None:
             raise ConfigError(f"{where}: step `{name}` appears more than once")
     if "migrate" in names and "backup" in names and names.index("backup") > names.index("migrate"):
         raise ConfigError(f"{where}: `backup` must come before `migrate`: the backup is what makes the migration undoable")
+    if "hold" in names and "migrate" in names and names.index("hold") > names.index("migrate"):
+        raise ConfigError(f"{where}: `hold` must come before `migrate`: it stops the old code before a breaking migration")
+    if "hold" in names and "swap" not in names:
+        raise ConfigError(f"{where}: `hold` needs a `swap` step after it: the swap releases the held requests")
+    if "swap" in names and "migrate" in names and names.index("swap") < names.index("migrate"):
+        raise ConfigError(f"{where}: `swap` must come after `migrate`: the new code needs its schema")
     if "record" in names and names[-1] != "record":
         raise ConfigError(f"{where}: `record` must be the last step")
 

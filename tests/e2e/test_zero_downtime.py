@@ -92,6 +92,9 @@ def test_first_release_puts_the_proxy_in_front_of_the_web_service(d: Deployment)
     assert ports == "", ports
     assert d.wait_answer("/")[0] == 200
     assert result["served"] is None  # nothing served before: no one to fail
+    status = d.deployer("status", d.env_name)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"proxy      deployer-proxy-{d.name} running, routes to {webs[0]['Names']}" in status.stdout, status.stdout
     names = [s["name"] for s in result["steps"]]
     assert names.index("migrate") < names.index("swap") < names.index("health")
 
@@ -193,6 +196,7 @@ def test_deployer_killed_during_the_switch_leaves_the_site_serving(d: Deployment
         assert len([w for w in web_containers(d) if w["State"] == "running"]) == 2
         status = d.deployer("status", d.env_name)
         assert "interrupted" in status.stdout, status.stdout
+        assert "routes to" in status.stdout, status.stdout  # one or both containers: it serves
         recovered = d.deployer("recover", d.env_name)
         assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert_served(seen)

@@ -73,6 +73,9 @@ BASE = [{"step": "preflight"}, {"step": "lock"}]
         ({"steps": [*BASE, {"step": "sync"}, {"step": "sync"}]}, "step `sync` appears more than once"),
         ({"steps": [*BASE, {"step": "migrate"}, {"step": "backup"}]}, "`backup` must come before `migrate`"),
         ({"steps": [*BASE, {"step": "record"}, {"step": "health"}]}, "`record` must be the last step"),
+        ({"steps": [*BASE, {"step": "migrate"}, {"step": "hold"}, {"step": "swap"}]}, "`hold` must come before `migrate`"),
+        ({"steps": [*BASE, {"step": "hold"}, {"step": "migrate"}]}, "`hold` needs a `swap` step after it"),
+        ({"steps": [*BASE, {"step": "swap"}, {"step": "migrate"}]}, "`swap` must come after `migrate`"),
     ],
 )
 def test_mistakes(data: dict, expected: str) -> None:

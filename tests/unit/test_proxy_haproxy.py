@@ -59,6 +59,16 @@ def test_cli_argv_passes_the_command_as_an_argument() -> None:
     assert argv[:4] == ["docker", "exec", "web-proxy", "bash"]
     assert argv[-1] == "set server app/a state ready; show stat"
     assert "set server" not in argv[5]  # the script is constant
+    several = haproxy.cli_argv("web-proxy", "set server app/a state ready", "set server app/b state drain")
+    assert several[-2:] == ["set server app/a state ready", "set server app/b state drain"] and several[5] == argv[5]
+
+
+def test_answers_of_several_commands_are_split_where_each_ends() -> None:
+    end = haproxy.ANSWER_END
+    output = f"\n\n{end}\nNo such server.\n\n{end}\n"
+    assert haproxy.split_answers(output, 2) == ["\n", "No such server.\n"]
+    with pytest.raises(ValueError, match="expected 3 runtime API answers, got 2"):
+        haproxy.split_answers(output, 3)
 
 
 def test_parse_servers() -> None:
