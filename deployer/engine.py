@@ -610,7 +610,8 @@ def _forward(ctx: Context, record: runlog.RunRecord, recovery: Recovery, started
 
     changing = [name for _, name in record.steps if step_kind(name).changes and name not in ("lock", "record")]
     labels = {name: label for label, name in record.steps}
-    not_done = [name for name in changing if record.state_of(labels[name]) != runlog.DONE]
+    # A skipped step had nothing to do: it is finished too.
+    not_done = [name for name in changing if record.state_of(labels[name]) not in (runlog.DONE, runlog.SKIPPED)]
     if not_done:
         raise RefusedError(
             f"{record.kind} {record.id} cannot go forward: its steps {', '.join(not_done)} did not finish",

@@ -83,6 +83,11 @@ def teardown_first_release(ctx: Context, recovery: Recovery):  # noqa: ANN201
     if started:
         yield Command(tuple(ctx.compose.rm(started, stop=True)), what="remove the containers this first release started",
                       check=False, timeout=300)
+    if ctx.env.proxy is not None:
+        from deployer.proxy.site import CONTAINER_PREFIX
+
+        yield Command(("docker", "rm", "--force", CONTAINER_PREFIX + ctx.app.name),
+                      what="remove the proxy this first release started", check=False, timeout=120)
     created = [v for v in _project_volumes(recovery, ctx) if v not in source.volumes]
     if created:
         yield Command(("docker", "volume", "rm", "--force", *created), what="remove the volumes this first release created",

@@ -218,3 +218,21 @@ def test_a_rollback_swaps_and_fails_no_request(d: Deployment) -> None:
     assert d.sql("SELECT recipe_title FROM recipes WHERE recipe_title = 'soup'") == [("soup",)]
     webs = web_containers(d)
     assert len(webs) == 1 and webs[0]["State"] == "running", webs
+
+
+def test_on_this_machine_a_failed_first_release_removes_the_proxy_and_a_release_fails_no_request(deployment_factory) -> None:
+    local = deployment_factory("local", health_timeout=15, proxy=True)
+    wsgi = (local.laptop / "example/wsgi.py").read_text()
+    local.commit({"example/wsgi.py": BROKEN_HEALTH_WSGI}, "break /health")
+    failed = local.release(expect=1)
+    assert "nothing was deployed" in failed["stderr"], failed["stderr"]
+    assert proxy_state(local) == "" and web_containers(local) == []  # as the first release found it
+    local.commit({"example/wsgi.py": wsgi}, "mend /health")
+    local.release()
+    assert proxy_state(local) == "running"
+    local.commit({"example/CHANGES.txt": "a local change\n"}, "a local change")
+    with observed(local) as seen:
+        result = local.release()
+    assert_served(seen)
+    assert result["served"]["failed"] == 0 and result["served"]["probes"] >= 20, result["served"]
+    assert [w["State"] for w in web_containers(local)] == ["running"]

@@ -167,7 +167,7 @@ def test_json_document_has_stable_fields() -> None:
     doc = json.loads(json.dumps(report().to_dict()))
     assert set(doc) == {
         "schema", "environment", "host", "path", "checked_at", "seconds", "code", "database", "services", "lock",
-        "last_release", "last_backup", "problems", "exit_code", "in_sync", "verdict", "interrupted", "running",
+        "last_release", "last_backup", "problems", "exit_code", "in_sync", "verdict", "interrupted", "running", "proxy",
     }
     assert doc["verdict"] == "up to date" and doc["in_sync"] is True and doc["schema"] == 1
     assert set(doc["code"]) == {"branch", "deployed", "deployed_subject", "tip", "tip_subject", "ahead", "behind", "error"}
