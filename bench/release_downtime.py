@@ -177,7 +177,7 @@ def observe(s: Stack, label: str, action: Callable[[], object], *, events: bool 
     """Run ``action`` under the probe and the writer; the row of what they saw."""
     recorder = Events(s.name) if events else contextlib.nullcontext()
     with recorder as watched, Probe(f"http://127.0.0.1:{s.web_port}/", timeout=60) as probe, \
-            Writer(s.web_port, f"{s.name}-{label}") as writer:
+            Writer(s.web_port, f"{s.name}-{'-'.join(label.split())}") as writer:
         time.sleep(1.0)
         started = time.monotonic()
         outcome = action()
@@ -305,7 +305,7 @@ def lost_writes(s: Stack, rows: list[dict]) -> int:
     found = subprocess.run(
         [*s.compose.base(), "exec", "-T", "db", "psql", "-U", "recipes", "-d", "recipes", "-At", "-c",
          "SELECT email FROM users WHERE email LIKE '%@bench.example'"],
-        env=s.environ(), capture_output=True, text=True, check=True).stdout.split()
+        env=s.environ(), capture_output=True, text=True, check=True).stdout.splitlines()
     return len(created - set(found))
 
 

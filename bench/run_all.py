@@ -23,7 +23,7 @@ BENCH = REPO_ROOT / "bench"
 # name, arguments for a full run, arguments for --quick
 SCRIPTS = (
     ("startup", ["--runs", "15"], ["--runs", "3"]),
-    ("release_downtime", ["--rounds", "3"], ["--rounds", "1"]),
+    ("release_downtime", ["--rounds", "3"], ["--rounds", "1", "--proxy-releases", "5"]),
     ("recreate_downtime", ["--rounds", "5"], ["--rounds", "1"]),
     ("release_overhead", ["--runs", "3"], ["--runs", "1"]),
     ("status_latency", [], []),  # its own defaults (it takes STATUS_BENCH_RUNS from the environment)
