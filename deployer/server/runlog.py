@@ -119,9 +119,13 @@ class RunRecord:
     def describe(self) -> str:
         """Where an interrupted run stopped, and between which states."""
         source = self.source
-        return (f"{self.kind} {self.id} was interrupted at step {self.current_step} "
+        text = (f"{self.kind} {self.id} was interrupted at step {self.current_step} "
                 f"(from commit {(source.commit or 'none')[:12]}, revision {', '.join(source.revision or ()) or 'none'}; "
                 f"to commit {self.goal.commit[:12]}, revision {', '.join(self.goal.heads) or 'none'})")
+        if self.swap.get("new"):
+            switched = "the proxy had switched to it" if self.swap.get("switched") else "the proxy had not switched to it"
+            text += f"; the swap had started web container {str(self.swap['new'])[:12]} and {switched}"
+        return text
 
     def with_progress(self, label: str, kind: str, state: str, detail: str = "") -> RunRecord:
         return replace(self, progress=(*self.progress, Progress(label, kind, state, now(), detail)))

@@ -11,12 +11,15 @@ runs now (see :mod:`deployer.proxy.modes`), the proxy holds new requests while t
 containers stop, the migration runs and the new container starts; ``swap`` then releases
 them to it. Otherwise it does nothing and the containers overlap.
 
-While either runs, a prober sends a request through the proxy every 20 ms, as a user
+While either runs, a prober sends a request through the proxy every 50 ms, as a user
 would; the release summary and the journal say what it saw.
 
 Recovery needs no undo of its own here: :func:`converge_web` brings the web service to one
 container of the checkout's configuration behind the proxy, starting one beside whatever
-runs when none fits; recovery calls it once the checkout and images are back.
+runs when none fits; recovery calls it once the checkout and images are back. It decides
+from what runs (configuration hash and image of each container), so a run killed at any
+point converges the same way; the step log's ``swap`` entry (the containers replaced, the
+one started, whether the proxy switched) tells a person what the interrupted run did.
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ from deployer.steps.playbook import Step
 from deployer.steps.up import guard_schema, up
 
 HASH_LABEL = "com.docker.compose.config-hash"
+NUMBER_LABEL = "com.docker.compose.container-number"
 # How often a release probes the app through the proxy (each probe a new connection; over
 # SSH, a new channel of the one connection): 20 a second, light on the server and on the
 # machine running deployer, and no outage that fails a request goes unseen (HAProxy's own
 # retries are 1 s apart).
 PROBE_INTERVAL = 0.05
-NUMBER_LABEL = "com.docker.compose.container-number"
 
 
 class SwapError(DeployerError):

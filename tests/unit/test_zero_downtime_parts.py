@@ -4,6 +4,7 @@ and how a release's probe summary is shown."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,16 @@ def test_status_names_the_container_the_proxy_sends_requests_to_and_what_is_wron
     assert problems == ["the proxy deployer-proxy-shop sends requests to no container"]
     state, problems = proxy_state(Routes("deployer-proxy-shop", ""), [web], "app")
     assert state.state == "missing" and "does not run (no such container): the site does not answer" in problems[0]
+
+
+def test_an_interrupted_swap_says_what_it_had_done() -> None:
+    from deployer.server.runlog import STARTED, Goal, Progress, RunRecord, Source
+
+    record = RunRecord(
+        id="r2", kind="release", environment="prod", playbook="release", steps=(("swap", "swap"),), holder="me", pid=1,
+        started_at="t", source=Source(commit="a" * 40, revision=("old1",)), goal=Goal(commit="b" * 40, heads=("new1",), release="r2"),
+        progress=(Progress("swap", "swap", STARTED, "t"),), swap={"old": ["c" * 64], "new": "d" * 64, "switched": True},
+    )
+    text = record.describe()
+    assert text.endswith(f"; the swap had started web container {'d' * 12} and the proxy had switched to it"), text
+    assert RunRecord.from_dict(json.loads(record.to_json())).swap == record.swap
