@@ -23,7 +23,7 @@ import shlex
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -168,9 +168,7 @@ def wait_healthy(
 
     In order: the health URL (status, body), the health command in the web container, then
     the containers (all up, healthy where they have a healthcheck, no restart during
-    ``settle`` seconds). A web container whose Docker healthcheck has not run yet
-    ("starting") is not waited for when the URL or the command just proved it answers: it
-    must still stay up through ``settle``, and must not turn unhealthy. Returns a one-line summary of what was proven; raises
+    ``settle`` seconds). Returns a one-line summary of what was proven; raises
     :class:`HealthError` with the last observation of the check that did not pass.
     """
     deadline = time.monotonic() + timeout
@@ -180,8 +178,7 @@ def wait_healthy(
         proven.append(_wait_url(target, env.healthcheck_url, deadline, timeout, interval, log))
     if env.healthcheck_command:
         proven.append(_wait_command(target, env.healthcheck_command, deadline, timeout, interval, log))
-    answered = {target.config.app.web_service} if proven else set()
-    proven.append(_wait_containers(target, deadline, timeout, settle, interval, answered))
+    proven.append(_wait_containers(target, deadline, timeout, settle, interval))
     return "healthy: " + "; ".join(proven)
 
 
@@ -242,15 +239,11 @@ def _wait_command(
     return f"`{_clip(shown)}` exited 0 in {web}"
 
 
-def _wait_containers(target: Target, deadline: float, timeout: float, settle: float, interval: float,
-                     answered: Collection[str] = ()) -> str:
+def _wait_containers(target: Target, deadline: float, timeout: float, settle: float, interval: float) -> str:
     # All running, healthy where they have a healthcheck, and no restarts while we watch.
-    def ready(c: project.Container) -> bool:
-        return c.is_healthy or (c.state == "running" and c.health == "starting" and c.service in answered)
-
     while True:
         containers = project.service_containers(target)
-        bad = [c for c in containers if not ready(c)]
+        bad = [c for c in containers if not c.is_healthy]
         if not bad and containers:
             break
         last = ", ".join(f"{c.service}: {c.state} {c.health}".strip() for c in bad) or "no containers"
@@ -265,9 +258,6 @@ def _wait_containers(target: Target, deadline: float, timeout: float, settle: fl
         time.sleep(settle - youngest)
     after = project.service_containers(target)
     for container in after:
-        if container.health == "unhealthy":
-            raise HealthError(f"{container.service} ({container.name}) turned unhealthy during the {settle:g}s settle period",
-                              hint="check the service's logs and its healthcheck")
         if container.id not in restarts or container.restart_count != restarts[container.id] or container.state != "running":
             raise HealthError(
                 f"{container.service} ({container.name}) restarted or stopped during the {settle:g}s settle period "
