@@ -36,6 +36,23 @@ EXAMPLE_HEAD = "56b6764ae94a"
 PAUSE_TIMEOUT = 30
 
 
+# A release whose /health answers 503: what a health check that never passes looks like.
+BROKEN_HEALTH_WSGI = '''"""WSGI entry point (this release's /health is broken on purpose)."""
+from flask import request
+
+from recipes import create_app
+
+app = create_app()
+
+
+@app.before_request
+def _broken_health():
+    if request.path == "/health":
+        return "broken on purpose", 503
+    return None
+'''
+
+
 @dataclass
 class Deployment:
     kind: str  # ssh | local

@@ -39,7 +39,7 @@ import pytest
 
 from tests.bench.cli import result as result_of
 from tests.bench.cli import result_or_envelope
-from tests.bench.deployment import EXAMPLE_HEAD, Deployment
+from tests.bench.deployment import BROKEN_HEALTH_WSGI, EXAMPLE_HEAD, Deployment
 from tests.bench.faults import (
     Background,
     Writer,
@@ -62,20 +62,6 @@ pytestmark = pytest.mark.e2e
 TRACEBACK = re.compile(r"^Traceback", re.MULTILINE)
 KILLED = -signal.SIGKILL
 WSGI = "example/wsgi.py"
-BROKEN_HEALTH_WSGI = '''"""WSGI entry point (this release's /health is broken on purpose)."""
-from flask import request
-
-from recipes import create_app
-
-app = create_app()
-
-
-@app.before_request
-def _broken_health():
-    if request.path == "/health":
-        return "broken on purpose", 503
-    return None
-'''
 DOCKERFILE = "example/Dockerfile"
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.bench.cli import result as result_of
-from tests.bench.deployment import EXAMPLE_HEAD, Deployment, add_migration
+from tests.bench.deployment import BROKEN_HEALTH_WSGI, EXAMPLE_HEAD, Deployment, add_migration
 from tests.bench.gitrepos import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -24,20 +24,6 @@ R_RATINGS = "a1b2c3d4e5f6"
 R_BROKEN = "b2c3d4e5f6a7"
 R_TAGS = "c3d4e5f6a7b8"
 
-BROKEN_HEALTH_WSGI = '''"""WSGI entry point (this release's /health is broken on purpose)."""
-from flask import request
-
-from recipes import create_app
-
-app = create_app()
-
-
-@app.before_request
-def _broken_health():
-    if request.path == "/health":
-        return "broken on purpose", 503
-    return None
-'''
 
 
 @pytest.fixture(scope="module", params=["ssh", "local"])

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import pytest
 
 from deployer.proxy.probe import Prober, ProbeSummary
-from tests.bench.deployment import EXAMPLE_HEAD, PAUSE_TIMEOUT, Deployment, add_migration
+from tests.bench.deployment import BROKEN_HEALTH_WSGI, EXAMPLE_HEAD, PAUSE_TIMEOUT, Deployment, add_migration
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("zero-downtime")]
 
@@ -30,20 +30,6 @@ R_RATING = "e1f2a3b4c5d6"  # additive: a nullable column
 R_DROP = "f2a3b4c5d6e7"  # breaking: drops a column the running code reads
 PAUSE_BOUND_MS = PAUSE_TIMEOUT * 1000
 
-BROKEN_HEALTH_WSGI = '''"""WSGI entry point (this release's /health is broken on purpose)."""
-from flask import request
-
-from recipes import create_app
-
-app = create_app()
-
-
-@app.before_request
-def _broken_health():
-    if request.path == "/health":
-        return "broken on purpose", 503
-    return None
-'''
 
 
 @pytest.fixture(scope="module")
