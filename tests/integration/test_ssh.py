@@ -171,17 +171,28 @@ def test_streaming_callback_gets_lines_in_order(remote: Host) -> None:
     assert seen[2][0] - seen[0][0] >= 0.5, seen
 
 
-def test_concurrent_runs_from_threads(remote: Host) -> None:
-    def work(n: int) -> str:
-        return remote.run(["sh", "-c", f"sleep 0.5; echo {n}"], check=True).stdout
+def test_concurrent_runs_from_threads(remote: Host, tmp_path: Path) -> None:
+    # A rendezvous, not a stopwatch: each command leaves a mark and waits until eight marks
+    # exist. Eight commands that ran one after another would never see eight marks (the
+    # first one gives up after 30 s and fails); eight that run side by side over the one
+    # connection all pass. Twelve is more than the session limit (eight): the extra four
+    # wait for a free channel instead of failing, and find the eight marks already there.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = (
+        'touch "$1/$2"; i=0; '
+        'while [ "$(ls "$1" | wc -l)" -lt 8 ]; do '
+        "i=$((i+1)); [ $i -gt 600 ] && exit 7; sleep 0.05; done; "
+        'echo "$2"'
+    )
 
-    started = time.monotonic()
-    # More commands than the session limit: the extra ones wait for a free channel.
+    def work(n: int) -> str:
+        return remote.run(["sh", "-c", script, "sh", str(marks), str(n)], check=True).stdout
+
     with ThreadPoolExecutor(max_workers=12) as pool:
         outputs = list(pool.map(work, range(12)))
     assert outputs == [f"{n}\n" for n in range(12)]
-    # Ran side by side over the one connection (12 sequential runs would take 6 s).
-    assert time.monotonic() - started < 4
+    assert len(list(marks.iterdir())) == 12
 
 
 def test_file_transfer(remote: Host, tmp_path: Path) -> None:
