@@ -138,7 +138,7 @@ def test_timeout_kills_the_remote_command(remote: Host) -> None:
     with pytest.raises(CommandError) as caught:
         remote.run(["python3", "-c", "import time; time.sleep(30)", marker], timeout=1)
     elapsed = time.monotonic() - started
-    assert elapsed < 4, elapsed
+    assert elapsed < 15, elapsed  # not the 30 s the command would sleep
     message = str(caught.value)
     assert "timed out after 1 s" in message and "time.sleep(30)" in message
     # Really gone on the server, not just abandoned by us.

@@ -81,7 +81,7 @@ def test_killed_session_raises_connection_lost_then_reconnect_works(
             os.kill(pid, signal.SIGKILL)
     thread.join(10)
     assert not thread.is_alive()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 8
     assert len(errors) == 1 and isinstance(errors[0], ConnectionLost), errors
     message = str(errors[0])
     assert message.startswith(f"lost the SSH connection to {server.user}@127.0.0.1:{server.port} (server)"), message
