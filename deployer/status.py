@@ -8,9 +8,9 @@ both, the compose services, the deploy lock, the last release and the newest bac
 Speed matters (a monitor polls it), so everything goes over ONE SSH connection, and the
 independent reads run at once in threads: local git (ls-remote + fetch), and on the host
 the checkout's HEAD, the containers, the lock, the journal and the backups. Containers are
-read with one ``docker ps | docker inspect`` command on that connection rather than with
-``docker compose ps`` (which parses the compose file first) or the Docker SDK (a second
-SSH connection, and importing it alone costs about as much as everything else).
+read through the engine API in a channel of that connection (``docker system dial-stdio``,
+see :mod:`deployer.hosts.dockerapi`) rather than with ``docker compose ps`` (which parses
+the compose file first).
 
 The assessment itself (:func:`assess`, :func:`exit_code_for`, :func:`render_status`) is
 pure, so every verdict and exit code is unit-tested without a server.
@@ -358,15 +358,9 @@ def exit_code_for(database: DatabaseState, problems: Sequence[str], interrupted:
 
 def read_containers(host: Host, project: str) -> list[Container]:
     """Every container of the project, the one-off ones (migrations) included."""
-    from deployer.commands import docker as facts
+    from deployer.server import facts
 
-    result = host.run(facts.project_argv(project, oneoff=True), timeout=30)
-    if not result.ok:
-        raise DeployerError(
-            f"cannot list the containers on {host.name}: {(result.stderr or result.stdout).strip()[-300:]}",
-            hint="the user deployer logs in as must be able to run `docker ps`",
-        )
-    return facts.parse_inspect(result.stdout)
+    return facts.project_containers(host, project)
 
 
 def _service(c: Container) -> Service:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
@@ -51,7 +53,11 @@ def project_argv(project: str, *, oneoff: bool = False) -> list[str]:
 
 def parse_inspect(stdout: str) -> list[Container]:
     """Parse ``docker inspect`` JSON for containers."""
-    rows = json.loads(stdout or "[]")
+    return parse_rows(json.loads(stdout or "[]"))
+
+
+def parse_rows(rows: Sequence[Mapping[str, Any]]) -> list[Container]:
+    """Containers from ``docker inspect`` rows (the engine API's container JSON)."""
     containers = []
     for row in rows:
         state = row.get("State") or {}

@@ -15,9 +15,12 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from deployer.errors import CommandError
+
+if TYPE_CHECKING:
+    from deployer.hosts.dockerapi import Engine
 
 OutputCallback = Callable[[str], None]
 
@@ -172,6 +175,11 @@ class Host(Protocol):
         self, remote_host: str, remote_port: int
     ) -> AbstractContextManager[tuple[str, int]]:
         """Make ``remote_host:remote_port`` as seen from the host reachable from here."""
+        ...
+
+    def engine(self) -> Engine:
+        """The host's Docker Engine API (see :mod:`deployer.hosts.dockerapi`); its calls
+        raise ``EngineUnavailable`` where it cannot be reached, and callers use the CLI."""
         ...
 
     def close(self) -> None:

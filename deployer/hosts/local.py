@@ -26,6 +26,7 @@ from deployer.hosts.base import (
     check_env,
     timeout_error,
 )
+from deployer.hosts.dockerapi import Engine, local_engine
 
 # How often a waiting command looks for a signal deployer received.
 _POLL = 0.05
@@ -42,6 +43,7 @@ class LocalHost:
 
     def __init__(self, name: str = "local") -> None:
         self.name = name
+        self._engine: Engine | None = None
 
     def __repr__(self) -> str:
         return f"LocalHost(name={self.name!r})"
@@ -258,8 +260,16 @@ class LocalHost:
         """The address is already reachable from this machine: yield it unchanged."""
         yield (remote_host, remote_port)
 
+    def engine(self) -> Engine:
+        """This machine's engine socket (connected on first use)."""
+        if self._engine is None:
+            self._engine = local_engine()
+        return self._engine
+
     def close(self) -> None:
-        """Nothing to release."""
+        """Close the engine socket, if one was opened."""
+        if self._engine is not None:
+            self._engine.close()
 
     def __enter__(self) -> Self:
         return self

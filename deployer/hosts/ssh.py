@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import paramiko
 
@@ -53,6 +53,7 @@ from deployer.hosts.base import (
     remote_command,
     timeout_error,
 )
+from deployer.hosts.dockerapi import DIAL_STDIO, Engine, stream_engine
 from deployer.hosts.sshconnect import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER_ALIVE_COUNT_MAX,
@@ -126,6 +127,7 @@ class SSHHost:
         self._connection = Connection.open(target)
         self._connection_lock = threading.Lock()
         self._sessions = threading.BoundedSemaphore(_MAX_CONCURRENT_COMMANDS)
+        self._engine: Engine | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -149,6 +151,9 @@ class SSHHost:
         fresh = Connection.open(self.target)
         with self._connection_lock:
             old, self._connection = self._connection, fresh
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
         old.close()
 
     def _lost(self, exc: BaseException | None = None, connection: Connection | None = None) -> ConnectionLost:
@@ -540,6 +545,27 @@ class SSHHost:
         finally:
             tunnel.stop()
 
+    # -- the engine API -------------------------------------------------------------------
+
+    def engine(self) -> Engine:
+        """The server's Docker Engine API over this connection (``docker system
+        dial-stdio`` in one channel, opened on first use; a new one after reconnect)."""
+        with self._connection_lock:
+            if self._engine is None:
+                self._engine = stream_engine(self._engine_stream, self.target.label)
+            return self._engine
+
+    def _engine_stream(self) -> _EngineChannel:
+        # The stream holds one of the connection's session slots for as long as it lives.
+        self._sessions.acquire()
+        try:
+            channel, _ = self._open_session()
+            channel.exec_command(remote_command(DIAL_STDIO))
+        except BaseException:
+            self._sessions.release()
+            raise
+        return _EngineChannel(channel, self._sessions.release)
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
@@ -547,6 +573,8 @@ class SSHHost:
         if self._closed:
             return
         self._closed = True
+        if self._engine is not None:
+            self._engine.close()
         self._connection.close()
 
     def __enter__(self) -> Self:
@@ -554,6 +582,30 @@ class SSHHost:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _EngineChannel:
+    """A channel running ``docker system dial-stdio``, as the socket http.client writes
+    the engine's HTTP to; closing it gives its session slot back (once)."""
+
+    def __init__(self, channel: paramiko.Channel, release: Callable[[], None]) -> None:
+        self._channel = channel
+        self._release: Callable[[], None] | None = release
+
+    def sendall(self, data: bytes) -> None:
+        self._channel.sendall(data)
+
+    def makefile(self, mode: str) -> Any:
+        return self._channel.makefile(mode)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._channel.settimeout(timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class _LocalWriteError(Exception):

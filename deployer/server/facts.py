@@ -9,12 +9,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from deployer.commands import docker as containers_cmds
 from deployer.commands.compose import ComposeConfig, parse_config
 from deployer.db.url import POSTGRESQL, SQLITE, DatabaseLocation, locate
 from deployer.errors import ConfigError, DeployerError, HostError
+from deployer.hosts.dockerapi import EngineUnavailable
 from deployer.server.target import Target
+
+if TYPE_CHECKING:
+    from deployer.hosts import Host
 
 Container = containers_cmds.Container
 
@@ -38,18 +43,31 @@ print(" ".join(row[0] for row in rows))
 def service_containers(target: Target, service: str | None = None) -> list[Container]:
     """The project's containers (one service's, or all), one-off containers left out.
 
-    One ``docker ps | docker inspect`` round trip by the project's label: no compose file
-    to load, and it works before the first checkout exists.
+    Read by the project's label: no compose file to load, and it works before the first
+    checkout exists.
     """
     return [c for c in all_containers(target) if not c.oneoff and (service is None or c.service == service)]
 
 
 def all_containers(target: Target) -> list[Container]:
     """Every container of the project, one-off ones (migrations) included."""
-    result = target.host.run(containers_cmds.project_argv(target.compose.project, oneoff=True), timeout=60)
+    return project_containers(target.host, target.compose.project)
+
+
+def project_containers(host: Host, project: str) -> list[Container]:
+    """Every container of a compose project on ``host``, one-off ones included.
+
+    Through the host's engine API (no command, no SSH session); with the docker CLI where
+    the engine cannot be reached that way (the CLI then names the real problem).
+    """
+    try:
+        return containers_cmds.parse_rows(host.engine().project_containers(project, oneoff=True))
+    except EngineUnavailable:
+        pass
+    result = host.run(containers_cmds.project_argv(project, oneoff=True), timeout=60)
     if not result.ok:
         raise HostError(
-            f"cannot list the containers of {target.compose.project} on {target.host.name}: "
+            f"cannot list the containers of {project} on {host.name}: "
             f"{(result.stderr or result.stdout).strip()[-300:]}",
             hint="the user deployer logs in as must be able to run `docker ps` (the docker group, or root)",
         )

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from deployer.hosts.base import Result
+from deployer.hosts.dockerapi import Engine, EngineUnavailable
 
 Rule = tuple[Callable[[Sequence[str]], bool], int, str]
 
@@ -43,6 +44,9 @@ class FakeHost:
     def reconnect(self) -> None:
         pass
 
+    def engine(self) -> Engine:
+        return no_engine()
+
     def close(self) -> None:
         pass
 
@@ -52,3 +56,13 @@ class FakeHost:
 
     def index(self, predicate: Callable[[list[str]], bool]) -> int:
         return next(i for i, c in enumerate(self.calls) if predicate(c))
+
+
+def no_engine() -> Engine:
+    """An engine API that cannot be reached: the code under test reads with the CLI, whose
+    commands the fakes answer."""
+
+    def refuse() -> object:
+        raise EngineUnavailable("a fake host has no engine")
+
+    return Engine(refuse, "fake")  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from deployer.commands.compose import V2, Compose
 from deployer.config import load_config
 from deployer.errors import CommandError
 from deployer.hosts.base import Result
+from deployer.hosts.dockerapi import Engine
 from deployer.server.health import (
     BODY_LIMIT,
     HealthError,
@@ -33,6 +34,7 @@ from deployer.server.health import (
     wait_healthy,
 )
 from deployer.server.target import Target
+from tests.unit.fakes import no_engine
 
 TOKEN = "Bearer s3cret-token-value"
 
@@ -187,6 +189,9 @@ class FakeHost:
     calls: list[tuple[list[str], float | None]] = field(default_factory=list)
     name: str = "fake"
     is_local: bool = False
+
+    def engine(self) -> Engine:
+        return no_engine()
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None, **_: object) -> Result:
         self.calls.append((list(argv), timeout))
