@@ -65,10 +65,13 @@ from deployer.hosts.sshconnect import (
     fingerprint,
     resolve_target,
 )
+from deployer.hosts.sshshell import LOOP, CommandShell, ShellGone
 
 # OpenSSH allows 10 sessions per connection by default (MaxSessions); two stay free so
 # that a command can always be signalled over a channel of its own.
 _MAX_CONCURRENT_COMMANDS = 8
+# Command shells kept open between commands (each holds a session slot while idle).
+_IDLE_SHELLS = 2
 # After asking the server to SIGTERM a timed-out command, how long before SIGKILL.
 _KILL_GRACE_SECONDS = 2.0
 _POLL_SECONDS = 0.2
@@ -128,6 +131,9 @@ class SSHHost:
         self._connection_lock = threading.Lock()
         self._sessions = threading.BoundedSemaphore(_MAX_CONCURRENT_COMMANDS)
         self._engine: Engine | None = None
+        self._shells_lock = threading.Lock()
+        self._idle_shells: list[CommandShell] = []
+        self._shells_refused: str | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -154,6 +160,7 @@ class SSHHost:
             engine, self._engine = self._engine, None
         if engine is not None:
             engine.close()
+        self._drop_idle_shells()
         old.close()
 
     def _lost(self, exc: BaseException | None = None, connection: Connection | None = None) -> ConnectionLost:
@@ -261,8 +268,15 @@ class SSHHost:
     ) -> tuple[int, bool]:
         """Run a command, streaming stdin from a file object and output to callbacks.
 
-        Returns ``(exit_code, timed_out)``; raises :class:`ConnectionLost`.
+        Returns ``(exit_code, timed_out)``; raises :class:`ConnectionLost`. Without stdin
+        it runs in a command shell (:mod:`deployer.hosts.sshshell`) when one can be had.
         """
+        if stdin is None:
+            shell = self._take_shell()
+            if shell is not None:
+                return self._execute_in_shell(
+                    shell, remote_command(words, cwd=cwd, env=env), timeout, on_stdout, on_stderr
+                )
         report = _PidReport(f"deployer-pid-{uuid.uuid4().hex[:16]}:")
         # The prefix is a constant plus a hex token: nothing from the caller is formatted in.
         command = f"echo {report.token}$$ >&2; " + remote_command(words, cwd=cwd, env=env)
@@ -305,6 +319,113 @@ class SSHHost:
         if tail:
             on_stderr(tail)
         return exit_code, timed_out
+
+    # -- command shells -----------------------------------------------------------------
+
+    def _take_slot(self) -> None:
+        """One of the connection's session slots; an idle command shell gives its own back
+        rather than have a long-lived process or stream wait for one."""
+        if self._sessions.acquire(blocking=False):
+            return
+        with self._shells_lock:
+            spare = self._idle_shells.pop() if self._idle_shells else None
+        if spare is not None:
+            self._discard_shell(spare)
+        self._sessions.acquire()
+
+    def _take_shell(self) -> CommandShell | None:
+        """An idle command shell, or a new one; ``None`` where none can be started (the
+        command then gets a session of its own, as do all later ones)."""
+        with self._shells_lock:
+            while self._idle_shells:
+                shell = self._idle_shells.pop()
+                if shell.channel.active and not shell.channel.eof_received:
+                    return shell
+                self._discard_shell(shell)
+            if self._shells_refused is not None:
+                return None
+            connection = self._connection
+        self._take_slot()
+        channel: paramiko.Channel | None = None
+        try:
+            channel, _ = self._open_session()
+            token = f"deployer-shell-{uuid.uuid4().hex}"
+            command = remote_command(["sh", "-c", LOOP, "sh", token])
+            shell = CommandShell.start(channel, command, token, self.target.connect_timeout)
+        except ShellGone as exc:
+            if channel is not None:
+                channel.close()
+            self._sessions.release()
+            if not connection.is_active():
+                raise self._lost(connection=connection) from exc
+            self._shells_refused = str(exc)
+            return None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if channel is not None:
+                channel.close()
+            self._sessions.release()
+            raise self._lost(exc, connection) from exc
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            self._sessions.release()
+            raise
+        shell.connection = connection
+        return shell
+
+    def _keep_shell(self, shell: CommandShell) -> None:
+        with self._shells_lock:
+            if (
+                not self._closed
+                and shell.connection is self._connection
+                and len(self._idle_shells) < _IDLE_SHELLS
+            ):
+                self._idle_shells.append(shell)
+                return
+        self._discard_shell(shell)
+
+    def _discard_shell(self, shell: CommandShell) -> None:
+        shell.close()
+        self._sessions.release()
+
+    def _execute_in_shell(
+        self,
+        shell: CommandShell,
+        command: str,
+        timeout: float | None,
+        on_stdout: Callable[[bytes], None],
+        on_stderr: Callable[[bytes], None],
+    ) -> tuple[int, bool]:
+        connection = shell.connection
+        assert connection is not None
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        reusable = False
+        try:
+            try:
+                status = shell.run(command, on_stdout, on_stderr, deadline, _EXIT_POLL_SECONDS)
+            except ShellGone as exc:
+                if self._ended_by_lost_connection(shell.channel, connection):
+                    raise self._lost(connection=connection) from exc
+                return -1, False  # the shell (and its command) was killed on the server
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if connection.is_active() and not shell.channel.closed:
+                    raise HostError(f"SSH error on {self.target.label}: {exc}") from exc
+                raise self._lost(exc, connection) from exc
+            except BaseException:
+                # Ctrl-C or a failing callback: do not leave the command running.
+                with contextlib.suppress(Exception):
+                    self._stop(shell.channel, shell.pid, grace=0.5)
+                raise
+            if status is None:
+                self._stop(shell.channel, shell.pid)
+                return -1, True
+            reusable = True
+            return status, False
+        finally:
+            if reusable:
+                self._keep_shell(shell)
+            else:
+                self._discard_shell(shell)
 
     def _stop(
         self,
@@ -399,7 +520,7 @@ class SSHHost:
         words = check_argv(argv)
         report = _PidReport(f"deployer-pid-{uuid.uuid4().hex[:16]}:")
         command = f"echo {report.token}$$ >&2; " + remote_command(words, cwd=cwd, env=env)
-        self._sessions.acquire()
+        self._take_slot()
         try:
             channel, connection = self._open_session()
             try:
@@ -557,7 +678,7 @@ class SSHHost:
 
     def _engine_stream(self) -> _EngineChannel:
         # The stream holds one of the connection's session slots for as long as it lives.
-        self._sessions.acquire()
+        self._take_slot()
         try:
             channel, _ = self._open_session()
             channel.exec_command(remote_command(DIAL_STDIO))
@@ -575,7 +696,14 @@ class SSHHost:
         self._closed = True
         if self._engine is not None:
             self._engine.close()
+        self._drop_idle_shells()
         self._connection.close()
+
+    def _drop_idle_shells(self) -> None:
+        with self._shells_lock:
+            idle, self._idle_shells = self._idle_shells, []
+        for shell in idle:
+            self._discard_shell(shell)
 
     def __enter__(self) -> Self:
         return self
