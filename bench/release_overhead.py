@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,20 +76,18 @@ def run_bare(s: Stack, ssh: SSHServer, sha: str, round_: int) -> float:
     return seconds
 
 
-def command_latency(s: Stack, runs: int = 20, poll: float | None = None) -> list[float]:
+def command_latency(s: Stack, runs: int = 20) -> list[float]:
     """Wall time of ``host.run(["true"])`` over one open SSHHost connection."""
     import os
 
-    import deployer.hosts.ssh
     from deployer.hosts import connect
     from deployer.hosts.spec import parse_host
 
-    saved_home, saved_poll = os.environ.get("HOME"), deployer.hosts.ssh._POLL_SECONDS
+    saved_home = os.environ.get("HOME")
     os.environ["HOME"] = str(s.home)
-    if poll is not None:
-        deployer.hosts.ssh._POLL_SECONDS = poll
     try:
         with connect(parse_host("bench")) as host:
+            host.run(["true"], check=True)  # the first one starts the command shell
             times = []
             for _ in range(runs):
                 started = time.monotonic()
@@ -96,61 +95,82 @@ def command_latency(s: Stack, runs: int = 20, poll: float | None = None) -> list
                 times.append(time.monotonic() - started)
             return times
     finally:
-        deployer.hosts.ssh._POLL_SECONDS = saved_poll
         if saved_home is not None:
             os.environ["HOME"] = saved_home
 
 
-def profile_release(s: Stack, poll: float | None = None) -> tuple[float, list[tuple[str, int, float]]]:
-    """One more release, in this process, counting every command deployer runs on the host.
+def _kind(argv: list[str]) -> str:
+    """A command's program and verb, without paths, ids and format strings."""
+    words = [w for w in argv if not w.startswith("-")][:6]
+    if words[:2] == ["docker", "compose"]:
+        # docker compose --project-name P --project-directory D --file F ... VERB
+        verbs = [w for w in argv[2:] if w in ("build", "up", "run", "exec", "ps", "stop", "config", "version")]
+        kind = "docker compose " + (verbs[0] if verbs else "?")
+        if kind == "docker compose exec":
+            kind += " " + " ".join(argv[argv.index("exec") + 1:][1:3])
+        return kind
+    if words[:1] == ["sh"]:
+        script = argv[2]
+        verbs = [w for w in ("exec", "pg_dump", "pg_restore", "sha256sum", "umask", "docker inspect") if w in script]
+        return "sh -c (" + " ".join(verbs) + ")"
+    kept = [w for w in argv if not w.startswith(("/", "-", "sha256:")) and "{{" not in w]
+    return " ".join(kept[:2])
 
-    ``poll`` (an experiment) replaces deployer.hosts.ssh._POLL_SECONDS, the longest wait of the
-    SSH output loop, for this release only.
-    """
+
+@dataclass
+class Profile:
+    seconds: float
+    commands: list[tuple[str, int, float]]  # kind, count, seconds
+    channels: dict[str, int]  # SSH channels opened, by kind: session, direct-tcpip
+    engine_calls: int
+
+
+def profile_release(s: Stack) -> Profile:
+    """One more release, in this process, counting every command deployer runs on the host,
+    every SSH channel it opens (sessions: command shells, lone commands, file copies, the
+    lock's lease, the engine stream; direct-tcpip: tunnels to health URLs and the database)
+    and every engine API call."""
     import os
 
-    import deployer.hosts.ssh
+    import paramiko
+
     from deployer import api
+    from deployer.hosts.dockerapi import Engine
     from deployer.hosts.ssh import SSHHost
 
     calls: list[tuple[str, float]] = []
-    original = SSHHost.run
+    channels: dict[str, int] = {}
+    engine_calls = [0]
+    original_run, original_open, original_call = SSHHost.run, paramiko.Transport.open_channel, Engine.call
 
-    def counted(self, argv, *args, **kwargs):  # noqa: ANN001, ANN202 - a transparent wrapper
+    def counted_run(self, argv, *args, **kwargs):  # noqa: ANN001, ANN202 - transparent wrappers
         started = time.monotonic()
         try:
-            return original(self, argv, *args, **kwargs)
+            return original_run(self, argv, *args, **kwargs)
         finally:
-            words = [w for w in argv if not w.startswith("-")][:6]
-            if words[:2] == ["docker", "compose"]:
-                # docker compose --project-name P --project-directory D --file F ... VERB
-                verbs = [w for w in argv[2:] if w in ("build", "up", "run", "exec", "ps", "stop", "config", "version")]
-                kind = "docker compose " + (verbs[0] if verbs else "?")
-                if kind == "docker compose exec":
-                    kind += " " + " ".join(argv[argv.index("exec") + 1:][1:3])
-            elif words[:1] == ["sh"]:
-                script = argv[2]
-                verbs = [w for w in ("exec", "pg_dump", "pg_restore", "sha256sum", "umask") if w in script]
-                kind = "sh -c (" + " ".join(verbs) + ")"
-            else:
-                # the program and its verb, without paths, ids and format strings
-                kept = [w for w in argv if not w.startswith(("/", "-", "sha256:")) and "{{" not in w]
-                kind = " ".join(kept[:2])
-            calls.append((kind, time.monotonic() - started))
+            calls.append((_kind(list(argv)), time.monotonic() - started))
+
+    def counted_open(self, kind, *args, **kwargs):  # noqa: ANN001, ANN202
+        channels[kind] = channels.get(kind, 0) + 1
+        return original_open(self, kind, *args, **kwargs)
+
+    def counted_call(self, use):  # noqa: ANN001, ANN202
+        engine_calls[0] += 1
+        return original_call(self, use)
 
     saved = {k: os.environ.get(k) for k in ("HOME", "RECIPES_DB_PASSWORD")}
     os.environ.update({"HOME": str(s.home), "RECIPES_DB_PASSWORD": s.password})
-    SSHHost.run = counted  # type: ignore[method-assign]
-    saved_poll = deployer.hosts.ssh._POLL_SECONDS
-    if poll is not None:
-        deployer.hosts.ssh._POLL_SECONDS = poll
+    SSHHost.run = counted_run  # type: ignore[method-assign]
+    paramiko.Transport.open_channel = counted_open  # type: ignore[method-assign]
+    Engine.call = counted_call  # type: ignore[method-assign]
     try:
         started = time.monotonic()
         api.release(s.env_name, config_path=s.laptop / "deploy.toml", yes=True)
         seconds = time.monotonic() - started
     finally:
-        deployer.hosts.ssh._POLL_SECONDS = saved_poll
-        SSHHost.run = original  # type: ignore[method-assign]
+        SSHHost.run = original_run  # type: ignore[method-assign]
+        paramiko.Transport.open_channel = original_open  # type: ignore[method-assign]
+        Engine.call = original_call  # type: ignore[method-assign]
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -160,16 +180,7 @@ def profile_release(s: Stack, poll: float | None = None) -> tuple[float, list[tu
     for kind, took in calls:
         kinds.setdefault(kind, []).append(took)
     rows = sorted(((k, len(v), sum(v)) for k, v in kinds.items()), key=lambda row: -row[2])
-    return seconds, rows
-
-
-FAST_POLL = 0.005
-
-
-def _shipped_poll() -> float:
-    import deployer.hosts.ssh
-
-    return deployer.hosts.ssh._POLL_SECONDS
+    return Profile(seconds, rows, channels, engine_calls[0])
 
 
 def main() -> None:
@@ -200,20 +211,13 @@ def main() -> None:
                         seconds = run_bare(s, ssh, sha, round_)
                         bare_runs.append(seconds)
                     print(f"  {variant:8s} round {round_}: {seconds:5.1f} s (load {load_now()})", flush=True)
-            # In this process: which commands ran, and the SSH poll experiment (alternating).
-            shipped_runs: list[float] = []
-            fast_runs: list[float] = []
-            profile: list[tuple[str, int, float]] = []
+            # In this process: which commands ran, which channels were opened.
+            profiles = []
             for round_ in range(args.runs):
-                for poll in ((None, FAST_POLL) if round_ % 2 == 0 else (FAST_POLL, None)):
-                    s.change(f"in-process-{round_}-{poll}")
-                    seconds, rows = profile_release(s, poll=poll)
-                    (fast_runs if poll else shipped_runs).append(seconds)
-                    if poll is None and not profile:
-                        profile, profile_seconds = rows, seconds
-                    print(f"  in-process, _POLL_SECONDS={poll or _shipped_poll()}: {seconds:5.1f} s", flush=True)
+                s.change(f"in-process-{round_}")
+                profiles.append(profile_release(s))
+                print(f"  in-process: {profiles[-1].seconds:5.1f} s, channels {profiles[-1].channels}", flush=True)
             latency = command_latency(s)
-            latency_fast = command_latency(s, poll=FAST_POLL)
     finally:
         ssh.stop()
     info["load_after"] = load_now()
@@ -227,22 +231,25 @@ def main() -> None:
     if steps:
         print_table("deployer release: median seconds per step (journal)", ["step", "seconds"],
                     [[name, f"{median(values):.2f}"] for name, values in steps.items()])
-    total = sum(row[2] for row in profile)
+    profile = profiles[0]
+    total = sum(row[2] for row in profile.commands)
     print_table(
-        f"Commands deployer ran on the host in one release ({sum(r[1] for r in profile)} commands, "
-        f"{total:.1f} s of {profile_seconds:.1f} s wall, in-process run)",
-        ["command", "count", "seconds"], [[k, str(n), f"{t:.2f}"] for k, n, t in profile[:14]],
+        f"Commands deployer ran on the host in one release ({sum(r[1] for r in profile.commands)} commands, "
+        f"{total:.1f} s of {profile.seconds:.1f} s wall, in-process run)",
+        ["command", "count", "seconds"], [[k, str(n), f"{t:.2f}"] for k, n, t in profile.commands[:14]],
     )
     print_table(
-        "Experiment: the SSH output loop's poll interval (deployer.hosts.ssh._POLL_SECONDS)",
-        ["", f"as shipped ({_shipped_poll()} s)", f"{FAST_POLL} s"],
-        [["`host.run(['true'])` over an open connection", fmt_runs(latency, digits=3), fmt_runs(latency_fast, digits=3)],
-         ["release, in-process", fmt_runs(shipped_runs, digits=1), fmt_runs(fast_runs, digits=1)]],
+        "SSH channels and engine calls per release (in-process runs)",
+        ["release", "sessions", "tunnels (direct-tcpip)", "commands", "engine API calls", "wall"],
+        [[str(n + 1), str(p.channels.get("session", 0)), str(p.channels.get("direct-tcpip", 0)),
+          str(sum(r[1] for r in p.commands)), str(p.engine_calls), f"{p.seconds:.1f} s"] for n, p in enumerate(profiles)],
     )
+    print_table("`host.run(['true'])` over an open connection", ["", "wall time"],
+                [["median of 20", fmt_runs(latency, digits=4)]])
     path = save_result(args.save, {"machine": info, "deployer": deployer_runs, "bare": bare_runs, "ratio": ratio,
-                                   "steps": steps, "profile": profile, "profile_seconds": profile_seconds,
-                                   "latency": latency, "latency_fast_poll": latency_fast, "in_process_releases": shipped_runs,
-                                   "fast_poll_releases": fast_runs})
+                                   "steps": steps, "latency": latency,
+                                   "profiles": [{"seconds": p.seconds, "commands": p.commands, "channels": p.channels,
+                                                 "engine_calls": p.engine_calls} for p in profiles]})
     print(f"raw numbers: {path}")
 
 

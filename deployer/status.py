@@ -422,7 +422,7 @@ def _load(cfg_or_path: Config | str | Path | None) -> Config:
 
 
 def _import_source() -> None:
-    """Import GitPython and the migrations reader (alembic's revision map, SQLAlchemy core)."""
+    """Import GitPython and the migrations reader (the revision map itself only when a path is asked for)."""
     import git  # noqa: F401
 
     import deployer.db.migrations  # noqa: F401
@@ -430,8 +430,7 @@ def _import_source() -> None:
 
 
 def _import_database() -> None:
-    """Import what reading the database adds: psycopg2, its dialect, alembic's MigrationContext."""
-    import alembic.runtime.migration  # noqa: F401
+    """Import what reading the database adds: psycopg2 and its SQLAlchemy dialect."""
     import psycopg2  # noqa: F401
     import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
 

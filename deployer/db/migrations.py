@@ -23,18 +23,10 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeAlias
 
-from alembic.script.revision import (
-    MultipleHeads,
-    RangeNotAncestorError,
-    ResolutionError,
-    Revision,
-    RevisionError,
-    RevisionMap,
-)
-
 from deployer.errors import DeployerError, HostError
 
 if TYPE_CHECKING:
+    from alembic.script.revision import RevisionError, RevisionMap
     from sqlalchemy.engine import URL
 
 __all__ = [
@@ -145,12 +137,27 @@ class MigrationScripts:
 
     location: str
     revisions: Mapping[str, RevisionInfo]
-    _map: RevisionMap = field(repr=False, compare=False)
+    # alembic's RevisionMap of these scripts, built when a path is first asked for:
+    # importing alembic costs more than everything else `deployer status` does locally.
+    _built: dict[str, RevisionMap] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def _map(self) -> RevisionMap:
+        if "map" not in self._built:
+            self._built["map"] = _revision_map(self.location, self.revisions)
+        return self._built["map"]
 
     @property
     def heads(self) -> tuple[str, ...]:
-        """Head revisions, sorted; more than one means unmerged branches."""
-        return tuple(sorted(self._map.heads))
+        """Head revisions, sorted; more than one means unmerged branches.
+
+        Without ``depends_on`` a head is simply a revision no other one revises (what
+        alembic's map says too, without importing it); with dependencies, alembic's map.
+        """
+        if any(info.depends_on for info in self.revisions.values()):
+            return tuple(sorted(self._map.heads))
+        revised = {down for info in self.revisions.values() for down in _as_tuple(info.down_revision)}
+        return tuple(sorted(r for r in self.revisions if r not in revised))
 
     def get(self, revision: str) -> RevisionInfo | None:
         """The script of ``revision`` (a full id), or None when no script has that id."""
@@ -238,6 +245,16 @@ def scripts_from_sources(sources: Mapping[str, str], *, location: str) -> Migrat
                     f"which no migration script in {location} defines",
                     hint="a migration file is missing from the code; restore it from version control",
                 )
+    _check_acyclic(infos, location)
+    scripts = MigrationScripts(location=location, revisions=MappingProxyType(infos))
+    if any(i.depends_on or i.branch_labels for i in infos.values()):
+        scripts._map  # noqa: B018 - alembic validates labels and dependencies now, not mid-release
+    return scripts
+
+
+def _revision_map(location: str, infos: Mapping[str, RevisionInfo]) -> RevisionMap:
+    from alembic.script.revision import Revision, RevisionError, RevisionMap
+
     revision_map = RevisionMap(
         lambda: [
             Revision(
@@ -250,10 +267,49 @@ def scripts_from_sources(sources: Mapping[str, str], *, location: str) -> Migrat
         ]
     )
     try:
-        revision_map.heads  # noqa: B018 - builds the graph now, so cycles surface here
+        revision_map.heads  # noqa: B018 - builds the graph now, so its errors surface here
     except RevisionError as exc:
         raise MigrationError(f"the migration scripts in {location} do not form a valid history: {exc}") from exc
-    return MigrationScripts(location=location, revisions=MappingProxyType(infos), _map=revision_map)
+    return revision_map
+
+
+def _check_acyclic(infos: Mapping[str, RevisionInfo], location: str) -> None:
+    """A revision that (through others) revises itself is no history: refuse it up front."""
+    done: set[str] = set()
+    for start in infos:
+        if start in done:
+            continue
+        path: list[str] = []
+        on_path: set[str] = set()
+        stack: list[tuple[str, list[str]]] = [(start, _parents(infos, start))]
+        path.append(start)
+        on_path.add(start)
+        while stack:
+            node, pending = stack[-1]
+            if not pending:
+                stack.pop()
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+                continue
+            parent = pending.pop()
+            if parent in on_path:
+                cycle = path[path.index(parent):] + [parent]
+                raise MigrationError(
+                    f"the migration scripts in {location} do not form a valid history: "
+                    f"revision {parent} revises itself through {' -> '.join(cycle)}",
+                    hint="fix the down_revision of one of these scripts",
+                )
+            if parent in done or parent not in infos:
+                continue
+            stack.append((parent, _parents(infos, parent)))
+            path.append(parent)
+            on_path.add(parent)
+
+
+def _parents(infos: Mapping[str, RevisionInfo], revision: str) -> list[str]:
+    info = infos[revision]
+    return list(_as_tuple(info.down_revision) + info.depends_on)
 
 
 def _is_branch_label(name: str, infos: Mapping[str, RevisionInfo]) -> bool:
@@ -819,6 +875,8 @@ def upgrade_path(
     or a revision id. Raises :class:`MigrationError` for an unknown current or target
     revision, multiple heads, or a target that is not ahead of ``current``.
     """
+    from alembic.script.revision import MultipleHeads, RangeNotAncestorError, RevisionError
+
     scripts = _as_scripts(migrations_dir)
     currents = _current_tuple(current)
     _check_known(scripts, currents)
@@ -850,6 +908,8 @@ def upgrade_path(
 
 def _is_behind(scripts: MigrationScripts, target: tuple[str, ...], currents: tuple[str, ...]) -> bool:
     """True when reaching ``target`` from ``currents`` means undoing migrations."""
+    from alembic.script.revision import RevisionError
+
     if set(target) == set(currents) or len(target) != 1:
         return False
     try:
@@ -869,6 +929,8 @@ def downgrade_path(
     running a path. Raises :class:`MigrationError` for unknown revisions or a target that
     is not behind ``current``.
     """
+    from alembic.script.revision import RangeNotAncestorError, RevisionError
+
     scripts = _as_scripts(migrations_dir)
     currents = _current_tuple(current)
     _check_known(scripts, currents)
@@ -890,6 +952,8 @@ def downgrade_path(
 
 
 def _revision_error(scripts: MigrationScripts, target: str, exc: RevisionError) -> MigrationError:
+    from alembic.script.revision import ResolutionError
+
     if isinstance(exc, ResolutionError):
         return MigrationError(
             f"no migration script in {scripts.location} has revision {target}",
@@ -968,7 +1032,12 @@ def verdict(
         heads = loaded.heads
         if len(heads) > 1:
             return Verdict(VerdictKind.MULTIPLE_HEADS, database, heads)
-    else:
+        if not unknown and database and set(database) == set(heads):
+            return Verdict(VerdictKind.UP_TO_DATE, database, heads)  # the everyday case: no alembic needed
+    # Every other answer walks alembic's revision map.
+    from alembic.script.revision import Revision, RevisionError
+
+    if target not in (None, "head", "heads"):
         try:
             resolved = loaded._map.get_revisions(target)
         except RevisionError as exc:
@@ -1051,8 +1120,7 @@ def database_revisions(
     reached or refuses us, :class:`~deployer.errors.ConfigError` for a malformed URL;
     the password never appears in a message.
     """
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import create_engine
+    from sqlalchemy import column, create_engine, inspect, select, table
     from sqlalchemy.exc import (
         ArgumentError,
         DBAPIError,
@@ -1081,12 +1149,13 @@ def database_revisions(
         ) from exc
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(
-                connection,
-                opts={"version_table": version_table, "version_table_schema": version_table_schema},
-            )
-            heads = context.get_current_heads()
-        return tuple(sorted(heads))
+            # What alembic's MigrationContext.get_current_heads() reads, without importing
+            # alembic's runtime: no version table means no migration was applied.
+            if not inspect(connection).has_table(version_table, schema=version_table_schema):
+                return ()
+            versions = table(version_table, column("version_num"), schema=version_table_schema)
+            heads = [row[0] for row in connection.execute(select(versions.c.version_num))]
+        return tuple(sorted(h for h in heads if h))
     except DBAPIError as exc:
         reason = _driver_reason(exc)
         if exc.connection_invalidated or _is_connection_failure(exc):

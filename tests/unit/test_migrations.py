@@ -679,3 +679,56 @@ def test_malformed_url_is_a_config_error() -> None:
         database_revisions("nosuchdialect://app:s3cret@127.0.0.1/app")
     assert "s3cret" not in str(caught.value)
     assert isinstance(caught.value, DeployerError)
+
+
+def test_heads_without_alembic_agree_with_alembics_map() -> None:
+    # deployer reads heads without importing alembic when no script uses depends_on; on
+    # random histories (branches, merges, several roots) that must be alembic's answer.
+    import random
+
+    from alembic.script.revision import Revision, RevisionMap
+
+    rng = random.Random(20261202)
+    for _ in range(200):
+        ids = [f"{n:04x}{rng.getrandbits(32):08x}" for n in range(rng.randint(1, 12))]
+        downs: dict[str, str | tuple[str, ...] | None] = {}
+        for index, revision in enumerate(ids):
+            earlier = ids[:index]
+            if not earlier or rng.random() < 0.1:
+                downs[revision] = None
+            elif rng.random() < 0.25 and len(earlier) >= 2:
+                downs[revision] = tuple(rng.sample(earlier, 2))
+            else:
+                downs[revision] = rng.choice(earlier)
+        scripts = scripts_from_sources(
+            {f"{r}.py": revision_source(r, downs[r], f"m {r}") for r in ids}, location="random"
+        )
+        alembic_heads = RevisionMap(lambda: [Revision(r, downs[r]) for r in ids]).heads
+        assert scripts.heads == tuple(sorted(alembic_heads)), downs
+        assert "map" not in scripts._built  # answered without building alembic's map
+
+
+def test_a_history_that_loops_is_refused_up_front() -> None:
+    sources = {
+        "a.py": revision_source(A, C, "a"),
+        "b.py": revision_source(B, A, "b"),
+        "c.py": revision_source(C, B, "c"),
+    }
+    with pytest.raises(MigrationError, match="do not form a valid history: revision .* revises itself"):
+        scripts_from_sources(sources, location="loop")
+
+
+def test_status_of_an_up_to_date_database_needs_no_alembic() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from deployer.db.migrations import scripts_from_sources, verdict\n"
+        f"from tests.unit.test_migrations import revision_source, A, B\n"
+        "s = scripts_from_sources({'a.py': revision_source(A, None, 'a'), 'b.py': revision_source(B, A, 'b')}, location='x')\n"
+        "assert verdict([B], s).kind.name == 'UP_TO_DATE'\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'sqlalchemy')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
