@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,10 +99,19 @@ class Writer:
             self._thread.join(timeout=self.timeout + 5)
         return self
 
-    def missing(self, rows: Sequence[tuple[str, int]]) -> list[str]:
-        """Acknowledged writes absent from ``rows`` (email, id) — each one a lost promise."""
+    def missing(self, rows: Sequence[tuple[str, int]], promised: Mapping[str, int] | None = None) -> list[str]:
+        """Acknowledged writes absent from ``rows`` (email, id) — each one a lost promise.
+
+        While the writer still runs, pass ``promised`` (:meth:`promised`, taken before the
+        rows were read): a write acknowledged after the read is not in them, and not lost.
+        """
         present = {(email, int(id_)) for email, id_ in rows}
-        return sorted(email for email, id_ in self.acknowledged.items() if (email, id_) not in present)
+        promises = self.acknowledged if promised is None else promised
+        return sorted(email for email, id_ in promises.items() if (email, id_) not in present)
+
+    def promised(self) -> dict[str, int]:
+        """The writes acknowledged so far (a copy)."""
+        return dict(self.acknowledged)
 
     def summary(self) -> str:
         return f"{len(self.acknowledged)} acknowledged, {self.failed} failed of {self.attempts} writes"

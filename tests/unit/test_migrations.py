@@ -703,7 +703,8 @@ def test_heads_without_alembic_agree_with_alembics_map() -> None:
         scripts = scripts_from_sources(
             {f"{r}.py": revision_source(r, downs[r], f"m {r}") for r in ids}, location="random"
         )
-        alembic_heads = RevisionMap(lambda: [Revision(r, downs[r]) for r in ids]).heads
+        revisions = [Revision(r, downs[r]) for r in ids]
+        alembic_heads = RevisionMap(lambda revisions=revisions: revisions).heads
         assert scripts.heads == tuple(sorted(alembic_heads)), downs
         assert "map" not in scripts._built  # answered without building alembic's map
 
@@ -725,7 +726,7 @@ def test_status_of_an_up_to_date_database_needs_no_alembic() -> None:
     code = (
         "import sys\n"
         "from deployer.db.migrations import scripts_from_sources, verdict\n"
-        f"from tests.unit.test_migrations import revision_source, A, B\n"
+        "from tests.unit.test_migrations import revision_source, A, B\n"
         "s = scripts_from_sources({'a.py': revision_source(A, None, 'a'), 'b.py': revision_source(B, A, 'b')}, location='x')\n"
         "assert verdict([B], s).kind.name == 'UP_TO_DATE'\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'sqlalchemy')))\n"
