@@ -65,7 +65,7 @@ from deployer.hosts.sshconnect import (
     fingerprint,
     resolve_target,
 )
-from deployer.hosts.sshshell import LOOP, CommandShell, ShellGone
+from deployer.hosts.sshshell import LOOP, STDIN_LIMIT, CommandShell, ShellGone
 
 # OpenSSH allows 10 sessions per connection by default (MaxSessions); two stay free so
 # that a command can always be signalled over a channel of its own.
@@ -268,14 +268,16 @@ class SSHHost:
     ) -> tuple[int, bool]:
         """Run a command, streaming stdin from a file object and output to callbacks.
 
-        Returns ``(exit_code, timed_out)``; raises :class:`ConnectionLost`. Without stdin
-        it runs in a command shell (:mod:`deployer.hosts.sshshell`) when one can be had.
+        Returns ``(exit_code, timed_out)``; raises :class:`ConnectionLost`. Without stdin,
+        or with a small one of known size, it runs in a command shell
+        (:mod:`deployer.hosts.sshshell`) when one can be had.
         """
-        if stdin is None:
+        if stdin is None or (stdin_size is not None and stdin_size <= STDIN_LIMIT):
             shell = self._take_shell()
             if shell is not None:
+                data = None if stdin is None else stdin.read()
                 return self._execute_in_shell(
-                    shell, remote_command(words, cwd=cwd, env=env), timeout, on_stdout, on_stderr
+                    shell, remote_command(words, cwd=cwd, env=env), data, timeout, on_stdout, on_stderr
                 )
         report = _PidReport(f"deployer-pid-{uuid.uuid4().hex[:16]}:")
         # The prefix is a constant plus a hex token: nothing from the caller is formatted in.
@@ -392,6 +394,7 @@ class SSHHost:
         self,
         shell: CommandShell,
         command: str,
+        stdin: bytes | None,
         timeout: float | None,
         on_stdout: Callable[[bytes], None],
         on_stderr: Callable[[bytes], None],
@@ -402,7 +405,7 @@ class SSHHost:
         reusable = False
         try:
             try:
-                status = shell.run(command, on_stdout, on_stderr, deadline, _EXIT_POLL_SECONDS)
+                status = shell.run(command, stdin, on_stdout, on_stderr, deadline, _EXIT_POLL_SECONDS)
             except ShellGone as exc:
                 if self._ended_by_lost_connection(shell.channel, connection):
                     raise self._lost(connection=connection) from exc

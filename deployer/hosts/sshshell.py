@@ -1,13 +1,14 @@
 """Commands over SSH without a session each: a long-lived shell on the server runs them.
 
 An SSH session costs ~0.14 s before the command starts (sshd forks, sets the session up,
-starts the login shell); a release runs dozens of short commands. A *command shell* is one
-session whose POSIX ``sh`` reads commands from its stdin and runs each in a child
-``sh -c`` (a fork: milliseconds), with ``/dev/null`` as the command's stdin and the
-channel's stdout and stderr as its own — output streams exactly as in a session of its own.
+starts the login shell); a release runs dozens of short commands and small file writes. A
+*command shell* is one session whose POSIX ``sh`` reads commands from its stdin and runs
+each in a child ``sh -c`` (a fork: milliseconds), with the input sent along (or
+``/dev/null``) as the command's stdin and the channel's stdout and stderr as its own —
+output streams exactly as in a session of its own.
 
-The framing (see :data:`LOOP`): deployer writes a random token line, the command text, and
-the token line again; after the command the shell writes ``TOKEN STATUS`` on stdout *and*
+The framing (see :data:`LOOP`): deployer writes a random token and the size of the input,
+the command text, the token line again, then the input; after the command the shell writes ``TOKEN STATUS`` on stdout *and*
 stderr, so the command is over when both streams have shown their marker, and everything
 before a marker is the command's output.
 
@@ -34,19 +35,28 @@ if TYPE_CHECKING:
 # so killing the group stops the shell and the command it runs) and that it is ready.
 LOOP = r"""printf '%s %s\n' "$1" "$$" >&2
 printf '%s\n' "$1"
-while IFS= read -r token; do
+while IFS=' ' read -r token size; do
   cmd=
   while IFS= read -r line; do
     [ "$line" = "$token" ] && break
     cmd="$cmd$line
 "
   done
-  sh -c "$cmd" </dev/null
+  if [ "$size" -gt 0 ]; then
+    # Exactly $size bytes of input follow; the rest of what the command leaves unread is
+    # drained, so the next header is where it should be.
+    dd bs=1 count="$size" 2>/dev/null | { sh -c "$cmd"; status=$?; cat >/dev/null; exit $status; }
+  else
+    sh -c "$cmd" </dev/null
+  fi
   status=$?
   printf '%s %s\n' "$token" "$status"
   printf '%s %s\n' "$token" "$status" >&2
 done
 """
+# Input up to this size travels in the shell's stream (read byte by byte by dd: fine for a
+# file deployer writes, not for a backup); larger input gets a session of its own.
+STDIN_LIMIT = 64 * 1024
 
 _CHUNK = 256 * 1024
 
@@ -141,18 +151,21 @@ class CommandShell:
     def run(
         self,
         command: str,
+        stdin: bytes | None,
         on_stdout: Callable[[bytes], None],
         on_stderr: Callable[[bytes], None],
         deadline: float | None,
         poll: float,
     ) -> int | None:
-        """Run ``command`` (a shell command line); its status, or ``None`` at ``deadline``.
+        """Run ``command`` (a shell command line) with ``stdin`` as its input (at most
+        :data:`STDIN_LIMIT` bytes; none: ``/dev/null``); its status, or ``None`` at ``deadline``.
 
         Raises :class:`ShellGone` if the channel ends first. A signal deployer received is
         raised between two reads (the caller stops the shell).
         """
         token = f"deployer-end-{uuid.uuid4().hex}"
-        self.channel.sendall(f"{token}\n{command}\n{token}\n".encode())
+        data = stdin or b""
+        self.channel.sendall(f"{token} {len(data)}\n{command}\n{token}\n".encode() + data)
         out, err = Marker(token.encode("ascii")), Marker(token.encode("ascii"))
         while True:
             interrupts.check()

@@ -55,6 +55,24 @@ def test_many_commands_share_one_session(remote: SSHHost) -> None:
     assert len(opened) == 1 and _channels(remote) == 1
 
 
+def test_small_input_goes_through_the_shell(remote: SSHHost, tmp_path) -> None:  # noqa: ANN001
+    remote.run(["true"])
+    opened = _sessions_opened(remote)
+    data = bytes(range(256)) * 16 + b"\nno trailing newline"
+    assert remote.run(["sh", "-c", "cat | od -An -tx1 | tr -d ' \\n'"], stdin=data).stdout == data.hex()
+    # A command that reads none of its input leaves the shell in step for the next one.
+    assert remote.run(["echo", "ignored the input"], stdin=b"x" * 5000).stdout == "ignored the input\n"
+    assert remote.run(["sh", "-c", "head -c 3"], stdin=b"abcdef").stdout == "abc"
+    remote.write_text(str(tmp_path / "note.json"), '{"step": "migrate"}\n', mode=0o600)
+    assert (tmp_path / "note.json").read_text() == '{"step": "migrate"}\n'
+    assert remote.run(["echo", "after"]).stdout == "after\n"
+    assert opened == []
+    # Input beyond the limit gets a session of its own.
+    big = b"y" * (300 * 1024)
+    assert remote.run(["wc", "-c"], stdin=big).stdout.strip() == str(len(big))
+    assert len(opened) == 1
+
+
 def test_output_is_exact(remote: SSHHost) -> None:
     # No trailing newline, a line that starts like the end marker, binary-ish bytes, and
     # more than one read's worth of output.
