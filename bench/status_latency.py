@@ -14,11 +14,12 @@ prints the median wall time of RUNS runs of:
   manual             `ssh bench 'cd APP && docker compose ... run --rm web flask db current'`
                      (the OpenSSH client, a one-off container: what one does without deployer)
 
-and, in this process over one open SSH connection, the three ways of reading the
-project's containers that were considered:
+and `deployer status local` on this machine (the same app, released locally); and, in this
+process over one open SSH connection, the ways of reading the project's containers:
 
-  compose ps+inspect `docker compose ps -q` then `docker inspect` (deployer.server.facts)
-  ps|inspect         one `docker ps --filter label=... | docker inspect` command (deployer.status)
+  engine API (used)  the engine API over `docker system dial-stdio` in one channel of the
+                     open connection (deployer.hosts.dockerapi), list + inspect
+  ps|inspect         one `docker ps --filter label=... | docker inspect` command (the fallback)
   docker SDK ssh://  docker.DockerClient(base_url="ssh://...", use_ssh_client=False): a second
                      (paramiko) SSH connection + `docker system dial-stdio`, import included
 
@@ -42,7 +43,7 @@ CLI = "import sys\nfrom deployer import cli\ncli.main(sys.argv[1:])\n"
 
 IMPORTS = (
     "import deployer.cli, deployer.cli.status, deployer.config, deployer.status, git, paramiko, psycopg2, "
-    "alembic.runtime.migration, sqlalchemy.dialects.postgresql.psycopg2"
+    "docker, sqlalchemy.dialects.postgresql.psycopg2"
 )
 
 SDK_READ = (
@@ -84,7 +85,7 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     # What status() itself reports (after interpreter start and the CLI's imports)...
     inside = [
         json.loads(subprocess.run([*cli, "status", d.env_name, "--json"], cwd=d.laptop, env=env, capture_output=True,
-                                  text=True, timeout=120).stdout)["seconds"]
+                                  text=True, timeout=120).stdout)["result"]["seconds"]
         for _ in range(RUNS)
     ]
     # ...and the floor: a process that only imports what status needs, doing nothing.
@@ -99,8 +100,13 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     ssh = ["ssh", "-F", str(d.home / ".ssh" / "config"), "-o", "BatchMode=yes", "bench", remote]
     manual = [_timed(ssh) for _ in range(RUNS)]
 
+    here = deployment_factory("local")
+    here.release()
+    _timed([*cli, "status", here.env_name], cwd=here.laptop, env=here.environ())
+    local = [_timed([*cli, "status", here.env_name], cwd=here.laptop, env=here.environ()) for _ in range(RUNS)]
+
+    from deployer.commands import docker as containers_cmds
     from deployer.config import load_config
-    from deployer.server import facts as project
     from deployer.server.target import open_target
     from deployer.status import read_containers
 
@@ -110,13 +116,15 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
         cfg = load_config(d.laptop / "deploy.toml", environ=env)
         target = open_target(cfg, d.env_name)
         try:
-            compose_way, one_command = [], []
+            engine_way, one_command = [], []
+            read_containers(target.host, cfg.app.name)  # opens the engine stream
             for _ in range(RUNS):
                 started = time.monotonic()
-                assert len(project.service_containers(target)) == 2
-                compose_way.append(time.monotonic() - started)
+                assert len([c for c in read_containers(target.host, cfg.app.name) if not c.oneoff]) == 2
+                engine_way.append(time.monotonic() - started)
                 started = time.monotonic()
-                assert len(read_containers(target.host, cfg.app.name)) == 2
+                result = target.host.run(containers_cmds.project_argv(cfg.app.name), check=True)
+                assert len(containers_cmds.parse_inspect(result.stdout)) == 2
                 one_command.append(time.monotonic() - started)
         finally:
             target.host.close()
@@ -141,9 +149,10 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     print(f"  status() in-process  {_median(inside)}  (the report's own `seconds`)")
     print(f"  imports only         {_median(floor)}  (python + the modules status needs, nothing else)")
     print(f"  manual (ssh + compose run --rm web flask db current) {_median(manual)}")
+    print(f"  status on this machine (local environment) {_median(local)}")
     print("reading the project's containers, one SSH connection already open:")
-    print(f"  compose ps+inspect   {_median(compose_way)}")
-    print(f"  ps|inspect (used)    {_median(one_command)}")
+    print(f"  engine API (used)    {_median(engine_way)}")
+    print(f"  ps|inspect command   {_median(one_command)}")
     if sdk:
         print(f"  docker SDK ssh://    {_median(sdk)}  (new process: import + connect + list + inspect)")
     else:

@@ -49,8 +49,6 @@ def read_host_state(ctx: Context) -> dict[str, object]:
 
 def refuse_state_in_build_context(ctx: Context, repo, sha: str, contexts: dict[str, str]) -> None:  # noqa: ANN001
     """A backup_dir or state_dir inside a build context would be baked into the image by ``COPY . .``."""
-    from docker.utils.build import PatternMatcher
-
     from deployer import source
 
     env = ctx.env
@@ -64,6 +62,9 @@ def refuse_state_in_build_context(ctx: Context, repo, sha: str, contexts: dict[s
             in_repo = posixpath.relpath(base, posixpath.normpath(env.path))
             ignore = source.file_at(repo, sha, posixpath.normpath(posixpath.join(in_repo, ".dockerignore"))) or ""
             patterns = [line.strip() for line in ignore.splitlines() if line.strip() and not line.startswith("#")]
+            # The docker SDK's own .dockerignore matcher (imported only here: it is slow to load).
+            from docker.utils.build import PatternMatcher
+
             if PatternMatcher(patterns).matches(relative):
                 continue
             raise RefusedError(
