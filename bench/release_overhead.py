@@ -211,6 +211,12 @@ def main() -> None:
                         seconds = run_bare(s, ssh, sha, round_)
                         bare_runs.append(seconds)
                     print(f"  {variant:8s} round {round_}: {seconds:5.1f} s (load {load_now()})", flush=True)
+            # The same commit again: nothing to build, migrate or swap.
+            noop_runs = []
+            for _ in range(args.runs):
+                seconds, _ = s.release()
+                noop_runs.append(seconds)
+                print(f"  deployer, nothing to do: {seconds:5.1f} s", flush=True)
             # In this process: which commands ran, which channels were opened.
             profiles = []
             for round_ in range(args.runs):
@@ -226,7 +232,8 @@ def main() -> None:
         "Release overhead over SSH (code change + one migration)",
         ["", "wall time", "ratio"],
         [["bare script, one ssh connection", fmt_runs(bare_runs, digits=1), "1.00"],
-         ["deployer release (default playbook)", fmt_runs(deployer_runs, digits=1), f"{ratio:.2f}x"]],
+         ["deployer release (default playbook)", fmt_runs(deployer_runs, digits=1), f"{ratio:.2f}x"],
+         ["deployer release of the commit already running", fmt_runs(noop_runs, digits=1), "–"]],
     )
     if steps:
         print_table("deployer release: median seconds per step (journal)", ["step", "seconds"],
@@ -247,7 +254,7 @@ def main() -> None:
     print_table("`host.run(['true'])` over an open connection", ["", "wall time"],
                 [["median of 20", fmt_runs(latency, digits=4)]])
     path = save_result(args.save, {"machine": info, "deployer": deployer_runs, "bare": bare_runs, "ratio": ratio,
-                                   "steps": steps, "latency": latency,
+                                   "steps": steps, "latency": latency, "nothing_to_do": noop_runs,
                                    "profiles": [{"seconds": p.seconds, "commands": p.commands, "channels": p.channels,
                                                  "engine_calls": p.engine_calls} for p in profiles]})
     print(f"raw numbers: {path}")

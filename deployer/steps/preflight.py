@@ -9,7 +9,7 @@ checkout, containers, volumes and journal are read. Every later step plans from 
 from __future__ import annotations
 
 import posixpath
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from deployer.commands import git as gitops
 from deployer.db.migrations import upgrade_path
@@ -78,6 +78,15 @@ def refuse_state_in_build_context(ctx: Context, repo, sha: str, contexts: dict[s
 
 
 def preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
+
+    # The host's state is read while the commit is resolved and read here: neither needs the other.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-host") as early:
+        host_state = early.submit(read_host_state, ctx)
+        return _preflight(ctx, host_state)
+    yield  # a generator: preflight only reads
+
+
+def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
     from deployer import source
 
     cfg = ctx.target.config
@@ -104,7 +113,7 @@ def preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     compose = server_facts.compose_config(ctx.target, compose_text)
     database = server_facts.database_location(ctx.target, compose)
     refuse_state_in_build_context(ctx, repo, commit.sha, compose.build_contexts)
-    state = read_host_state(ctx)
+    state = host_state.result()
     if state["dirty"]:
         dirty = state["dirty"]
         raise RefusedError(
@@ -141,7 +150,6 @@ def preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         f"commit {commit.sha[:12]} ({commit.ref}: {commit.subject}); database {shown_revisions(revision)} "
         f"({database.source}); pending migrations: {shown}"
     )
-    yield  # a generator: preflight only reads
 
 
 register(StepKind(
