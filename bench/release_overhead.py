@@ -141,7 +141,7 @@ def profile_release(s: Stack) -> Profile:
     calls: list[tuple[str, float]] = []
     channels: dict[str, int] = {}
     engine_calls = [0]
-    original_run, original_open, original_call = SSHHost.run, paramiko.Transport.open_channel, Engine.call
+    original_run, original_open, original_get = SSHHost.run, paramiko.Transport.open_channel, Engine.get
 
     def counted_run(self, argv, *args, **kwargs):  # noqa: ANN001, ANN202 - transparent wrappers
         started = time.monotonic()
@@ -154,15 +154,15 @@ def profile_release(s: Stack) -> Profile:
         channels[kind] = channels.get(kind, 0) + 1
         return original_open(self, kind, *args, **kwargs)
 
-    def counted_call(self, use):  # noqa: ANN001, ANN202
+    def counted_get(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         engine_calls[0] += 1
-        return original_call(self, use)
+        return original_get(self, *args, **kwargs)
 
     saved = {k: os.environ.get(k) for k in ("HOME", "RECIPES_DB_PASSWORD")}
     os.environ.update({"HOME": str(s.home), "RECIPES_DB_PASSWORD": s.password})
     SSHHost.run = counted_run  # type: ignore[method-assign]
     paramiko.Transport.open_channel = counted_open  # type: ignore[method-assign]
-    Engine.call = counted_call  # type: ignore[method-assign]
+    Engine.get = counted_get  # type: ignore[method-assign]
     try:
         started = time.monotonic()
         api.release(s.env_name, config_path=s.laptop / "deploy.toml", yes=True)
@@ -170,7 +170,7 @@ def profile_release(s: Stack) -> Profile:
     finally:
         SSHHost.run = original_run  # type: ignore[method-assign]
         paramiko.Transport.open_channel = original_open  # type: ignore[method-assign]
-        Engine.call = original_call  # type: ignore[method-assign]
+        Engine.get = original_get  # type: ignore[method-assign]
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
