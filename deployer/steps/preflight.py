@@ -25,14 +25,17 @@ from deployer.steps.playbook import Step
 def read_host_state(ctx: Context) -> dict[str, object]:
     """The host-side reads every preflight makes, at once on the one connection."""
     host, env, target = ctx.host, ctx.env, ctx.target
-    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="preflight") as pool:
-        path = pool.submit(host.run, ["test", "-d", env.path], timeout=30)
-        head = pool.submit(host.run, gitops.rev_parse_head(env.path), timeout=30)
-        status = pool.submit(host.run, gitops.status(env.path), timeout=60)
-        containers = pool.submit(server_facts.all_containers, target)
-        volumes = pool.submit(host.run, ["docker", "volume", "ls", "--quiet", "--filter",
-                                         f"label=com.docker.compose.project={ctx.compose.project}"], timeout=30)
-        records = pool.submit(journal.read, host, target.state_dir)
+    # The containers through the engine beside the commands; the commands one after another
+    # (on a warm command shell each takes milliseconds; a thread each would start a shell each).
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-engine") as engine,
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight-reads") as serial):
+        containers = engine.submit(server_facts.all_containers, target)
+        path = serial.submit(host.run, ["test", "-d", env.path], timeout=30)
+        head = serial.submit(host.run, gitops.rev_parse_head(env.path), timeout=30)
+        status = serial.submit(host.run, gitops.status(env.path), timeout=60)
+        volumes = serial.submit(host.run, ["docker", "volume", "ls", "--quiet", "--filter",
+                                           f"label=com.docker.compose.project={ctx.compose.project}"], timeout=30)
+        records = serial.submit(journal.read, host, target.state_dir)
         head_result = head.result()
         deployed = gitops.parse_sha(head_result.stdout) if head_result.ok else None
         status_result = status.result()
