@@ -65,7 +65,7 @@ from deployer.hosts.sshconnect import (
     fingerprint,
     resolve_target,
 )
-from deployer.hosts.sshshell import LOOP, STDIN_LIMIT, CommandShell, ShellGone
+from deployer.hosts.sshshell import LOOP, STDIN_LIMIT, CommandShell, ShellGone, wait_for_output
 
 # OpenSSH allows 10 sessions per connection by default (MaxSessions); two stay free so
 # that a command can always be signalled over a channel of its own.
@@ -503,7 +503,7 @@ class SSHHost:
                 if remaining <= 0:
                     return False
                 wait = min(wait, remaining)
-            _wait_for_output(channel, wait)
+            wait_for_output(channel, wait)
 
     # -- long-lived processes ---------------------------------------------------------
 
@@ -845,7 +845,7 @@ class SSHProcess:
                 if done and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
                 if not got:
-                    _wait_for_output(channel, _POLL_SECONDS)
+                    wait_for_output(channel, _POLL_SECONDS)
             partial += decoder.decode(b"", final=True)
             if partial:
                 self._lines.put(partial)
@@ -1069,20 +1069,6 @@ class _Tunnel:
         for item in leftovers:
             with contextlib.suppress(Exception):
                 item.close()
-
-
-def _wait_for_output(channel: paramiko.Channel, timeout: float) -> None:
-    """Sleep until the command writes, ends, or ``timeout`` passes.
-
-    The channel's fileno is readable while output is buffered, and for good once the server
-    sent EOF: a command that closes its output early (the lock's lease runs for the whole
-    release with its output on /dev/null) would make a select spin a CPU core until it
-    exits. After EOF the wait is on the exit status instead, which wakes it at once.
-    """
-    if channel.eof_received:
-        channel.status_event.wait(timeout)
-    else:
-        select.select([channel], [], [], timeout)
 
 
 def _shuttle(

@@ -19,6 +19,7 @@ early (its process group is killed first, as for a session).
 
 from __future__ import annotations
 
+import select
 import time
 import uuid
 from collections.abc import Callable
@@ -146,7 +147,7 @@ class CommandShell:
                 raise ShellGone(f"the command shell did not start: {detail or 'it exited'}")
             if time.monotonic() > deadline:
                 raise ShellGone(f"the command shell did not report ready within {timeout:g} s")
-            _wait(channel, 0.02)
+            wait_for_output(channel, 0.02)
 
     def run(
         self,
@@ -189,7 +190,7 @@ class CommandShell:
                 if remaining <= 0:
                     return None
                 wait = min(wait, remaining)
-            _wait(self.channel, wait)
+            wait_for_output(self.channel, wait)
 
     def close(self) -> None:
         self.channel.close()
@@ -204,9 +205,14 @@ def _line_after(data: bytes, token: bytes) -> bytes | None:
     return None if end == -1 else data[start + len(token) : end]
 
 
-def _wait(channel: paramiko.Channel, timeout: float) -> None:
-    import select
+def wait_for_output(channel: paramiko.Channel, timeout: float) -> None:
+    """Sleep until the command writes, ends, or ``timeout`` passes.
 
+    The channel's fileno is readable while output is buffered, and for good once the server
+    sent EOF: a command that closes its output early (the lock's lease runs for the whole
+    release with its output on /dev/null) would make a select spin a CPU core until it
+    exits. After EOF the wait is on the exit status instead, which wakes it at once.
+    """
     if channel.eof_received:
         channel.status_event.wait(timeout)
     else:
