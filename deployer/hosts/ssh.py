@@ -65,7 +65,7 @@ from deployer.hosts.sshconnect import (
     fingerprint,
     resolve_target,
 )
-from deployer.hosts.sshshell import LOOP, STDIN_LIMIT, CommandShell, ShellGone, wait_for_output
+from deployer.hosts.sshshell import LOOP, STDIN_LIMIT, CommandShell, ShellGone, wait_for_output, wait_until
 
 # OpenSSH allows 10 sessions per connection by default (MaxSessions); two stay free so
 # that a command can always be signalled over a channel of its own.
@@ -497,13 +497,8 @@ class SSHHost:
                 and not channel.recv_stderr_ready()
             ):
                 return True
-            wait = _EXIT_POLL_SECONDS
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                wait = min(wait, remaining)
-            wait_for_output(channel, wait)
+            if not wait_until(channel, _EXIT_POLL_SECONDS, deadline):
+                return False
 
     # -- long-lived processes ---------------------------------------------------------
 

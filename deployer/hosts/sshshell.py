@@ -184,13 +184,8 @@ class CommandShell:
             ended = self.channel.closed or self.channel.eof_received
             if ended and not (self.channel.recv_ready() or self.channel.recv_stderr_ready()):
                 raise ShellGone("the command shell's channel ended during a command")
-            wait = poll
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                wait = min(wait, remaining)
-            wait_for_output(self.channel, wait)
+            if not wait_until(self.channel, poll, deadline):
+                return None
 
     def close(self) -> None:
         self.channel.close()
@@ -203,6 +198,19 @@ def _line_after(data: bytes, token: bytes) -> bytes | None:
         return None
     end = data.find(b"\n", start)
     return None if end == -1 else data[start + len(token) : end]
+
+
+def wait_until(channel: paramiko.Channel, poll: float, deadline: float | None) -> bool:
+    """Wait for output for at most ``poll`` seconds, never past ``deadline``; False once the
+    deadline has passed (then without waiting)."""
+    wait = poll
+    if deadline is not None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        wait = min(wait, remaining)
+    wait_for_output(channel, wait)
+    return True
 
 
 def wait_for_output(channel: paramiko.Channel, timeout: float) -> None:
