@@ -18,6 +18,7 @@ pure, so every verdict and exit code is unit-tested without a server.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -430,9 +431,9 @@ def _import_source() -> None:
 
 
 def _import_database() -> None:
-    """Import what reading the database adds: psycopg2 and its SQLAlchemy dialect."""
+    """Import what reading the database adds: psycopg2 (libpq reads the URL: no SQLAlchemy)."""
     import psycopg2  # noqa: F401
-    import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
+    import psycopg2.extensions  # noqa: F401
 
     import deployer.server.facts  # noqa: F401
 
@@ -445,13 +446,25 @@ def _target(cfg: Config, env_name: str, host: Host) -> Target:
     return Target(config=cfg, env=env, host=host, compose=make_compose(cfg, env))
 
 
-def _locate_database(target: Target) -> Any:
-    """Where the database is: deploy.toml's database_url, else the checkout's compose config."""
+def _locate_database(target: Target, found: Sequence[Container]) -> Any:
+    """Where the database is: deploy.toml's database_url; else what the running containers'
+    environment says (the app's own truth, and no `compose config` run on the host);
+    else the checkout's compose config."""
+    from deployer.commands.compose import ComposeConfig, ServiceConfig
+    from deployer.db.url import locate
     from deployer.server import facts
     from deployer.server.backups import location_of
 
     if target.env.database_url:
         return location_of(target)
+    if facts.running(found, target.config.app.web_service) is not None:
+        services = {
+            c.service: ServiceConfig(name=c.service, image=c.image, environment=c.env)
+            for c in found
+            if c.state == "running" and not c.oneoff
+        }
+        with contextlib.suppress(DeployerError):  # the compose config below names the problem
+            return locate(target.config.app, target.env, ComposeConfig(services=services))
     if not target.host.run(["test", "-e", target.compose.files[0]], timeout=30).ok:
         return None
     return facts.database_location(target, facts.compose_config(target))
@@ -475,9 +488,9 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
     from deployer.server import journal, lock, runlog  # noqa: F401
     from deployer.server import target as _  # noqa: F401
 
-    # The slow imports load in ONE thread while this one waits on the SSH handshake:
-    # SQLAlchemy is not safe to import from two threads at once (partially initialised
-    # modules), so every other thread waits for the stage it needs.
+    # The slow imports load in ONE thread while this one waits on the SSH handshake: a
+    # module imported from two threads at once can be seen partially initialised, so every
+    # other thread waits for the stage it needs.
     importer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-import")
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="status")
     serial = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-reads")
@@ -501,11 +514,11 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         journal_f = reads.submit(journal.read, host, state_dir)
         runlog_f = reads.submit(runlog.read, host, state_dir)
         backup_f = reads.submit(read_newest_backup, host, environment.backup_dir)
-        location_f = pool.submit(_after, warm, _locate_database, target)
         proxy_f = pool.submit(_read_proxy, host, cfg) if environment.proxy is not None else None
 
         every = containers_f.result()
         containers = [c for c in every if not c.oneoff]
+        location_f = pool.submit(_after, warm, _locate_database, target, every)
         db_error: str | None = None
         db_revisions: tuple[str, ...] | None = None
         try:

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeAlias
 
+from deployer.db.url import redact_url
 from deployer.errors import DeployerError, HostError
 
 if TYPE_CHECKING:
@@ -1079,18 +1080,6 @@ def verdict(
 # --------------------------------------------------------------------------- database
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for messages and logs."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        # Unparseable: still never echo something that may hold a password.
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
 def _engine_url(url: str) -> URL:
     """The URL deployer connects with: a PostgreSQL URL without a driver gets psycopg2.
 
@@ -1120,6 +1109,11 @@ def database_revisions(
     reached or refuses us, :class:`~deployer.errors.ConfigError` for a malformed URL;
     the password never appears in a message.
     """
+    from deployer.db.url import pg_params
+
+    params = pg_params(url)
+    if params is not None:
+        return _libpq_revisions(url, params, connect_timeout, version_table, version_table_schema)
     from sqlalchemy import column, create_engine, inspect, select, table
     from sqlalchemy.exc import (
         ArgumentError,
@@ -1171,6 +1165,52 @@ def database_revisions(
         raise HostError(f"cannot read the migration state of the database {shown}: {exc}") from exc
     finally:
         engine.dispose()
+
+
+# What SQLAlchemy's has_table asks PostgreSQL (a table the search path sees, or in a schema).
+_VERSION_TABLE_SQL = "SELECT to_regclass(CASE WHEN %(schema)s IS NULL THEN quote_ident(%(table)s) " \
+    "ELSE quote_ident(%(schema)s) || '.' || quote_ident(%(table)s) END)"
+
+
+def _libpq_revisions(
+    url: str, params: dict[str, str], connect_timeout: int, version_table: str, version_table_schema: str | None
+) -> tuple[str, ...]:
+    """:func:`database_revisions` for a URL libpq reads: psycopg2 alone, no SQLAlchemy."""
+    import psycopg2
+    from psycopg2 import sql
+
+    timeout = max(1, int(connect_timeout))
+    # A server that accepts the connection but hangs (a lock held by a running migration)
+    # must not hang us: bound every statement too.
+    options = " ".join(filter(None, [params.get("options"), f"-c statement_timeout={timeout * 1000}"]))
+    try:
+        connection = psycopg2.connect(**{**params, "connect_timeout": str(timeout), "options": options})
+    except psycopg2.Error as exc:
+        reason = _driver_reason(exc)
+        raise HostError(
+            f"cannot read the migration state of the database {redact_url(url)}: {reason}", hint=_connection_hint(reason)
+        ) from None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_VERSION_TABLE_SQL, {"schema": version_table_schema, "table": version_table})
+            if cursor.fetchone()[0] is None:
+                return ()
+            name = sql.Identifier(*filter(None, [version_table_schema, version_table]))
+            cursor.execute(sql.SQL("SELECT version_num FROM {}").format(name))
+            heads = [row[0] for row in cursor.fetchall()]
+        return tuple(sorted(h for h in heads if h))
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        reason = _driver_reason(exc)
+        raise HostError(
+            f"cannot read the migration state of the database {redact_url(url)}: {reason}", hint=_connection_hint(reason)
+        ) from None
+    except psycopg2.Error as exc:
+        raise DeployerError(
+            f"reading {version_table} from the database {redact_url(url)} failed: {_driver_reason(exc)}",
+            hint="check that the database user may read the alembic version table",
+        ) from None
+    finally:
+        connection.close()
 
 
 def _driver_reason(exc: Exception) -> str:

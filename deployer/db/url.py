@@ -105,6 +105,52 @@ def driver_url(url: str) -> URL:
     return parsed
 
 
+_PG_SCHEMES = ("postgres", "postgresql", "pgsql")
+_ADDRESS_KEYS = ("user", "password", "host", "port", "dbname")
+
+
+def pg_params(url: str) -> dict[str, str] | None:
+    """libpq's own reading of a PostgreSQL URL: its keywords (``user``, ``password``,
+    ``host``, ``port``, ``dbname`` and the query's options), any driver suffix ignored.
+
+    ``None`` when libpq cannot read it (a query argument only SQLAlchemy knows, a scheme
+    that is not PostgreSQL's): the caller then goes through SQLAlchemy. Reading a URL this
+    way needs psycopg2 only, not SQLAlchemy (0.4 s of imports on the path of ``status``).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0].lower() not in _PG_SCHEMES:
+        return None
+    credentials, at, _ = rest.partition("@")
+    if at and "/" in credentials:
+        # An unescaped "/" in the password: SQLAlchemy (as the app) reads it as part of the
+        # password, libpq as the end of the host. Only SQLAlchemy's reading is the app's.
+        return None
+    import psycopg2
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        return dict(parse_dsn("postgresql://" + rest))
+    except psycopg2.Error:
+        return None
+
+
+def pg_url(params: Mapping[str, str]) -> str:
+    """The ``postgresql://`` URL of libpq keywords: what libpq, psycopg2 and SQLAlchemy all read."""
+    from urllib.parse import quote, urlencode
+
+    user = quote(params.get("user", ""), safe="")
+    password = params.get("password")
+    credentials = user + (":" + quote(password, safe="") if password is not None else "")
+    host = params.get("host", "")
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    port = f":{params['port']}" if params.get("port") else ""
+    options = {key: value for key, value in params.items() if key not in _ADDRESS_KEYS}
+    query = "?" + urlencode(options, quote_via=quote) if options else ""
+    at = "@" if credentials else ""
+    return f"postgresql://{credentials}{at}{host}{port}/{quote(params.get('dbname', ''), safe='')}{query}"
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***``, for messages and logs."""
     from sqlalchemy.engine import make_url
@@ -161,8 +207,6 @@ def locate(app: AppConfig, env: Environment, compose: ComposeConfig) -> Database
 
 def from_postgres_variables(service: str, variables: Mapping[str, str], image: str = "") -> DatabaseLocation:
     """The URL the official postgres image's variables describe, reached at ``service``."""
-    from sqlalchemy.engine import URL
-
     user = variables.get("POSTGRES_USER") or "postgres"
     password = variables.get("POSTGRES_PASSWORD") or None
     password_file = variables.get("POSTGRES_PASSWORD_FILE") or None
@@ -176,8 +220,6 @@ def from_postgres_variables(service: str, variables: Mapping[str, str], image: s
             hint="set environments.NAME.database_url in deploy.toml, or app.database_url_variable",
         )
     port = int(variables.get("PGPORT") or DEFAULT_PORTS[POSTGRESQL])
-    url = URL.create(
-        "postgresql", username=user, password=password, host=service, port=port,
-        database=variables.get("POSTGRES_DB") or user,
-    ).render_as_string(hide_password=False)
+    address = {"user": user, "host": service, "port": str(port), "dbname": variables.get("POSTGRES_DB") or user}
+    url = pg_url({**address, **({"password": password} if password is not None else {})})
     return DatabaseLocation(url, POSTGRESQL, f"the postgres variables of the {service} service", password_file)

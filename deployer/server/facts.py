@@ -7,7 +7,7 @@ Every command that needs one of these (status, release, rollback, backups) asks 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -143,12 +143,11 @@ def connectable_url(target: Target, location: DatabaseLocation, found: Sequence[
     """
     if location.engine != POSTGRESQL:
         raise ConfigError(f"deployer connects to PostgreSQL only, not to {location.engine} ({location.shown})")
-    from deployer.db.url import driver_url
-
-    url = driver_url(location.url)
     found = all_containers(target) if found is None else found
     services = {c.service for c in found if not c.oneoff}
-    host = url.host or "127.0.0.1"
+    named, port, render = _url_parts(location.url)
+    host = named or "127.0.0.1"
+    password: str | None = None
     if host in services or host == target.config.app.db_service:
         container = _container_for(found, host)
         if container is None:
@@ -157,10 +156,35 @@ def connectable_url(target: Target, location: DatabaseLocation, found: Sequence[
             raise HostError(f"the {host} container {container.name} has no network address")
         host = container.ips[0]
         if location.password_file:
-            url = url.set(password=_read_password_file(target, container, location.password_file))
-    port = url.port or 5432
+            password = _read_password_file(target, container, location.password_file)
     with target.host.forward(host, port) as (here, local_port):
-        yield url.set(host=here, port=local_port).render_as_string(hide_password=False)
+        yield render(here, local_port, password)
+
+
+def _url_parts(url: str) -> tuple[str | None, int, Callable[[str, int, str | None], str]]:
+    """A PostgreSQL URL's host and port, and how to write it for another address (and password).
+
+    libpq reads the URL when it can, so that `status` imports no SQLAlchemy; SQLAlchemy
+    when the URL carries arguments only it knows.
+    """
+    from deployer.db.url import driver_url, pg_params, pg_url
+
+    params = pg_params(url)
+    if params is not None:
+        known = params
+
+        def with_libpq(host: str, port: int, password: str | None) -> str:
+            secret = {"password": password} if password is not None else {}
+            return pg_url({**known, "host": host, "port": str(port), **secret})
+
+        return params.get("host"), int(params.get("port") or 5432), with_libpq
+    parsed = driver_url(url)
+
+    def with_sqlalchemy(host: str, port: int, password: str | None) -> str:
+        moved = parsed.set(host=host, port=port)
+        return (moved if password is None else moved.set(password=password)).render_as_string(hide_password=False)
+
+    return parsed.host, parsed.port or 5432, with_sqlalchemy
 
 
 def _read_password_file(target: Target, container: Container, path: str) -> str:

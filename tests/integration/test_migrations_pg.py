@@ -132,6 +132,40 @@ def test_postgres_scheme_alias_is_accepted(engine: sa.Engine, pg_database: str, 
     assert database_revisions(pg_database.replace("postgresql+psycopg2://", "postgresql://")) == (B,)
 
 
+def test_a_url_libpq_would_misread_is_read_as_sqlalchemy_reads_it(
+    engine: sa.Engine, pg_database: str, migrations: Path
+) -> None:
+    # An unescaped "/" in a password: SQLAlchemy (the app's reading) keeps it in the
+    # password; libpq would end the host there. deployer must connect as the app does.
+    from deployer.db.url import pg_params
+
+    alembic_upgrade(engine, migrations, B)
+    role = "slash_" + pg_database.rsplit("/", 1)[1]
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD 'pa/ss'"))
+        connection.execute(sa.text(f"GRANT SELECT ON alembic_version TO {role}"))
+    try:
+        address = pg_database.split("@", 1)[1]
+        url = f"postgresql://{role}:pa/ss@{address}"
+        assert pg_params(url) is None
+        assert database_revisions(url) == (B,)
+        assert database_revisions(url.replace("pa/ss", "pa%2Fss")) == (B,)  # escaped: libpq reads it
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"DROP OWNED BY {role}"))
+            connection.execute(sa.text(f"DROP ROLE {role}"))
+
+
+def test_version_table_in_a_schema(engine: sa.Engine, pg_database: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.text('CREATE SCHEMA "Meta"'))
+        connection.execute(sa.text('CREATE TABLE "Meta".alembic_version (version_num VARCHAR(32) PRIMARY KEY)'))
+        connection.execute(sa.text("INSERT INTO \"Meta\".alembic_version VALUES ('abc123')"))
+    assert database_revisions(pg_database) == ()  # not on the search path
+    assert database_revisions(pg_database, version_table_schema="Meta") == ("abc123",)
+    assert database_revisions(pg_database, version_table_schema="meta") == ()  # identifiers are exact
+
+
 def test_database_encoding_is_utf8(engine: sa.Engine) -> None:
     with engine.connect() as connection:
         assert connection.execute(sa.text("SHOW server_encoding")).scalar() == "UTF8"

@@ -733,3 +733,54 @@ def test_status_of_an_up_to_date_database_needs_no_alembic() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "postgresql+psycopg2://app:s%40c:r@db:5433/app",
+            {"user": "app", "password": "s@c:r", "host": "db", "port": "5433", "dbname": "app"},
+        ),
+        ("postgres://u@h/d?sslmode=disable", {"user": "u", "host": "h", "dbname": "d", "sslmode": "disable"}),
+        ("pgsql://u:p@[::1]/d", {"user": "u", "password": "p", "host": "::1", "dbname": "d"}),
+        ("postgresql://a:pa/ss@h/d", None),  # an unescaped "/": libpq would misread it, SQLAlchemy reads it
+        ("postgresql://a:pa%ss@h/d", None),  # not an escape: libpq refuses it
+        ("mysql+pymysql://u:p@h/d", None),
+        ("sqlite:////data/app.db", None),
+    ],
+)
+def test_libpq_reads_postgresql_urls(url: str, expected: dict[str, str] | None) -> None:
+    from deployer.db.url import pg_params
+
+    assert pg_params(url) == expected
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"user": "app", "password": "p@ss:w/rd %", "host": "10.0.0.5", "port": "45123", "dbname": "my db"},
+        {"user": "app", "host": "::1", "port": "5432", "dbname": "app", "sslmode": "require", "application_name": "x y"},
+        {"host": "db", "dbname": "app"},
+    ],
+)
+def test_pg_url_round_trips_through_libpq_and_sqlalchemy(params: dict[str, str]) -> None:
+    from sqlalchemy.engine import make_url
+
+    from deployer.db.url import pg_params, pg_url
+
+    url = pg_url(params)
+    assert pg_params(url) == params
+    parsed = make_url(url)  # what create_engine(url) reads: the same address
+    assert (parsed.username, parsed.password, parsed.host, parsed.database) == (
+        params.get("user"), params.get("password"), params["host"], params["dbname"],
+    )
+    assert str(parsed.port or "") == params.get("port", "")
+
+
+def test_postgres_variables_make_a_url_both_parsers_read() -> None:
+    from deployer.db.url import from_postgres_variables, pg_params
+
+    found = from_postgres_variables("db", {"POSTGRES_USER": "app", "POSTGRES_PASSWORD": "a:b@c", "POSTGRES_DB": "recipes"})
+    assert pg_params(found.url) == {"user": "app", "password": "a:b@c", "host": "db", "port": "5432", "dbname": "recipes"}
+    assert found.shown == "postgresql://app:***@db:5432/recipes"
