@@ -87,6 +87,18 @@ def test_in_sync_after_releases(deployment: Deployment) -> None:
     assert doc["last_release"]["id"] == released["id"] and doc["last_release"]["outcome"] == "succeeded"
     assert doc["last_backup"]["id"] == released["backup"] and doc["last_backup"]["revision"] == [EXAMPLE_HEAD]
     assert "up to date" in text and "in sync (exit 0)" in text and "lock       free" in text
+    # Its speed: the revision is read through libpq, the location from the containers; the
+    # heavy modules (SQLAlchemy, alembic, paramiko's optional invoke) are never imported.
+    traced = subprocess.run(
+        [d.deployer_argv()[0], "-X", "importtime", *d.deployer_argv("status", d.env_name)[1:]], cwd=d.laptop,
+        env=d.environ(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+    )
+    assert traced.returncode == 0 and "up to date" in traced.stdout, traced.stdout + traced.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines() if "|" in line}
+    assert {"psycopg2", "deployer.status"} <= imported
+    # (a bare "invoke" line is paramiko's import of it, refused: invoke's own modules never load)
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("sqlalchemy", "alembic") or m.startswith("invoke."))
+    assert heavy == [], heavy
 
 
 def test_history_lists_releases_newest_first(deployment: Deployment) -> None:
