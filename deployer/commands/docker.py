@@ -30,10 +30,17 @@ class Container:
     oneoff: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     exit_code: int | None = None
+    health_results: int = 0  # how many results of its healthcheck the engine keeps (0: none ran yet)
 
     @property
     def is_healthy(self) -> bool:
         return self.state == "running" and self.health in ("", "healthy")
+
+    @property
+    def healthcheck_pending(self) -> bool:
+        """Running, with a healthcheck that has not run once yet (Docker's first run comes
+        one ``interval`` after the start): neither passed nor failed."""
+        return self.state == "running" and self.health == "starting" and self.health_results == 0
 
 
 # Lists a compose project's containers and inspects them in ONE round trip (no compose file
@@ -85,6 +92,7 @@ def parse_rows(rows: Sequence[Mapping[str, Any]]) -> list[Container]:
                 oneoff=labels.get(ONEOFF_LABEL, "False") == "True",
                 labels=dict(labels),
                 exit_code=int(state["ExitCode"]) if isinstance(state.get("ExitCode"), int) else None,
+                health_results=len((state.get("Health") or {}).get("Log") or []),
             )
         )
     return containers

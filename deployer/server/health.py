@@ -28,11 +28,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from deployer.errors import CommandError, DeployerError
 from deployer.server import facts as project
 from deployer.server.target import Target
+
+if TYPE_CHECKING:
+    from deployer.commands.docker import Container
 
 __all__ = ["BODY_LIMIT", "HealthError", "Probe", "expected_statuses", "probe", "reachable_url", "wait_healthy"]
 
@@ -178,7 +182,10 @@ def wait_healthy(
         proven.append(_wait_url(target, env.healthcheck_url, deadline, timeout, interval, log))
     if env.healthcheck_command:
         proven.append(_wait_command(target, env.healthcheck_command, deadline, timeout, interval, log))
-    proven.append(_wait_containers(target, deadline, timeout, settle, interval))
+    # The web service's own check just passed: a Docker healthcheck of its containers that
+    # has not run yet (its first run comes one interval after the start, 30 s by default)
+    # is not waited for; one that failed, or containers of other services, are.
+    proven.append(_wait_containers(target, deadline, timeout, settle, interval, vouched=bool(proven)))
     return "healthy: " + "; ".join(proven)
 
 
@@ -239,11 +246,20 @@ def _wait_command(
     return f"`{_clip(shown)}` exited 0 in {web}"
 
 
-def _wait_containers(target: Target, deadline: float, timeout: float, settle: float, interval: float) -> str:
+def _wait_containers(
+    target: Target, deadline: float, timeout: float, settle: float, interval: float, *, vouched: bool = False
+) -> str:
     # All running, healthy where they have a healthcheck, and no restarts while we watch.
+    # ``vouched``: the health URL or command passed, so the web service's containers whose
+    # Docker healthcheck has not run yet count as healthy.
+    web = target.config.app.web_service
+
+    def stood_in(c: Container) -> bool:
+        return vouched and c.service == web and c.healthcheck_pending
+
     while True:
         containers = project.service_containers(target)
-        bad = [c for c in containers if not c.is_healthy]
+        bad = [c for c in containers if not c.is_healthy and not stood_in(c)]
         if not bad and containers:
             break
         last = ", ".join(f"{c.service}: {c.state} {c.health}".strip() for c in bad) or "no containers"
@@ -264,7 +280,14 @@ def _wait_containers(target: Target, deadline: float, timeout: float, settle: fl
                 f"(state {container.state}, restarts {container.restart_count})",
                 hint="check the service's logs: it may crash at start",
             )
-    return f"{len(after)} containers up for {settle:g}s or more without a restart"
+        if container.health == "unhealthy":
+            raise HealthError(
+                f"{container.service} ({container.name}) turned unhealthy during the {settle:g}s settle period",
+                hint=f"see why: docker inspect --format '{{{{json .State.Health}}}}' {container.name}",
+            )
+    pending = sorted({c.service for c in after if stood_in(c)})
+    unran = f" ({', '.join(pending)}: its Docker healthcheck had not run yet; the check above stood in)" if pending else ""
+    return f"{len(after)} containers up for {settle:g}s or more without a restart" + unran
 
 
 def _age(started_at: str) -> float:

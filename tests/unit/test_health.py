@@ -160,14 +160,16 @@ def test_expected_statuses(status: tuple[int, ...], text: str) -> None:
 # ------------------------------------------------------------------ wait_healthy on a fake host
 
 
-def container(service: str, *, state: str = "running", health: str = "", restarts: int = 0, started: str = "2020-01-02T03:04:05.123456789Z") -> dict:
-    """One container as `docker inspect` prints it."""
+def container(service: str, *, state: str = "running", health: str = "", restarts: int = 0, started: str = "2020-01-02T03:04:05.123456789Z",
+              results: int = 0) -> dict:
+    """One container as `docker inspect` prints it (``results``: healthcheck runs the engine logged)."""
+    log = [{"ExitCode": 1, "Output": "not yet"}] * results
     return {
         "Id": f"id-{service}",
         "Name": f"/demo-{service}-1",
         "Image": "sha256:" + "0" * 64,
         "RestartCount": restarts,
-        "State": {"Status": state, "StartedAt": started, **({"Health": {"Status": health}} if health else {})},
+        "State": {"Status": state, "StartedAt": started, **({"Health": {"Status": health, "Log": log}} if health else {})},
         "Config": {"Image": f"demo-{service}", "Env": [], "Labels": {
             "com.docker.compose.project": "demo", "com.docker.compose.service": service, "com.docker.compose.oneoff": "False"}},
         "NetworkSettings": {"Networks": {}},
@@ -347,3 +349,44 @@ def test_health_settings_from_deploy_toml(tmp_path: Path, server: str) -> None:
     summary = wait_healthy(Target(config=cfg, env=env, host=host, compose=compose), timeout=10, settle=0)  # type: ignore[arg-type]
     assert summary.startswith(f"healthy: {server}/api/health answered HTTP 200 with '\"ok\"'; ")
     assert host.execs()[0][-len(COMMAND):] == list(COMMAND)
+
+
+def test_a_web_healthcheck_that_has_not_run_yet_is_not_waited_for_once_the_url_answered(server: str, make_target) -> None:
+    # Docker runs a healthcheck first one interval after the start: the health URL just
+    # answered for the web container, so deployer does not wait for that first run.
+    host = FakeHost(inspects=[[container("db", health="healthy"), container("web", health="starting")]])
+    summary = wait_healthy(make_target(host, healthcheck_url=server + "/api/health", healthcheck_headers={"Authorization": TOKEN}), timeout=5, settle=0, interval=0.05)
+    assert summary.endswith("2 containers up for 0s or more without a restart "
+                            "(web: its Docker healthcheck had not run yet; the check above stood in)")
+    assert len([argv for argv, _ in host.calls if "docker inspect" in argv[-1] or "docker inspect" in argv[2]]) == 2
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        # a web healthcheck that ran and failed: still starting, but not "not run yet"
+        ([container("db", health="healthy"), container("web", health="starting", results=1)], "web: running starting"),
+        # another service's healthcheck: nothing of ours stands in for it
+        ([container("db", health="starting"), container("web", health="healthy")], "db: running starting"),
+    ],
+)
+def test_what_the_url_does_not_vouch_for_is_still_waited_for(server: str, make_target, rows: list[dict], why: str) -> None:
+    host = FakeHost(inspects=[rows])
+    with pytest.raises(HealthError) as caught:
+        wait_healthy(make_target(host, healthcheck_url=server + "/api/health", healthcheck_headers={"Authorization": TOKEN}), timeout=0.4, settle=0, interval=0.05)
+    assert caught.value.message == f"containers not healthy within 0.4s ({why})"
+
+
+def test_without_a_url_or_command_a_pending_healthcheck_is_waited_for(make_target) -> None:
+    host = FakeHost(inspects=[[container("db", health="healthy"), container("web", health="starting")],
+                              [container("db", health="healthy"), container("web", health="healthy")]])
+    assert wait_healthy(make_target(host), timeout=5, settle=0, interval=0.01) == (
+        "healthy: 2 containers up for 0s or more without a restart")
+
+
+def test_turning_unhealthy_during_the_settle_period_fails_the_check(server: str, make_target) -> None:
+    host = FakeHost(inspects=[[container("db", health="healthy"), container("web", health="starting")],
+                              [container("db", health="healthy"), container("web", health="unhealthy", results=3)]])
+    with pytest.raises(HealthError) as caught:
+        wait_healthy(make_target(host, healthcheck_url=server + "/api/health", healthcheck_headers={"Authorization": TOKEN}), timeout=5, settle=0)
+    assert caught.value.message == "web (demo-web-1) turned unhealthy during the 0s settle period"
