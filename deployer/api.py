@@ -61,18 +61,20 @@ def release(
     verbose: bool = False,
     playbook: str | None = None,
     swap_mode: str | None = None,
+    force: bool = False,
     confirm: Callable[[str], bool] | None = None,
     log: Callable[[str], None] = _noop,
     host: Host | None = None,
 ) -> Outcome | Plan:
     """Release the configured branch (or ``ref``) to ``env``; with ``dry_run``, only plan it.
-    ``swap_mode`` (behind a proxy): auto, overlap or pause for this release."""
+    ``swap_mode`` (behind a proxy): auto, overlap or pause for this release. When the commit
+    already runs as configured the outcome is ``unchanged`` (nothing journaled), unless ``force``."""
     from deployer.steps.context import Options
     from deployer.steps.playbook import load_playbook
 
     cfg = load(config_path)
     book = load_playbook(playbook or cfg.environment(env).playbook, cfg.root)
-    options = Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm, swap_mode=swap_mode)
+    options = Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm, swap_mode=swap_mode, force=force)
     return _operate(cfg, env, book, options, kind="release", log=log, host=host)
 
 

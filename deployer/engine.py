@@ -28,6 +28,8 @@ from deployer.steps.context import Context
 from deployer.steps.playbook import Playbook, Step
 from deployer.steps.recovery import Recovery, undo_all
 
+UNCHANGED = "unchanged"  # a release whose commit already ran as configured (see deployer.steps.unchanged)
+
 
 class ReleaseFailed(DeployerError):
     """A step failed; the previous release was put back (the message says how)."""
@@ -67,6 +69,7 @@ class Outcome:
     kind: str = "release"
     converged: str | None = None  # an interrupted run this command converged first
     served: dict[str, Any] | None = None  # what the prober saw through the proxy (journal.Record.served)
+    unchanged: str | None = None  # outcome "unchanged": why the release had nothing to do
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +102,7 @@ class Plan:
     database: str = ""  # where the database is, as the app states it
     converge_first: str | None = None  # an interrupted run that would be converged first
     swap: str | None = None  # behind a proxy: overlap or pause, and why
+    unchanged: str | None = None  # the run would stop after preflight: why it has nothing to do
     footer: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
@@ -295,6 +299,10 @@ def execute(ctx: Context, book: Playbook) -> Outcome:
             current = step
             detail, status = _run_step(ctx, step)
             timings.append(journal.StepTiming(step.label, status, round(time.monotonic() - _step_started(ctx), 3), detail))
+            if ctx.scratch.get("unchanged") and ctx.record is None:
+                # Nothing changed and nothing would: no later step runs, nothing is journaled.
+                ctx.log(f"nothing to do: {ctx.scratch['unchanged']}")
+                return _outcome(ctx, UNCHANGED, timings, clock, unchanged=ctx.scratch["unchanged"])
         current = None
         _finish(ctx, journal.SUCCEEDED, timings, started_at)
         return _outcome(ctx, journal.SUCCEEDED, timings, clock)
@@ -456,6 +464,8 @@ def plan(ctx: Context, book: Playbook) -> Plan:
             ctx.record = intent(ctx, ctx.scratch["steps"])
         commands = tuple(text for _, text in ctx.trace[before:])
         planned.append(PlannedStep(step=step.name, label=step.label, commands=commands, note=note))
+        if ctx.scratch.get("unchanged") and ctx.record is None:
+            break  # what the run would do: stop here, with nothing to do
     facts = ctx.known
     return Plan(
         environment=ctx.env.name,
@@ -478,6 +488,7 @@ def plan(ctx: Context, book: Playbook) -> Plan:
         database=f"{facts.database.shown} ({facts.database.source})",
         converge_first=ctx.scratch.get("converge_first"),
         swap=ctx.scratch["swap_mode"].describe() if ctx.scratch.get("swap_mode") else None,
+        unchanged=ctx.scratch.get("unchanged"),
         footer=(
             f"the step log {runlog.run_path(ctx.state_dir)} records the intent, then each step's start and end",
             f"the journal {journal.journal_path(ctx.state_dir)} gets the outcome; on failure, recovery undoes in reverse",

@@ -104,9 +104,15 @@ def release_cmd(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (destructive migrations).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the output of build, migrate and run steps.")] = False,
     swap_mode: SwapModeOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run every step even when the commit already runs exactly as configured.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Ship the branch tip (or --ref) to ENV: sync, build, back up, migrate, up, verify, health, record.
+
+    When that commit already runs as deploy.toml configures it (schema at its head, every
+    container healthy on its configuration), it stops after preflight: nothing to do.
 
     On failure the previous release is put back and the exit code is 1 (5 if that could
     not be finished; the message says what is left to do).
@@ -127,6 +133,7 @@ def release_cmd(
         verbose=verbose,
         playbook=playbook,
         swap_mode=swap_mode.value if swap_mode else None,
+        force=force,
         confirm=confirmer(),
         log=log,
     )
@@ -134,6 +141,8 @@ def release_cmd(
         emit(result.to_dict())
     elif dry_run:
         render_plan(result)
+    elif getattr(result, "unchanged", None):
+        typer.echo(f"nothing to do: {result.unchanged} (--force releases anyway)")
     else:
         typer.echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
                    + served_line(result))

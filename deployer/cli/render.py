@@ -95,5 +95,10 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
         out(f"{number:2d}. {step.label}" + (f"  ({step.note})" if step.note else ""))
         for command in step.commands:
             out(f"      {'' if command.startswith(('wait:', 'read:', 'write ', 'take the')) else '$ '}{command}")
+    if plan.unchanged:
+        out("")
+        out(f"nothing to do: {plan.unchanged}")
+        out("  (the release stops after preflight and journals nothing; --force runs every step)")
+        return
     for line in plan.footer:
         out(f"  ({line})")

@@ -41,6 +41,7 @@ class Options:
     restore_backup: bool = False  # rollbacks and recover: restore the pre-upgrade dump
     forward: bool = False  # recover: finish the interrupted run instead of undoing it
     swap_mode: str | None = None  # behind a proxy: auto | overlap | pause (None: the environment's)
+    force: bool = False  # release: run every step even when the commit already runs as configured
     # Asks the user a yes/no question; None when there is no terminal to ask on.
     confirm: Callable[[str], bool] | None = None
 

@@ -20,6 +20,7 @@ from deployer.steps import StepKind, register
 from deployer.steps.common import confirm, new_release_id, shown_revisions
 from deployer.steps.context import Context, Facts
 from deployer.steps.playbook import Step
+from deployer.steps.unchanged import already_running
 
 
 def read_host_state(ctx: Context) -> dict[str, object]:
@@ -150,6 +151,12 @@ def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
         volumes=state["volumes"], services=tuple(sorted(s for s in compose.services if s != db)),  # type: ignore[arg-type]
     )
     ctx.values["release_id"] = new_release_id(commit.sha)
+    unchanged = already_running(
+        ctx, commit=commit.sha, deployed=state["deployed"], records=records, containers=containers,  # type: ignore[arg-type]
+        revision=revision, heads=heads, pending=pending, compose=compose,
+    )
+    if unchanged is not None:
+        ctx.scratch["unchanged"] = unchanged
     shown = ", ".join(f"{m.revision} {m.message!r}" for m in pending) or "none"
     return (
         f"commit {commit.sha[:12]} ({commit.ref}: {commit.subject}); database {shown_revisions(revision)} "

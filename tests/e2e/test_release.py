@@ -117,6 +117,33 @@ def test_release_without_migration_skips_backup_and_migrate(deployment: Deployme
     assert d.get("/health")[0] == 200
 
 
+def test_a_release_with_nothing_to_do_stops_after_preflight(deployment: Deployment) -> None:
+    d = deployment
+    before = state(d)
+    result = d.release()
+    assert result["outcome"] == "unchanged" and result["exit_code"] == 0, result
+    assert f"commit {before['head'][:12]} already runs as release" in result["unchanged"]
+    assert "2 containers run healthy on the configuration a release would give them" in result["unchanged"]
+    assert [s["name"] for s in result["steps"]] == ["preflight"]
+    assert state(d) == before  # the same containers, no journal record, no lock left
+    text = d.deployer("release", d.env_name, "--yes")
+    assert text.returncode == 0 and text.stdout.startswith("nothing to do: commit "), text.stdout + text.stderr
+    planned = d.deployer("release", d.env_name, "--dry-run")
+    assert planned.returncode == 0 and "\nnothing to do: commit " in planned.stdout, planned.stdout
+    assert " 2. " not in planned.stdout  # what the run does: nothing after preflight
+    # What a release would change, it does: deploy.toml's variables differ from the host's file...
+    env_file = d.state_path / "compose.env"
+    env_file.write_text(env_file.read_text() + "# edited on the host\n")
+    changed = d.release()
+    assert changed["outcome"] == "succeeded" and "sync" in [s["name"] for s in changed["steps"]]
+    assert "# edited" not in env_file.read_text()  # written again by the release
+    # ...and --force runs every step of an unchanged release.
+    forced = d.release("--force")
+    assert forced["outcome"] == "succeeded" and "health" in [s["name"] for s in forced["steps"]]
+    assert len(d.journal()) == before["journal"] + 2
+    assert d.get("/health")[0] == 200
+
+
 def test_failing_migration_is_recovered(deployment: Deployment) -> None:
     d = deployment
     before = state(d)
