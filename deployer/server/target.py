@@ -62,7 +62,7 @@ class Target:
 
 def detect_compose(host: Host) -> tuple[str, ...]:
     """Which compose the host has: v2 (``docker compose``) preferred, else v1."""
-    if not host.run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=30).ok:
+    if not _engine_answers(host) and not host.run(["docker", "version", "--format", "{{.Server.Version}}"], timeout=30).ok:
         raise HostError(
             f"docker does not answer on {host.name}",
             hint="install Docker and start its daemon there; the user deployer logs in as must be able to run `docker ps`",
@@ -74,6 +74,17 @@ def detect_compose(host: Host) -> tuple[str, ...]:
         f"neither `docker compose` (v2) nor `docker-compose` (v1) is installed on {host.name}",
         hint="install the Docker Compose plugin (https://docs.docker.com/compose/install/)",
     )
+
+
+def _engine_answers(host: Host) -> bool:
+    """The engine answers its API (``GET /version``) on the stream later reads reuse: no
+    ``docker version`` process; False sends the question to the docker CLI, which says why not."""
+    from deployer.hosts.dockerapi import EngineUnavailable
+
+    try:
+        return bool((host.engine().get("/version") or {}).get("Version"))
+    except EngineUnavailable:
+        return False
 
 
 def make_compose(config: Config, env: Environment, program: tuple[str, ...] = compose_cmds.V2) -> compose_cmds.Compose:
