@@ -291,7 +291,10 @@ class Stack:
         return f"http://127.0.0.1:{self.web_port}/health"
 
     def environ(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "DEPLOYER_CONFIG")}
+        # PYTHONDONTWRITEBYTECODE left out: an installed deployer runs from its compiled .pyc
+        # files (pip compiles them), so the measured runs do too, after the first.
+        skip = ("SSH_AUTH_SOCK", "DEPLOYER_CONFIG", "PYTHONDONTWRITEBYTECODE")
+        env = {k: v for k, v in os.environ.items() if k not in skip}
         env.update({"HOME": str(self.home), "RECIPES_DB_PASSWORD": self.password, "GIT_CONFIG_NOSYSTEM": "1"})
         return env
 

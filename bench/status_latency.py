@@ -14,7 +14,9 @@ prints the median wall time of RUNS runs of:
   manual             `ssh bench 'cd APP && docker compose ... run --rm web flask db current'`
                      (the OpenSSH client, a one-off container: what one does without deployer)
 
-and `deployer status local` on this machine (the same app, released locally); and, in this
+The CLI runs as an installed deployer does, from compiled .pyc files (PYTHONDONTWRITEBYTECODE
+is dropped for it). It also times `deployer status local` on this machine (the same app,
+released locally); and, in this
 process over one open SSH connection, the ways of reading the project's containers:
 
   engine API (used)  the engine API over `docker system dial-stdio` in one channel of the
@@ -41,9 +43,10 @@ RUNS = int(os.environ.get("STATUS_BENCH_RUNS", "7"))
 
 CLI = "import sys\nfrom deployer import cli\ncli.main(sys.argv[1:])\n"
 
+# What a status process imports (paramiko without its optional invoke, as deployer does).
 IMPORTS = (
-    "import deployer.cli, deployer.cli.status, deployer.config, deployer.status, git, paramiko, psycopg2, "
-    "docker, sqlalchemy.dialects.postgresql.psycopg2"
+    "import sys; sys.modules['invoke'] = None\n"
+    "import deployer.cli, deployer.cli.status, deployer.config, deployer.status, git, paramiko, psycopg2.extensions"
 )
 
 SDK_READ = (
@@ -76,12 +79,15 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
 
     d = deployment_factory("ssh")
     d.release()
-    env = d.environ()
+    # As an installed deployer runs: from compiled .pyc files (pip compiles them at install).
+    env = {k: v for k, v in d.environ().items() if k != "PYTHONDONTWRITEBYTECODE"}
     cli = [sys.executable, "-c", CLI]
-    # warm the OS caches once; then measure
+    # warm the OS caches (and write the .pyc files) once; then measure, text and JSON in turn
     _timed([*cli, "status", d.env_name], cwd=d.laptop, env=env)
-    text = [_timed([*cli, "status", d.env_name], cwd=d.laptop, env=env) for _ in range(RUNS)]
-    as_json = [_timed([*cli, "status", d.env_name, "--json"], cwd=d.laptop, env=env) for _ in range(RUNS)]
+    text, as_json = [], []
+    for _ in range(RUNS):
+        text.append(_timed([*cli, "status", d.env_name], cwd=d.laptop, env=env))
+        as_json.append(_timed([*cli, "status", d.env_name, "--json"], cwd=d.laptop, env=env))
     # What status() itself reports (after interpreter start and the CLI's imports)...
     inside = [
         json.loads(subprocess.run([*cli, "status", d.env_name, "--json"], cwd=d.laptop, env=env, capture_output=True,
@@ -89,7 +95,7 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
         for _ in range(RUNS)
     ]
     # ...and the floor: a process that only imports what status needs, doing nothing.
-    floor = [_timed([sys.executable, "-c", IMPORTS]) for _ in range(RUNS)]
+    floor = [_timed([sys.executable, "-c", IMPORTS], env=env) for _ in range(RUNS)]
 
     app = str(d.server_path)
     remote = (
@@ -102,8 +108,9 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
 
     here = deployment_factory("local")
     here.release()
-    _timed([*cli, "status", here.env_name], cwd=here.laptop, env=here.environ())
-    local = [_timed([*cli, "status", here.env_name], cwd=here.laptop, env=here.environ()) for _ in range(RUNS)]
+    here_env = {k: v for k, v in here.environ().items() if k != "PYTHONDONTWRITEBYTECODE"}
+    _timed([*cli, "status", here.env_name], cwd=here.laptop, env=here_env)
+    local = [_timed([*cli, "status", here.env_name], cwd=here.laptop, env=here_env) for _ in range(RUNS)]
 
     from deployer.commands import docker as containers_cmds
     from deployer.config import load_config
