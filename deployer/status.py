@@ -129,6 +129,9 @@ class Service:
     started_at: str
     restart_count: int
     healthy: bool
+    # Running, its Docker healthcheck not run once yet (the first run comes one interval
+    # after the start): not healthy yet, not unhealthy either; not a problem.
+    health_pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -324,7 +327,7 @@ def service_problems(services: Sequence[Service], expected: Sequence[str]) -> li
         if name not in present:
             problems.append(f"service {name} has no container")
     for s in services:
-        if not s.healthy:
+        if not s.healthy and not s.health_pending:
             state = s.state + (f", {s.health}" if s.health else "")
             problems.append(f"service {s.service} is not healthy ({state})")
     return problems
@@ -368,6 +371,7 @@ def _service(c: Container) -> Service:
     return Service(
         service=c.service, container=c.name, state=c.state, health=c.health, image=c.image,
         started_at=c.started_at, restart_count=c.restart_count, healthy=c.is_healthy,
+        health_pending=c.healthcheck_pending,
     )
 
 
@@ -470,12 +474,38 @@ def _locate_database(target: Target, found: Sequence[Container]) -> Any:
     return facts.database_location(target, facts.compose_config(target))
 
 
+@dataclass(frozen=True)
+class Readings:
+    """What status read on the way to its report, for the reports built on the same reads
+    (``deployer migrations``): the scripts of the running code and of the branch tip, the
+    database's revisions, the journal."""
+
+    cfg: Config
+    host: Host
+    running_scripts: MigrationScripts | None  # of the code that runs (or the checkout's)
+    running_commit: str | None
+    tip_scripts: MigrationScripts | None
+    tip_commit: str | None
+    revisions: tuple[str, ...] | None  # None: the database could not be read (``database_error``)
+    database_error: str | None
+    records: tuple[Record, ...]
+
+
 def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | None = None) -> Status:
     """Read the state of environment ``env`` (see the module docstring). Writes nothing.
 
     Raises :class:`~deployer.errors.HostError` (exit 3) when the host cannot be reached;
     an unreachable database is a verdict in the report, not an exception.
     """
+    return read_status(cfg_or_path, env, host=host, keep=None)[0]
+
+
+def read_status(
+    cfg_or_path: Config | str | Path | None, env: str, *, host: Host | None = None,
+    keep: Callable[[Readings], T] | None = None,
+) -> tuple[Status, T | None]:
+    """:func:`status`, and ``keep`` applied to its :class:`Readings` while the host is still
+    open (None without ``keep``)."""
     started = time.monotonic()
     checked_at = datetime.now(UTC).isoformat(timespec="seconds")
     cfg = _load(cfg_or_path)
@@ -585,6 +615,11 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
         if last is not None and last.outcome != journal.SUCCEEDED and interrupted_run is None:
             problems.append(f"the last {last.kind} {last.id} {last.outcome}")
         info = state.info
+        kept = keep(Readings(
+            cfg=cfg, host=host, running_scripts=deployed_scripts, running_commit=judged_sha,
+            tip_scripts=tip.scripts if tip else None, tip_commit=tip.sha if tip else None,
+            revisions=db_revisions, database_error=db_error, records=tuple(records),
+        )) if keep is not None else None
         return Status(
             environment=env,
             host=host.name,
@@ -606,7 +641,7 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
             interrupted=interrupted,
             running=running_sha,
             proxy=proxied,
-        )
+        ), kept
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         serial.shutdown(wait=True, cancel_futures=True)
@@ -804,9 +839,9 @@ def render_status(s: Status, now: datetime | None = None) -> str:
     if s.services:
         lines.append("  services")
         for sv in s.services:
-            state = sv.state + (f" ({sv.health})" if sv.health else "")
+            state = sv.state + (" (first check due)" if sv.health_pending else f" ({sv.health})" if sv.health else "")
             since = f"since {_age(sv.started_at, now)}" if sv.state == "running" else ""
-            mark = "ok" if sv.healthy else "!!"
+            mark = "ok" if sv.healthy else ".." if sv.health_pending else "!!"
             lines.append(f"    {mark} {sv.service:<12} {state:<20} {since:<14} {sv.image}")
     else:
         lines.append("  services   no containers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -140,6 +141,22 @@ def test_service_problems() -> None:
     problems = service_problems([svc("db", "exited", "")], ["db", "web"])
     assert problems == ["service web has no container", "service db is not healthy (exited)"]
     assert service_problems([svc("web", health="starting")], ["web"]) == ["service web is not healthy (running, starting)"]
+    # Docker has not run the first healthcheck yet (a release just ended): not a problem
+    pending = replace(svc("web", health="starting"), health_pending=True)
+    assert service_problems([pending, svc("db")], ["db", "web"]) == []
+
+
+def test_a_first_healthcheck_not_run_yet_reads_as_due_not_unhealthy() -> None:
+    from deployer.commands.docker import parse_rows
+    from deployer.status import _service
+
+    row = {"Id": "x", "Name": "/app-web-1", "State": {"Status": "running", "Health": {"Status": "starting", "Log": []}},
+           "Config": {"Labels": {"com.docker.compose.service": "web"}}}
+    assert _service(parse_rows([row])[0]).health_pending is True
+    row["State"]["Health"]["Log"] = [{"ExitCode": 1}]  # it ran, and failed: starting, and a problem
+    failed = _service(parse_rows([row])[0])
+    assert failed.health_pending is False and service_problems([failed], ["web"]) == [
+        "service web is not healthy (running, starting)"]
 
 
 def test_containers_argv_passes_the_project_as_an_argument() -> None:
@@ -173,7 +190,7 @@ def test_json_document_has_stable_fields() -> None:
     assert set(doc["code"]) == {"branch", "deployed", "deployed_subject", "tip", "tip_subject", "ahead", "behind", "error"}
     assert set(doc["database"]) >= {"reachable", "revisions", "deployed_heads", "tip_heads", "verdict", "summary",
                                     "pending", "ahead", "unknown", "tip_pending", "error"}
-    assert set(doc["services"][0]) == {"service", "container", "state", "health", "image", "started_at", "restart_count", "healthy"}
+    assert set(doc["services"][0]) == {"service", "container", "state", "health", "image", "started_at", "restart_count", "healthy", "health_pending"}
     assert doc["database"]["revisions"] == ["bbb"]
 
 
