@@ -18,6 +18,7 @@ from deployer.errors import DeployerError
 if TYPE_CHECKING:
     from deployer.engine import Outcome, Plan
     from deployer.hosts import Host
+    from deployer.schema_history import MigrationsReport
     from deployer.server.lock import LockState
     from deployer.status import History, Status
     from deployer.steps.playbook import Playbook
@@ -228,6 +229,16 @@ def status(env: str, *, config_path: Path | None = None) -> Status:
     cfg = load(config_path)
     with redacted(cfg):
         return scrub(cfg, read_status(cfg, env))
+
+
+def migrations(env: str, *, config_path: Path | None = None, everything: bool = False) -> MigrationsReport:
+    """Every revision of the running code and the branch tip, newest first: applied, current,
+    pending or unknown; which release applied it, and the backup from before it (read-only)."""
+    from deployer.schema_history import migrations as read_migrations
+
+    cfg = load(config_path)
+    with redacted(cfg):
+        return scrub(cfg, read_migrations(cfg, env, everything=everything))
 
 
 def history(env: str, *, config_path: Path | None = None, limit: int | None = None) -> History:

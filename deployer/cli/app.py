@@ -165,7 +165,9 @@ def rollback_cmd(
     """Move ENV back to TARGET: schema (downgraded with the current image, or restored), code and images.
 
     Refused before touching anything when the target is unknown, ambiguous or newer, or a
-    downgrade on the way is missing (then --restore-backup is the way back).
+    downgrade on the way is missing (then --restore-backup is the way back). To choose a
+    target: `deployer migrations ENV` lists every revision, the release that applied it,
+    what rolling back past it drops, and the backup from before it.
 
     Example:  deployer rollback production 56b67 --dry-run
     """
@@ -198,11 +200,12 @@ lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no
 app.add_typer(lock_app, name="lock")
 
 from deployer.cli.backups import backups_app  # noqa: E402 - these import only typer at start-up
-from deployer.cli.status import history_cmd, status_cmd  # noqa: E402
+from deployer.cli.status import history_cmd, migrations_cmd, status_cmd  # noqa: E402
 
 app.add_typer(backups_app, name="backups")
 app.command("status")(status_cmd)
 app.command("history")(history_cmd)
+app.command("migrations")(migrations_cmd)
 
 
 @lock_app.command("status")

@@ -1,4 +1,4 @@
-"""``deployer status`` and ``deployer history`` (typer commands, wired into the app by cli.app)."""
+"""``deployer status``, ``deployer migrations`` and ``deployer history`` (typer commands, wired into the app by cli.app)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,36 @@ from typing import Annotated
 import typer
 
 from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, emit, json_output
+
+
+def migrations_cmd(
+    env: EnvArgument,
+    config: ConfigOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also each script's path, parent and create date.")] = False,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Also the revisions only the journal names (released once, gone from the code).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List ENV's migrations, newest first (`flask db history` + `flask db current`, for a
+    server): current, applied, pending or unknown; the release that applied each one, when,
+    and its pre-upgrade backup; whether a downgrade exists and what it would drop. Read-only.
+
+    Exit 0; 3 when the host or the database cannot be read (the list is still printed).
+
+    Example:  deployer migrations production --verbose
+    """
+    from deployer import api, schema_history
+
+    json_output(as_json)
+    report = api.migrations(env, config_path=config, everything=everything)
+    code = 0 if report.revisions is not None else 3
+    if as_json:
+        emit(report.to_dict(), exit_code=code)
+    else:
+        typer.echo(schema_history.render(report, verbose=verbose))
+    if code:
+        raise typer.Exit(code)
 
 
 def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption = False) -> None:

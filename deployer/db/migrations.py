@@ -112,6 +112,7 @@ class RevisionInfo:
     # :func:`overlap_breakers`): an upgrade's break the old code, a downgrade's the new.
     upgrade_breaking_ops: tuple[str, ...] = ()
     downgrade_breaking_ops: tuple[str, ...] = ()
+    create_date: str = ""  # the "Create Date:" line alembic writes into the docstring ("" without one)
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,7 @@ def _read_revision(name: str, path: str, source: str) -> RevisionInfo:
         revision=revision,
         down_revision=down_revision,
         message=_message(module),
+        create_date=_create_date(module),
         path=path,
         upgrade_destructive_ops=_destructive_ops(upgrade, functions, strings),
         downgrade_destructive_ops=_destructive_ops(downgrade, functions, strings),
@@ -428,6 +430,12 @@ def _message(module: ast.Module) -> str:
     # As alembic's Script.doc: the first paragraph of the module docstring.
     doc = ast.get_docstring(module, clean=False) or ""
     return re.split("\n\n", doc.strip())[0].strip()
+
+
+def _create_date(module: ast.Module) -> str:
+    # alembic's script template: "Create Date: 2024-05-01 12:00:00.123456" in the docstring.
+    found = re.search(r"^\s*Create Date:\s*(\S.*?)\s*$", ast.get_docstring(module, clean=False) or "", re.MULTILINE)
+    return found.group(1) if found else ""
 
 
 def _effective_body(function: ast.FunctionDef) -> list[ast.stmt]:
