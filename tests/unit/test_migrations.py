@@ -725,10 +725,11 @@ def test_status_of_an_up_to_date_database_needs_no_alembic() -> None:
 
     code = (
         "import sys\n"
-        "from deployer.db.migrations import scripts_from_sources, verdict\n"
+        "from deployer.db.migrations import scripts_from_sources, upgrade_path, verdict\n"
         "from tests.unit.test_migrations import revision_source, A, B\n"
         "s = scripts_from_sources({'a.py': revision_source(A, None, 'a'), 'b.py': revision_source(B, A, 'b')}, location='x')\n"
         "assert verdict([B], s).kind.name == 'UP_TO_DATE'\n"
+        "assert upgrade_path(s, [B]) == [] and upgrade_path(s, [B], B) == []  # preflight of a release with nothing to do\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'sqlalchemy')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
