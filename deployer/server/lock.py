@@ -25,6 +25,7 @@ import os
 import posixpath
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -238,6 +239,12 @@ class Lease:
                 process.kill()  # type: ignore[attr-defined]
 
 
+# A lock found busy with no holder behind it (someone's `flock -n` check, a holder exiting)
+# is tried again this many times, this far apart, before it is reported.
+BUSY_RETRIES = 5
+BUSY_PAUSE = 0.2
+
+
 def acquire(
     host: Host, state_dir: str, info: LockInfo, *, env_name: str, label: str = "", ttl: int = LEASE_SECONDS
 ) -> Lease:
@@ -245,7 +252,24 @@ def acquire(
 
     A lock whose owner is gone is taken over; the returned lease's ``previous`` says whose it was.
     ``label`` (``KEY=VALUE``) names the containers the holder stops if this process vanishes.
+    A lock busy for a moment without a holder (a reader's check of it, a holder on its way
+    out) is tried again, up to :data:`BUSY_RETRIES` times.
     """
+    for _ in range(BUSY_RETRIES):
+        try:
+            return _acquire_once(host, state_dir, info, env_name=env_name, label=label, ttl=ttl)
+        except _Fleeting:
+            time.sleep(BUSY_PAUSE)
+    return _acquire_once(host, state_dir, info, env_name=env_name, label=label, ttl=ttl, last=True)
+
+
+class _Fleeting(Exception):
+    """The lock was busy, and free again when its holder was looked up."""
+
+
+def _acquire_once(
+    host: Host, state_dir: str, info: LockInfo, *, env_name: str, label: str, ttl: int, last: bool = False
+) -> Lease:
     process = host.start(lease_argv(state_dir, label, ttl))
     try:
         try:
@@ -270,7 +294,12 @@ def acquire(
         process.kill()
     if first == "BUSY":
         state = read_lock(host, state_dir)
-        described = state.describe() if state.held else "held (it was released while we looked: try again)"
+        holder = state.info if state.held else None
+        if holder is None and not last:
+            raise _Fleeting()
+        described = holder.describe() if holder is not None else (
+            "busy, but no deployer holds it (another process has the lock file open, or it was released "
+            "while we looked): try again")
         raise LockHeldError(
             f"environment {env_name} is locked on {host.name}: {described}",
             hint="wait for that run to finish: the lock frees itself when its owner's process ends "

@@ -59,6 +59,31 @@ time.sleep(600)
 """
 
 
+def test_a_lock_busy_for_a_moment_without_a_holder_is_taken_after_all(host: LocalHost, tmp_path: Path) -> None:
+    # Someone checks the lock with `flock -n` (as a monitoring script, or a test, might) just
+    # as a release takes it: the release waits out the check instead of failing.
+    import subprocess
+
+    state = str(tmp_path / "state")
+    lock.acquire(host, state, lock.new_info("release first"), env_name="p").release()
+    checker = subprocess.Popen(["flock", "-n", str(tmp_path / "state" / "lock"), "sleep", "0.5"])
+    try:
+        lease = lock.acquire(host, state, lock.new_info("release second"), env_name="p")
+    finally:
+        checker.wait(10)
+    assert checker.returncode == 0  # the checker did hold it while the release asked
+    assert lock.read_lock(host, state).info.command == "release second"
+    lease.release()
+    # A check that outlasts every retry is still reported, naming no holder.
+    checker = subprocess.Popen(["flock", "-n", str(tmp_path / "state" / "lock"), "sleep", "5"])
+    try:
+        with pytest.raises(LockHeldError, match="busy, but no deployer holds it .*: try again"):
+            lock.acquire(host, state, lock.new_info("release third"), env_name="p")
+    finally:
+        checker.kill()
+        checker.wait(10)
+
+
 def test_a_dead_owner_leaves_no_lock_only_a_record_the_next_command_takes_over(host: LocalHost, tmp_path: Path) -> None:
     import signal
     import subprocess
