@@ -101,7 +101,7 @@ def test_a_code_only_release_fails_no_request(d: Deployment) -> None:
     assert "served throughout: 0 failed of" in swap["detail"] and "overlap" in swap["detail"], swap
     history = d.deployer("history", d.env_name)
     assert history.returncode == 0 and "served throughout: 0 failed of" in history.stdout, history.stdout
-    text = d.deployer("release", d.env_name, "--yes")
+    text = d.deployer("release", d.env_name, "--yes", "--force")  # the same commit: --force runs it anyway
     assert text.returncode == 0, text.stderr
     assert "served throughout: 0 failed of" in text.stdout, text.stdout
     print(f"code-only release: {summary.describe()}")
