@@ -54,7 +54,8 @@ class Migration:
     message: str
     state: str  # current | applied | pending | unknown | undetermined
     known_to: tuple[str, ...]  # "running" (the code that runs), "tip" (the branch tip); () for unknown
-    marks: tuple[str, ...]  # head, base, branchpoint, mergepoint (as alembic's history names them)
+    marks: tuple[str, ...]  # head, base, branchpoint, mergepoint (as alembic's history names them), or
+    # "head of the running code" for its head when the tip has revisions after it
     down_revision: tuple[str, ...]
     create_date: str = ""
     path: str = ""
@@ -198,6 +199,14 @@ def rows(
             return UNDETERMINED
         return APPLIED if revision in applied else PENDING
 
+    running_heads = set(running.heads) if running is not None and running.revisions else set()
+
+    def marks(revision: str) -> tuple[str, ...]:
+        found = _marks(graph, revision, children)
+        if "head" not in found and revision in running_heads:
+            return ("head of the running code", *found)  # the tip has revisions after it
+        return found
+
     def made(revision: str, info: RevisionInfo | None, state_: str, where: tuple[str, ...]) -> Migration:
         record = by.get(revision) if state_ in (CURRENT, APPLIED, UNKNOWN) else None
         backup = record.backup if record is not None else None
@@ -206,7 +215,7 @@ def rows(
             message=info.message if info else "",
             state=state_,
             known_to=where,
-            marks=_marks(graph, revision, children) if info else (),
+            marks=marks(revision) if info else (),
             down_revision=_parents(info) if info else (),
             create_date=info.create_date if info else "",
             path=info.path if info else "",

@@ -84,6 +84,7 @@ def test_migrations_after_three_migrating_releases_and_a_rollback(d: Deployment)
     assert rows[SERVINGS]["applied_by"] is None and rows[SERVINGS]["known_to"] == ["tip"]
     assert rows[TAGS]["downgrade_drops"] == ["drop column recipes.tags"] and rows[TAGS]["has_downgrade"] is True
     assert rows[EXAMPLE[0]]["marks"] == ["base"] and rows[SERVINGS]["marks"] == ["head"]
+    assert rows[TAGS]["marks"] == ["head of the running code"]
     assert f"current      {TAGS}" in text and f"applied by {tags['id']}" in text
     assert f"data from before it: backup {tags['backup']}" in text and "[branch tip only]" in text
 

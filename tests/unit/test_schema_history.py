@@ -104,7 +104,7 @@ def test_tip_only_revisions_are_pending_and_say_so() -> None:
     first = found[0]
     assert (first.revision, first.state, first.known_to, first.upgrade_drops) == (
         LATER, "pending", ("tip",), ("drop column recipes.tags",))
-    assert by_revision(found)[NOTES].marks == ()  # the tip's LATER revises it: not a head of what is known
+    assert by_revision(found)[NOTES].marks == ("head of the running code",)  # the tip's LATER revises it
     text = render(MigrationsReport("production", "bench", "a" * 40, "b" * 40, (NOTES,), None, found, 0.1))
     assert f"pending      {LATER}" in text and "[branch tip only]" in text and "its upgrade drops: drop column recipes.tags" in text
 
