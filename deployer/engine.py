@@ -432,10 +432,11 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
         raise _interrupted_or(failure, f"{ctx.kind} {ctx.run_id} {message} at step `{label}`\n  recovered: {recovery.report}",
                               hint="the server runs the previous release" if not recovery.first_release
                               else "nothing was deployed")
+    cause = getattr(failure, "hint", None)  # the step's own advice comes first
     raise ReleaseFailed(
         f"{ctx.kind} {ctx.run_id} failed at step `{label}`: {message}\n  recovered: {recovery.report}",
-        hint="the server runs the previous release; fix the cause and release again"
-        if not recovery.first_release else "nothing was deployed; fix the cause and release again",
+        hint=(f"{cause}; " if cause else "") + ("the server runs the previous release; fix the cause and release again"
+        if not recovery.first_release else "nothing was deployed; fix the cause and release again"),
     ) from None
 
 

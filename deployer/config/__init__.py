@@ -103,6 +103,10 @@ class Environment:
     healthcheck_status: tuple[int, ...] = ()  # empty: any 2xx
     healthcheck_body: str | None = None  # text the health page must contain
     proxy: ProxyConfig | None = None  # None: no proxy; the web service publishes its port
+    # PostgreSQL: how long a migration's statement may wait for a lock (0: no limit), and
+    # how many times a migration that gave up waiting is tried again.
+    lock_timeout: float = 10.0
+    lock_retries: int = 3
 
 
 @dataclass(frozen=True)
@@ -408,6 +412,8 @@ class _Environment(BaseModel):
     database_url: Annotated[str, AfterValidator(partial(_check_url, http_only=False))] | None = Field(
         None, description='a database URL (e.g. "postgresql://user:pw@db:5432/app")')
     proxy: _Proxy | None = Field(None, description="a table [environments.NAME.proxy] (empty: every value inferred)")
+    lock_timeout: float = Field(10.0, ge=0, description="seconds a migration may wait for a lock (a number >= 0; 0: no limit)")
+    lock_retries: int = Field(3, ge=0, le=20, description="an integer from 0 to 20")
 
 
 class _File(BaseModel):

@@ -7,7 +7,11 @@ and ends its database session itself. The revision is read back before anything 
 
 from __future__ import annotations
 
-from deployer.actions import Command, Read, Skip, templated
+import time
+from collections.abc import Callable
+
+from deployer.actions import Command, Read, Skip, Wait, templated
+from deployer.db import locks
 from deployer.db.launcher import failure_reason, launched
 from deployer.db.url import POSTGRESQL, SQLITE
 from deployer.errors import CommandError, DeployerError
@@ -31,11 +35,25 @@ def migration_name(app_name: str, run_id: str) -> str:
     return f"{app_name}-migrate-{run_id}"
 
 
-def one_off(ctx: Context, argv: list[str], name: str) -> tuple:  # noqa: ANN201 - tuple[Arg, ...]
-    """A one-off container of the web service's image, named and labelled with the run."""
-    command = ctx.compose.run(ctx.app.web_service, argv, name=name, env={APP_NAME_VARIABLE: name},
-                              labels={RUN_LABEL: ctx.run_id or name})
+def one_off(ctx: Context, argv: list[str], name: str, *, bounded: bool = False) -> tuple:  # noqa: ANN201 - tuple[Arg, ...]
+    """A one-off container of the web service's image, named and labelled with the run;
+    ``bounded``: its PostgreSQL statements wait at most ``lock_timeout`` for a lock."""
+    env = {APP_NAME_VARIABLE: name}
+    options = lock_options(ctx) if bounded else None
+    if options:
+        env["PGOPTIONS"] = options
+    command = ctx.compose.run(ctx.app.web_service, argv, name=name, env=env, labels={RUN_LABEL: ctx.run_id or name})
     return templated(command, ctx.values)
+
+
+def lock_options(ctx: Context) -> str | None:
+    """``PGOPTIONS`` with the environment's lock timeout, the web service's own kept (None:
+    not PostgreSQL, or no timeout)."""
+    facts = ctx.facts
+    if facts is None or facts.database is None or facts.database.engine != POSTGRESQL:
+        return None
+    web = facts.compose.services.get(ctx.app.web_service) if facts.compose else None
+    return locks.pgoptions(web.environment.get("PGOPTIONS") if web else None, ctx.env.lock_timeout)
 
 
 def cancel_sessions(recovery_or_none: Recovery | None, ctx_location, name: str) -> Read:  # noqa: ANN001
@@ -80,8 +98,8 @@ def migrate(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     name = migration_name(app.name, ctx.run_id)
     ctx.note(migration=name)
     try:
-        result = yield Command(one_off(ctx, launched(list(app.migrate_command)), name), what="migrate the database",
-                               check=False, timeout=timeout, stream=True, retry=False)
+        result, retried = yield from run_bounded(ctx, launched(list(app.migrate_command)), name, "migrate the database",
+                                                 timeout)
     except CommandError as error:
         if "timed out" not in error.message:
             raise
@@ -91,7 +109,7 @@ def migrate(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
             f"the migration did not finish within {timeout:.0f}s and was stopped (its database session ended)",
             hint="a running web process or an open session may hold a lock the migration waits for",
         ) from None
-    if not result.ok:
+    if result is not None and not result.ok:
         output = (result.stdout + "\n" + result.stderr).strip()
         reason = failure_reason(output) or "it printed no reason"
         tail = "\n".join("    " + line for line in output.splitlines()[-15:])
@@ -99,7 +117,84 @@ def migrate(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
             f"the migration `{' '.join(app.migrate_command)}` exited {result.exit_code}: {reason}\n  its last output:\n{tail}"
         )
     ctx.note(migration=None)
-    return f"applied {len(todo)} migration(s): " + ", ".join(m.revision for m in todo)
+    return f"applied {len(todo)} migration(s): " + ", ".join(m.revision for m in todo) + retried
+
+
+def run_bounded(ctx: Context, argv: list[str], name: str, what: str, timeout: float):  # noqa: ANN201 - generator
+    """Run a migration command (``argv``, upgrade or downgrade) in the one-off container
+    ``name``, its lock waits bounded by ``lock_timeout`` on PostgreSQL, tried again
+    ``lock_retries`` times after a pause when it gave up waiting (its transaction rolled
+    back), while :class:`~deployer.db.locks.LockWatch` notes who blocked it.
+
+    Returns ``(result, note)``: the last run's result (None in a dry run; a failure that is
+    not a lock timeout is the caller's to report) and a note on the retries ("" without).
+    Raises :class:`MigrationFailed` naming the blockers when every attempt gave up; a
+    :class:`~deployer.errors.CommandError` (the run's own timeout) goes to the caller.
+    """
+    bounded = lock_options(ctx) is not None
+    attempts = 1 + (ctx.env.lock_retries if bounded else 0)
+    blockers: dict[int, locks.Blocker] = {}
+    for attempt in range(1, attempts + 1):
+        watch = yield Read(f"watch what the sessions of {name} wait for", lambda c: _watch(c, name)) if bounded else None
+        try:
+            result = yield Command(one_off(ctx, argv, name, bounded=bounded),
+                                   what=what + (f" (attempt {attempt} of {attempts})" if attempt > 1 else ""),
+                                   check=False, timeout=timeout, stream=True, retry=False)
+        finally:
+            if watch is not None:
+                blockers.update({b.pid: b for b in watch.stop()})
+        output = "" if result is None else (result.stdout + "\n" + result.stderr)
+        if result is None or result.ok or not (bounded and locks.timed_out(output)):
+            held = "; ".join(b.describe() for b in blockers.values())
+            note = f" (on attempt {attempt} of {attempts}; a lock was held by {held or 'a session not seen'})" if attempt > 1 else ""
+            return result, note
+        if not blockers:
+            found = yield Read("the sessions holding table locks in old transactions",
+                               lambda c: _suspects(c, name, ctx.env.lock_timeout))
+            blockers.update({b.pid: b for b in found or ()})
+        held = "; ".join(b.describe() for b in blockers.values()) or "no session found"
+        if attempt == attempts:
+            raise MigrationFailed(
+                f"the migration waited for a lock longer than lock_timeout ({ctx.env.lock_timeout:g}s) "
+                f"{attempts} time(s) and gave up (its transaction rolled back: the schema is as before). "
+                f"Blocked by: {held}",
+                hint="end or finish that session (`SELECT pg_terminate_backend(PID)` as a superuser), then try "
+                     "again; or raise lock_timeout / lock_retries in deploy.toml",
+            )
+        pause = min(30.0, 2.0 ** (attempt - 1))
+        ctx.log(f"the migration gave up waiting for a lock (lock_timeout {ctx.env.lock_timeout:g}s), blocked by: {held}; "
+                f"trying again in {pause:g}s")
+        yield Wait(f"{pause:g}s before the next attempt", _pause(pause))
+    raise AssertionError("unreachable")
+
+
+def _watch(ctx: Context, name: str) -> locks.LockWatch | None:
+    """Start watching what the migration's sessions wait for (None: not readable from here)."""
+    from deployer.server import facts
+
+    location = ctx.known.database
+    if location is None or location.engine != POSTGRESQL:
+        return None
+    return locks.LockWatch(lambda: facts.connectable_url(ctx.target, location), name).start()
+
+
+def _suspects(ctx: Context, name: str, older_than: float) -> list[locks.Blocker]:
+    from deployer.server import facts
+
+    location = ctx.known.database
+    try:
+        with facts.connectable_url(ctx.target, location) as url:
+            return locks.suspects(url, name, older_than)
+    except DeployerError:
+        return []
+
+
+def _pause(seconds: float) -> Callable[[Context], str]:
+    def wait(_: Context) -> str:
+        time.sleep(seconds)
+        return f"waited {seconds:g}s"
+
+    return wait
 
 
 def undo_migrate(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201

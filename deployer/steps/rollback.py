@@ -22,7 +22,7 @@ from deployer.steps import CHECKOUT, CONTAINERS, IMAGES, SCHEMA, StepKind, regis
 from deployer.steps.build import restore_saved_images
 from deployer.steps.common import confirm, migration_argv, new_release_id, saved_tag, shown_revisions
 from deployer.steps.context import Context, Facts, RollbackFacts
-from deployer.steps.migrate import one_off
+from deployer.steps.migrate import one_off, run_bounded
 from deployer.steps.playbook import Playbook, Step
 from deployer.steps.preflight import read_host_state
 from deployer.steps.recovery import Recovery, read_revision
@@ -222,15 +222,15 @@ def schema(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     ctx.scratch["schema_changed_at"] = time.monotonic()
     name = f"{app.name}-downgrade-{ctx.run_id}"
     ctx.note(migration=name)
-    result = yield Command(one_off(ctx, launched(migration_argv(app.migrate_command, "downgrade", target_rev)), name),
-                           what=f"downgrade to {target_rev}", check=False, timeout=float(app.migrate_timeout), stream=True)
+    result, retried = yield from run_bounded(ctx, launched(migration_argv(app.migrate_command, "downgrade", target_rev)),
+                                             name, f"downgrade to {target_rev}", float(app.migrate_timeout))
     if not result.ok:
         output = (result.stdout + "\n" + result.stderr).strip()
         tail = "\n".join("    " + line for line in output.splitlines()[-15:])
         raise DeployerError(f"the downgrade to {target_rev} exited {result.exit_code}: "
                             f"{failure_reason(output) or 'it printed no reason'}\n  its last output:\n{tail}")
     ctx.note(migration=None)
-    return f"downgraded {len(rollback.downgrades)} migration(s) to {target_rev} with the current image"
+    return f"downgraded {len(rollback.downgrades)} migration(s) to {target_rev} with the current image" + retried
 
 
 def undo_schema(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
