@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SERVICE_LABEL = "com.docker.compose.service"
+# The configuration hash compose gives a container (`compose config --hash` prints the current one).
+HASH_LABEL = "com.docker.compose.config-hash"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from deployer.actions import Command, Probe, Read, Skip, Wait
 from deployer.commands.compose import ComposeConfig
-from deployer.commands.docker import Container
+from deployer.commands.docker import HASH_LABEL, Container
 from deployer.errors import CommandError, DeployerError
 from deployer.proxy.modes import SwapMode, swap_mode
 from deployer.proxy.probe import Prober, ProbeSummary
@@ -44,7 +44,6 @@ from deployer.steps.context import Context
 from deployer.steps.playbook import Step
 from deployer.steps.up import guard_schema, up
 
-HASH_LABEL = "com.docker.compose.config-hash"
 NUMBER_LABEL = "com.docker.compose.container-number"
 # How often a release probes the app through the proxy (each probe a new connection; over
 # SSH, a new channel of the one connection): 20 a second, light on the server and on the

@@ -11,10 +11,11 @@ otherwise change, checked the way the release itself would see it:
   compose override) hold what a release would write now;
 - every container carries the configuration hash compose computes now
   (``compose config --hash``: a changed variable, image or option would recreate it);
-- behind a proxy: it runs and routes to the running web container(s) only.
+- behind a proxy: it runs and routes to the running web container(s) only;
+- no run holds the deploy lock (one that does is changing all this).
 
-The cheap conditions (already read by preflight) come first; the three host reads only
-when they all hold. ``release --force`` skips the question.
+The cheap conditions (already read by preflight) come first; the host reads (the lock,
+the files' checksums, the hashes, the proxy's routes) only when they all hold. ``release --force`` skips the question.
 """
 
 from __future__ import annotations
@@ -23,16 +24,14 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from deployer.commands.docker import Container
-from deployer.server import journal
+from deployer.commands.docker import HASH_LABEL, Container
+from deployer.server import journal, lock
 from deployer.server.target import env_file_text, proxy_override_text
 from deployer.steps.context import Context
 
 if TYPE_CHECKING:
     from deployer.commands.compose import ComposeConfig
     from deployer.db.migrations import MigrationStep
-
-HASH_LABEL = "com.docker.compose.config-hash"
 
 
 def already_running(
@@ -66,7 +65,9 @@ def already_running(
     ):
         return None
     if any(c.service not in compose.services for c in services):
-        return None  # a service the commit no longer has: a release would leave it, but say so
+        return None  # a container of a service the commit's compose file does not have
+    if lock.read_lock(ctx.host, ctx.state_dir).held:
+        return None  # a run is changing the environment: the lock step says whose
     if not _files_current(ctx) or not _hashes_current(ctx, services):
         return None
     routed = _proxy_routes_to(ctx, webs)

@@ -9,6 +9,8 @@ that never passes; a concurrent release refused by the lock; a dry run that chan
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 
@@ -131,6 +133,16 @@ def test_a_release_with_nothing_to_do_stops_after_preflight(deployment: Deployme
     planned = d.deployer("release", d.env_name, "--dry-run")
     assert planned.returncode == 0 and "\nnothing to do: commit " in planned.stdout, planned.stdout
     assert " 2. " not in planned.stdout  # what the run does: nothing after preflight
+    # While something holds the deploy lock the environment may be changing: no "nothing to do".
+    holder = subprocess.Popen(["flock", "--close", str(d.state_path / "lock"), "sleep", "60"], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        busy = d.deployer("release", d.env_name, "--yes")
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep
+        holder.wait(10)
+    assert busy.returncode == 4 and "nothing to do" not in busy.stdout + busy.stderr, busy.stdout + busy.stderr
+    assert "locked" in busy.stderr
     # What a release would change, it does: deploy.toml's variables differ from the host's file...
     env_file = d.state_path / "compose.env"
     env_file.write_text(env_file.read_text() + "# edited on the host\n")
@@ -289,8 +301,6 @@ def test_classic_playbook(deployment: Deployment) -> None:
 
 
 def test_ctrl_c_recovers_and_frees_the_lock(deployment: Deployment) -> None:
-    import signal
-
     d = deployment
     before = state(d)
     d.commit({"example/CHANGES.txt": "interrupted change\n"}, "a change to interrupt")
