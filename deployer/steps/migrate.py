@@ -135,7 +135,9 @@ def run_bounded(ctx: Context, argv: list[str], name: str, what: str, timeout: fl
     attempts = 1 + (ctx.env.lock_retries if bounded else 0)
     blockers: dict[int, locks.Blocker] = {}
     for attempt in range(1, attempts + 1):
-        watch = yield Read(f"watch what the sessions of {name} wait for", lambda c: _watch(c, name)) if bounded else None
+        watch = None
+        if bounded:
+            watch = yield Read("watch what the migration's database sessions wait for", lambda c: _watch(c, name))
         try:
             result = yield Command(one_off(ctx, argv, name, bounded=bounded),
                                    what=what + (f" (attempt {attempt} of {attempts})" if attempt > 1 else ""),
