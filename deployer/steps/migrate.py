@@ -158,7 +158,7 @@ def run_bounded(ctx: Context, argv: list[str], name: str, what: str, timeout: fl
         if attempt == attempts:
             raise MigrationFailed(
                 f"the migration waited for a lock longer than lock_timeout ({ctx.env.lock_timeout:g}s) "
-                f"{attempts} time(s) and gave up (its transaction rolled back: the schema is as before). "
+                f"{attempts} time(s) and gave up (its transaction rolled back). "
                 f"Blocked by: {held}",
                 hint="end or finish that session (`SELECT pg_terminate_backend(PID)` as a superuser), then try "
                      "again; or raise lock_timeout / lock_retries in deploy.toml",
