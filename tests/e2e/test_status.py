@@ -81,7 +81,11 @@ def test_in_sync_after_releases(deployment: Deployment) -> None:
     assert db["reachable"] is True and db["revisions"] == [R_NOTES] == db["deployed_heads"] == db["tip_heads"]
     services = {s["service"]: s for s in doc["services"]}
     assert set(services) == {"web", "db"}
-    assert all(s["state"] == "running" and s["healthy"] and s["started_at"] for s in services.values())
+    # healthy, or (a release just ended) the web container's first Docker healthcheck still
+    # due: then not a problem, as the verdict above says
+    assert all(s["state"] == "running" and (s["healthy"] or s["health_pending"]) and s["started_at"]
+               for s in services.values()), services
+    assert services["db"]["healthy"]
     assert services["web"]["image"].startswith(f"{d.name}-web")
     assert doc["lock"]["held"] is False
     assert doc["last_release"]["id"] == released["id"] and doc["last_release"]["outcome"] == "succeeded"
