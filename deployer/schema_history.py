@@ -268,12 +268,10 @@ def migrations(
 
 def _backup_ids(host: Host, backup_dir: str) -> frozenset[str] | None:
     """The ids of the backups the host keeps (their descriptions' names); None when unreadable."""
-    from deployer.server.backups import META_SUFFIX
+    from deployer.server.backups import META_SUFFIX, description_paths
 
-    listing = host.run(["find", backup_dir, "-maxdepth", "1", "-name", "*" + META_SUFFIX, "-type", "f"], timeout=30)
-    if not listing.ok:
-        return frozenset() if "No such file" in listing.stderr else None
-    return frozenset(Path(p).name[: -len(META_SUFFIX)] for p in listing.stdout.split())
+    paths = description_paths(host, backup_dir)
+    return None if paths is None else frozenset(Path(p).name[: -len(META_SUFFIX)] for p in paths)
 
 
 # --------------------------------------------------------------------------- text

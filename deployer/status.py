@@ -379,11 +379,9 @@ def read_newest_backup(host: Host, backup_dir: str) -> BackupSummary | None:
     """The newest backup's description (ids sort by time), read alone rather than all of them."""
     import json
 
-    from deployer.server.backups import META_SUFFIX
+    from deployer.server.backups import description_paths
 
-    listing = host.run(["find", backup_dir, "-maxdepth", "1", "-name", "*" + META_SUFFIX, "-type", "f"], timeout=30)
-    paths = sorted(listing.stdout.split()) if listing.ok else []
-    for path in reversed(paths):
+    for path in reversed(description_paths(host, backup_dir) or []):
         result = host.run(["cat", path], timeout=30)
         try:
             data = json.loads(result.stdout) if result.ok else None

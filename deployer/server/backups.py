@@ -31,6 +31,7 @@ from deployer.actions import Arg, Command, Read, Value, Write, drive
 from deployer.db.url import DatabaseLocation, parse
 from deployer.db.writes import SQLITE_COUNTS
 from deployer.errors import CommandError, DeployerError, RefusedError
+from deployer.hosts.base import Host
 from deployer.server.target import Target
 
 DUMP_SUFFIX = ".dump"
@@ -488,14 +489,20 @@ def verify(target: Target, backup: Backup) -> None:
         )
 
 
+def description_paths(host: Host, backup_dir: str) -> list[str] | None:
+    """The backups' descriptions under ``backup_dir``, oldest first (ids sort by time);
+    None when the directory cannot be listed (``[]`` when it is not there)."""
+    listing = host.run(["find", backup_dir, "-maxdepth", "1", "-name", "*" + META_SUFFIX, "-type", "f"], timeout=30)
+    if not listing.ok:
+        return [] if "No such file" in listing.stderr else None
+    return sorted(filter(None, listing.stdout.splitlines()))
+
+
 def list_backups(target: Target, *, all_environments: bool = False) -> list[Backup]:
     """The backups under ``backup_dir`` (this environment's unless ``all_environments``), oldest first."""
     host = target.host
-    listing = host.run(["find", target.env.backup_dir, "-maxdepth", "1", "-name", "*" + META_SUFFIX, "-type", "f"])
-    if not listing.ok:
-        return []
     backups = []
-    for path in sorted(filter(None, listing.stdout.splitlines())):
+    for path in description_paths(host, target.env.backup_dir) or []:
         try:
             backup = Backup.from_dict(json.loads(host.read_text(path)))
         except (ValueError, TypeError, CommandError, OSError):
