@@ -129,9 +129,11 @@ class Service:
     started_at: str
     restart_count: int
     healthy: bool
-    # Running, its Docker healthcheck not run once yet (the first run comes one interval
-    # after the start): not healthy yet, not unhealthy either; not a problem.
+    # Running, its Docker healthcheck still "starting": not run once yet (the first run comes
+    # one interval after the start), or failed fewer times than its retries. Docker has not
+    # judged it: not healthy yet, not unhealthy either; not a problem (unhealthy is).
     health_pending: bool = False
+    health_checks: int = 0  # how many results of its healthcheck the engine keeps
 
 
 @dataclass(frozen=True)
@@ -371,7 +373,7 @@ def _service(c: Container) -> Service:
     return Service(
         service=c.service, container=c.name, state=c.state, health=c.health, image=c.image,
         started_at=c.started_at, restart_count=c.restart_count, healthy=c.is_healthy,
-        health_pending=c.healthcheck_pending,
+        health_pending=c.state == "running" and c.health == "starting", health_checks=c.health_results,
     )
 
 
@@ -837,7 +839,8 @@ def render_status(s: Status, now: datetime | None = None) -> str:
     if s.services:
         lines.append("  services")
         for sv in s.services:
-            state = sv.state + (" (first check due)" if sv.health_pending else f" ({sv.health})" if sv.health else "")
+            pending = " (first check due)" if not sv.health_checks else " (starting)"
+            state = sv.state + (pending if sv.health_pending else f" ({sv.health})" if sv.health else "")
             since = f"since {_age(sv.started_at, now)}" if sv.state == "running" else ""
             mark = "ok" if sv.healthy else ".." if sv.health_pending else "!!"
             lines.append(f"    {mark} {sv.service:<12} {state:<20} {since:<14} {sv.image}")

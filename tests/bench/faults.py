@@ -397,3 +397,10 @@ def leftover_containers(name: str) -> list[str]:
     out = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}", "--filter", f"name={name}-"],
                          capture_output=True, text=True, check=True).stdout.split()
     return [n for n in out if "-migrate-" in n or "-downgrade-" in n]
+
+
+def project_containers(name: str) -> str:
+    """The compose project's containers as ``docker ps -a`` shows them (for failure messages)."""
+    return subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}\t{{.Status}}\t{{.Image}}",
+                           "--filter", f"label=com.docker.compose.project={name}"],
+                          capture_output=True, text=True, check=False).stdout

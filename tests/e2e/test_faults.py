@@ -48,6 +48,7 @@ from tests.bench.faults import (
     kill_container,
     lease_alive,
     leftover_containers,
+    project_containers,
     running_heads,
     small_tmpfs,
     wait_backend,
@@ -238,7 +239,8 @@ def after_fault(stage: Stage, run: Background, *, expect_exit: set[int], journal
     else:
         # The run ended (recovered, or refused before changing anything): not interrupted.
         assert doc["interrupted"] is None, doc
-        assert status_code == (0 if stage.d.server_head() == stage.d.origin.head() else 15), doc
+        assert status_code == (0 if stage.d.server_head() == stage.d.origin.head() else 15), (
+            f"exit {code}; status {status_code}: {doc['problems']}\n{run.output}\n{project_containers(stage.d.name)}")
     return Faulted(code, left, status_code, doc, journal_before, revision_before)
 
 

@@ -146,17 +146,23 @@ def test_service_problems() -> None:
     assert service_problems([pending, svc("db")], ["db", "web"]) == []
 
 
-def test_a_first_healthcheck_not_run_yet_reads_as_due_not_unhealthy() -> None:
+def test_a_healthcheck_docker_has_not_judged_yet_is_pending_not_unhealthy() -> None:
     from deployer.commands.docker import parse_rows
     from deployer.status import _service
 
     row = {"Id": "x", "Name": "/app-web-1", "State": {"Status": "running", "Health": {"Status": "starting", "Log": []}},
            "Config": {"Labels": {"com.docker.compose.service": "web"}}}
-    assert _service(parse_rows([row])[0]).health_pending is True
-    row["State"]["Health"]["Log"] = [{"ExitCode": 1}]  # it ran, and failed: starting, and a problem
-    failed = _service(parse_rows([row])[0])
-    assert failed.health_pending is False and service_problems([failed], ["web"]) == [
-        "service web is not healthy (running, starting)"]
+    due = _service(parse_rows([row])[0])
+    assert due.health_pending is True and due.health_checks == 0
+    # It ran and failed, fewer times than its retries: Docker still says starting; so do we.
+    row["State"]["Health"]["Log"] = [{"ExitCode": 1}]
+    starting = _service(parse_rows([row])[0])
+    assert starting.health_pending is True and starting.health_checks == 1
+    assert service_problems([starting], ["web"]) == []
+    row["State"]["Health"]["Status"] = "unhealthy"
+    unhealthy = _service(parse_rows([row])[0])
+    assert unhealthy.health_pending is False and service_problems([unhealthy], ["web"]) == [
+        "service web is not healthy (running, unhealthy)"]
 
 
 def test_containers_argv_passes_the_project_as_an_argument() -> None:
@@ -190,7 +196,7 @@ def test_json_document_has_stable_fields() -> None:
     assert set(doc["code"]) == {"branch", "deployed", "deployed_subject", "tip", "tip_subject", "ahead", "behind", "error"}
     assert set(doc["database"]) >= {"reachable", "revisions", "deployed_heads", "tip_heads", "verdict", "summary",
                                     "pending", "ahead", "unknown", "tip_pending", "error"}
-    assert set(doc["services"][0]) == {"service", "container", "state", "health", "image", "started_at", "restart_count", "healthy", "health_pending"}
+    assert set(doc["services"][0]) == {"service", "container", "state", "health", "image", "started_at", "restart_count", "healthy", "health_pending", "health_checks"}
     assert doc["database"]["revisions"] == ["bbb"]
 
 
