@@ -390,7 +390,8 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
     label = current.label if current else "?"
     message = _message(failure)
     timings.append(journal.StepTiming(label, "failed", round(time.monotonic() - _step_started(ctx), 3), message[:500]))
-    ctx.log(f"x {label} failed: {message}")
+    lines = message.splitlines() or [""]
+    ctx.log(f"x {label} failed: {lines[0]}" + (" (below)" if len(lines) > 1 else ""))  # the error says it all once
     if ctx.record is None:
         raise _interrupted_or(failure, f"{ctx.kind} {message} at step `{label}`: nothing had changed")  # else a refusal
     ctx.record = ctx.record.with_progress(label, current.name if current else "?", runlog.FAILED, message[:300])

@@ -107,6 +107,10 @@ class Environment:
     # how many times a migration that gave up waiting is tried again.
     lock_timeout: float = 10.0
     lock_retries: int = 3
+    # The migration safety gate (see deployer.db.lint): what a finding on a table of at least
+    # ``lint_min_rows`` rows (or one that breaks the running code at any size) does to a release.
+    migration_policy: Literal["refuse", "confirm", "warn"] = "confirm"
+    lint_min_rows: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -414,6 +418,9 @@ class _Environment(BaseModel):
     proxy: _Proxy | None = Field(None, description="a table [environments.NAME.proxy] (empty: every value inferred)")
     lock_timeout: float = Field(10.0, ge=0, description="seconds a migration may wait for a lock (a number >= 0; 0: no limit)")
     lock_retries: int = Field(3, ge=0, le=20, description="an integer from 0 to 20")
+    migration_policy: Literal["refuse", "confirm", "warn"] = Field(
+        "confirm", description='"refuse", "confirm" or "warn" (what a migration that locks a big table does to a release)')
+    lint_min_rows: int = Field(10_000, ge=0, description="an integer >= 0 (rows from which a table counts as big)")
 
 
 class _File(BaseModel):

@@ -133,7 +133,7 @@ class LockWatch:
 
     def _run(self) -> None:
         try:
-            with self._open_url() as url, _connect(url) as connection:
+            with self._open_url() as url, connect(url) as connection:
                 self._ready.set()
                 with connection.cursor() as cursor:
                     while not self._stop.is_set():
@@ -151,14 +151,14 @@ def suspects(url: str, application_name: str, older_than: float) -> list[Blocker
     """Sessions that hold table locks in a transaction older than ``older_than`` seconds:
     who blocked a migration whose waiting session is gone (best effort; [] on any error)."""
     try:
-        with _connect(url) as connection, connection.cursor() as cursor:
+        with connect(url) as connection, connection.cursor() as cursor:
             cursor.execute(_SUSPECTS_SQL, (application_name, older_than))
             return _rows_to_blockers(cursor.fetchall())
     except Exception:  # noqa: BLE001
         return []
 
 
-def _connect(url: str) -> closing[Any]:
+def connect(url: str) -> closing[Any]:
     """An autocommit psycopg2 connection to ``url`` (libpq's reading, else SQLAlchemy's)."""
     import psycopg2
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from deployer.db.url import redact_url
 from deployer.errors import DeployerError, HostError
@@ -113,6 +113,10 @@ class RevisionInfo:
     upgrade_breaking_ops: tuple[str, ...] = ()
     downgrade_breaking_ops: tuple[str, ...] = ()
     create_date: str = ""  # the "Create Date:" line alembic writes into the docstring ("" without one)
+    # Marked in the file (see :func:`markers`): a contract revision runs only once the new code
+    # serves and is healthy; waivers name lint rules a reviewed exception may break.
+    contract: bool = False
+    waivers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,9 @@ class MigrationStep:
     destructive_ops: tuple[str, ...]
     has_downgrade: bool
     breaking_ops: tuple[str, ...] = ()  # why the code running now may fail on the result
+    contract: bool = False  # marked `# deployer: contract`: runs after the switch
+    waivers: tuple[str, ...] = ()  # lint rules its file allows (`# deployer: allow RULE`)
+    path: str = field(default="", compare=False)  # the script's path (the lint reads it)
 
 
 @dataclass(frozen=True)
@@ -387,7 +394,29 @@ def _read_revision(name: str, path: str, source: str) -> RevisionInfo:
         has_downgrade=has_downgrade,
         branch_labels=_label_tuple(values.get("branch_labels"), path, "branch_labels"),
         depends_on=_label_tuple(values.get("depends_on"), path, "depends_on"),
+        **markers(source),
     )
+
+
+# ``# deployer: contract`` and ``# deployer: allow RULE[, RULE] [-- why]`` lines of a script.
+_MARKER = re.compile(r"^[ \t]*#[ \t]*deployer:[ \t]*(?P<what>contract|allow)\b(?P<rest>[^\n]*)$", re.MULTILINE | re.IGNORECASE)
+_RULE_NAME = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def markers(source: str) -> dict[str, Any]:
+    """What a migration script says about itself to deployer, in comments: ``contract``
+    (run it only after the switch, see the release's ``contract`` step) and the lint rules
+    it waives (``allow RULE``, several comma-separated, ``all`` for every rule; a reason
+    may follow ``--``)."""
+    contract = False
+    waivers: list[str] = []
+    for mark in _MARKER.finditer(source):
+        if mark.group("what").lower() == "contract":
+            contract = True
+            continue
+        rules = re.split(r"--|\(|:", mark.group("rest"), maxsplit=1)[0]
+        waivers += _RULE_NAME.findall(rules.lower())
+    return {"contract": contract, "waivers": tuple(dict.fromkeys(waivers))}
 
 
 def _is_str_tuple(value: object) -> bool:
@@ -871,6 +900,9 @@ def _step(info: RevisionInfo, *, upgrade: bool) -> MigrationStep:
         destructive_ops=info.upgrade_destructive_ops if upgrade else info.downgrade_destructive_ops,
         has_downgrade=info.has_downgrade,
         breaking_ops=info.upgrade_breaking_ops if upgrade else info.downgrade_breaking_ops,
+        contract=info.contract,
+        waivers=info.waivers,
+        path=info.path,
     )
 
 

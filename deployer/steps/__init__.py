@@ -60,8 +60,8 @@ class StepKind:
 
 _KINDS: dict[str, StepKind] = {}
 _MODULES = (
-    "preflight", "lock", "snapshot", "sync", "stop", "build", "database_up", "backup", "migrate",
-    "up", "swap", "verify", "health", "record", "run", "rollback",
+    "preflight", "lock", "snapshot", "sync", "stop", "build", "database_up", "lint", "backup", "migrate",
+    "up", "swap", "verify", "health", "contract", "record", "run", "rollback",
 )
 
 

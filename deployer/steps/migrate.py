@@ -8,11 +8,12 @@ and ends its database session itself. The revision is read back before anything 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from deployer.actions import Command, Read, Skip, Wait, templated
 from deployer.db import locks
 from deployer.db.launcher import failure_reason, launched
+from deployer.db.migrations import MigrationStep
 from deployer.db.url import POSTGRESQL, SQLITE
 from deployer.errors import CommandError, DeployerError
 from deployer.server import backups as backups_mod
@@ -89,17 +90,49 @@ def cancel_sessions(recovery_or_none: Recovery | None, ctx_location, name: str) 
     return Read(f"end the database sessions of {name}", cancel)
 
 
+def splits(ctx: Context) -> bool:
+    """Contract revisions wait for the switch only when the playbook has a ``contract`` step."""
+    return any(name == "contract" for _, name in ctx.scratch.get("steps", ()))
+
+
+def phases(ctx: Context, todo: Sequence[MigrationStep]) -> tuple[tuple[MigrationStep, ...], tuple[MigrationStep, ...]]:
+    """(expand, contract): the pending migrations before the switch, and those from the first
+    revision marked ``# deployer: contract`` on, which wait until the new code is healthy
+    (only with a ``contract`` step in the playbook; without, everything runs before)."""
+    first = next((i for i, m in enumerate(todo) if m.contract), None) if splits(ctx) else None
+    if first is None:
+        return tuple(todo), ()
+    return tuple(todo[:first]), tuple(todo[first:])
+
+
 def migrate(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     todo = pending(ctx)
     if not todo:
         raise Skip("no migration pending")
+    expand, contract = phases(ctx, todo)
+    if contract:
+        # verify expects the last expand revision (or the revision now); `contract` the heads.
+        before = ctx.record.source.revision if ctx.record is not None else None
+        ctx.scratch["migrate_target"] = (expand[-1].revision,) if expand else tuple(before or ctx.known.revision or ())
+    if not expand:
+        raise Skip(f"the {len(contract)} pending migration(s) are contract revisions: they run after the switch")
     app = ctx.app
     timeout = float(step.params.get("timeout", app.migrate_timeout))
     name = migration_name(app.name, ctx.run_id)
+    argv = migration_argv(app.migrate_command, "upgrade", expand[-1].revision) if contract else list(app.migrate_command)
+    result, retried = yield from run_migration(ctx, argv, name, "migrate the database", timeout)
+    ctx.note(migration=None)
+    later = f"; {len(contract)} contract migration(s) wait for the switch" if contract else ""
+    return f"applied {len(expand)} migration(s): " + ", ".join(m.revision for m in expand) + retried + later
+
+
+def run_migration(ctx: Context, command: Sequence[str], name: str, what: str, timeout: float):  # noqa: ANN201 - generator
+    """Run the upgrade ``command`` once in the one-off container ``name``, bounded (see
+    :func:`run_bounded`); a failure or a timeout (the container stopped, its session ended)
+    raises :class:`MigrationFailed`. Returns ``(result, note on retries)``."""
     ctx.note(migration=name)
     try:
-        result, retried = yield from run_bounded(ctx, launched(list(app.migrate_command)), name, "migrate the database",
-                                                 timeout)
+        result, retried = yield from run_bounded(ctx, launched(list(command)), name, what, timeout)
     except CommandError as error:
         if "timed out" not in error.message:
             raise
@@ -114,10 +147,9 @@ def migrate(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         reason = failure_reason(output) or "it printed no reason"
         tail = "\n".join("    " + line for line in output.splitlines()[-15:])
         raise MigrationFailed(
-            f"the migration `{' '.join(app.migrate_command)}` exited {result.exit_code}: {reason}\n  its last output:\n{tail}"
+            f"the migration `{' '.join(command)}` exited {result.exit_code}: {reason}\n  its last output:\n{tail}"
         )
-    ctx.note(migration=None)
-    return f"applied {len(todo)} migration(s): " + ", ".join(m.revision for m in todo) + retried
+    return result, retried
 
 
 def run_bounded(ctx: Context, argv: list[str], name: str, what: str, timeout: float):  # noqa: ANN201 - generator

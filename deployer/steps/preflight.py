@@ -19,6 +19,7 @@ from deployer.server import journal
 from deployer.steps import StepKind, register
 from deployer.steps.common import confirm, new_release_id, shown_revisions
 from deployer.steps.context import Context, Facts
+from deployer.steps.lint import preview as preview_lint
 from deployer.steps.playbook import Step
 from deployer.steps.unchanged import already_running
 
@@ -151,6 +152,7 @@ def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
         volumes=state["volumes"], services=tuple(sorted(s for s in compose.services if s != db)),  # type: ignore[arg-type]
     )
     ctx.values["release_id"] = new_release_id(commit.sha)
+    preview_lint(ctx, repo)
     unchanged = already_running(
         ctx, commit=commit.sha, deployed=state["deployed"], records=records, containers=containers,  # type: ignore[arg-type]
         revision=revision, heads=heads, pending=pending, compose=compose,

@@ -86,7 +86,12 @@ def mode(ctx: Context, where: Site) -> SwapMode:
     rollback = ctx.known.rollback
     if rollback is not None and rollback.restore_from is not None and setting == "auto":
         return SwapMode("pause", (f"backup {rollback.restore_from.id} is restored under the running code",), "migrations")
-    return swap_mode(ctx.known.pending, setting)
+    if ctx.kind == "rollback":
+        return swap_mode(ctx.known.pending, setting)
+    # Contract migrations run after the switch: the old code never meets them.
+    from deployer.steps.migrate import phases
+
+    return swap_mode(phases(ctx, ctx.known.pending)[0], setting)
 
 
 def web_containers(ctx: Context) -> list[Container]:

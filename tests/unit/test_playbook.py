@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_shipped_playbooks() -> None:
     release = load_playbook("release", ROOT)
     assert release.names() == [
-        "preflight", "lock", "snapshot", "sync", "build", "database_up", "backup", "hold", "migrate", "swap", "verify", "health",
-        "record",
+        "preflight", "lock", "snapshot", "sync", "build", "database_up", "lint", "backup", "hold", "migrate", "swap", "verify",
+        "health", "contract", "record",
     ]
     classic = load_playbook("classic", ROOT)
     names = classic.names()
