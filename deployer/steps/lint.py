@@ -146,11 +146,9 @@ def lint(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
                            what="render the pending migrations' SQL (alembic's offline mode: nothing connects or runs)",
                            check=False, timeout=float(ctx.app.migrate_timeout))
     policy = f"migration_policy {ctx.env.migration_policy}"
-    if ctx.planning:
-        return f"lint the SQL of {len(todo)} migration(s) for locks on big tables ({policy})"
-    text = result.stdout if result is not None else ""
+    text = result.stdout if result is not None and not ctx.planning else ""
     done = set(rules.rendered_revisions(text))
-    unrendered = [m for m in todo if m.revision not in done]
+    unrendered = [m for m in todo if m.revision not in done] if not ctx.planning else []
     notes: list[str] = []
     findings: list[rules.Finding] = []
     if unrendered:
@@ -159,15 +157,14 @@ def lint(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         for m in unrendered:
             findings.append(rules.Finding(m.revision, "not-rendered", f"{m.message} (offline: {reason})", None))
         findings += source_findings(ctx, unrendered)
-    tables = None
+    statements = rules.statements(text) if done else ()
+    names = {n for s in statements for n in (s.table, s.index) if n} | set(rules.tables_of(findings))
+    tables = yield Read("the sizes of the tables the migrations touch", lambda c: live(c, names))
+    if ctx.planning:
+        return f"lint the SQL of {len(todo)} migration(s) for locks on big tables ({policy})"
     if done:
-        statements = rules.statements(text)
-        names = {n for s in statements for n in (s.table, s.index) if n}
-        tables = yield Read("the sizes of the tables the migrations touch", lambda c: live(c, names))
         squawked = rules.run_squawk(text, pg_version=tables.server_version if tables else None)
         findings = rules.sql_findings(text, squawked, lock_timeout=ctx.env.lock_timeout) + findings
-    elif findings:
-        tables = yield Read("the sizes of the tables the migrations touch", lambda c: live(c, rules.tables_of(findings)))
     judgement = judged(ctx, todo, findings, tables, notes)
     ctx.scratch["lint"] = judgement.to_dict()
     enforce(ctx, judgement, where="the rendered SQL")

@@ -59,8 +59,13 @@ def already_running(
     release = journal.running_image_release(records, webs[0].image_id)
     if release is None or release.commit != commit or any(w.image_id != webs[0].image_id for w in webs):
         return None
+    # Healthy; the web container may still wait for its first Docker healthcheck (the last
+    # release's health step vouched for it by its URL, as it does during a release).
+    def fine(c: Container) -> bool:
+        return c.is_healthy or (c.service == web_service and c.healthcheck_pending)
+
     if not compose.services or any(
-        not [c for c in services if c.service == name] or any(not c.is_healthy for c in services if c.service == name)
+        not [c for c in services if c.service == name] or any(not fine(c) for c in services if c.service == name)
         for name in compose.services
     ):
         return None
