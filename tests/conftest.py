@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.bench.gitrepos",
     "tests.bench.deployment",
     "tests.bench.apps",
+    "tests.bench.machines",
 ]
 
 
