@@ -70,6 +70,7 @@ class Outcome:
     converged: str | None = None  # an interrupted run this command converged first
     served: dict[str, Any] | None = None  # what the prober saw through the proxy (journal.Record.served)
     unchanged: str | None = None  # outcome "unchanged": why the release had nothing to do
+    hosts: tuple[dict[str, Any], ...] = ()  # several hosts: each one's part ({host, outcome, previous_commit, recovery})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -385,19 +386,33 @@ def _outcome(ctx: Context, outcome: str, timings: list[journal.StepTiming], cloc
     )
 
 
-def _failed(ctx: Context, failure: BaseException, current: Step | None, timings: list[journal.StepTiming],
-            started_at: str, clock: float) -> Outcome:
+@dataclass
+class Recovered:
+    """How one host came back after a failed run (:func:`recover_after`)."""
+
+    message: str  # why the run failed
+    changed: bool  # False: nothing had changed there (journaled as such, or not at all)
+    report: str = "nothing had changed"
+    left: tuple[str, ...] = ()
+    first_release: bool = False
+
+
+def recover_after(ctx: Context, failure: BaseException | str, current: Step | None, timings: list[journal.StepTiming],
+                  started_at: str, *, failed_here: bool = True) -> Recovered:
+    """Undo a failed run on ``ctx``'s host and journal it there. ``failed_here``: the failure
+    happened on this host (its step is marked failed); else another host's failure sends this
+    one back. Raises :class:`interrupts.Abandoned` when a second signal abandons recovery."""
     label = current.label if current else "?"
-    message = _message(failure)
-    timings.append(journal.StepTiming(label, "failed", round(time.monotonic() - _step_started(ctx), 3), message[:500]))
-    lines = message.splitlines() or [""]
-    ctx.log(f"x {label} failed: {lines[0]}" + (" (below)" if len(lines) > 1 else ""))  # the error says it all once
+    message = failure if isinstance(failure, str) else _message(failure)
+    if failed_here:
+        timings.append(journal.StepTiming(label, "failed", round(time.monotonic() - _step_started(ctx), 3), message[:500]))
     if ctx.record is None:
-        raise _interrupted_or(failure, f"{ctx.kind} {message} at step `{label}`: nothing had changed")  # else a refusal
-    ctx.record = ctx.record.with_progress(label, current.name if current else "?", runlog.FAILED, message[:300])
+        return Recovered(message, changed=False)
+    if failed_here:
+        ctx.record = ctx.record.with_progress(label, current.name if current else "?", runlog.FAILED, message[:300])
     if not _changed(ctx.record):
         _finish(ctx, journal.FAILED, timings, started_at, error=message, recovery="nothing had changed")
-        raise _interrupted_or(failure, f"{ctx.kind} {ctx.run_id} {message} at step `{label}`: nothing had changed")
+        return Recovered(message, changed=False)
     facts = ctx.known
     recovery = Recovery(ctx.record, message, facts.database, facts.compose, restore_backup=False)
     try:
@@ -409,12 +424,8 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
     except interrupts.Abandoned as abandoned:
         ctx.log(f"recovery abandoned: the step log {runlog.run_path(ctx.state_dir)} stays; "
                 f"`deployer recover {ctx.env.name}` converges from it")
-        raise RunInterrupted(
-            f"{ctx.kind} {ctx.run_id} {message} at step `{label}`; recovery abandoned ({abandoned.name}) after: {recovery.report}",
-            signum=abandoned.signum,
-            hint=f"the step log stays on the host: `deployer status {ctx.env.name}` shows the state, "
-            f"`deployer recover {ctx.env.name}` (or the next release) converges it",
-        ) from None
+        abandoned.report = recovery.report  # type: ignore[attr-defined]  # what was done before
+        raise
     except (Exception, KeyboardInterrupt) as broken:  # noqa: BLE001 - recovery itself failed: say so, keep the log
         recovery.left.append(f"finish the recovery: it stopped with: {_message(broken)}")
     if recovery.left:
@@ -423,21 +434,45 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
                                                                 error=message, recovery=text))
         # The step log stays: `status` reports the half state and `recover` can finish it.
         ctx.note(phase=runlog.RECOVERING)
+    else:
+        _finish(ctx, journal.FAILED, timings, started_at, error=message, recovery=recovery.report)
+    return Recovered(message, True, recovery.report, tuple(recovery.left), recovery.first_release)
+
+
+def _failed(ctx: Context, failure: BaseException, current: Step | None, timings: list[journal.StepTiming],
+            started_at: str, clock: float) -> Outcome:
+    label = current.label if current else "?"
+    message = _message(failure)
+    lines = message.splitlines() or [""]
+    ctx.log(f"x {label} failed: {lines[0]}" + (" (below)" if len(lines) > 1 else ""))  # the error says it all once
+    try:
+        recovered = recover_after(ctx, failure, current, timings, started_at)
+    except interrupts.Abandoned as abandoned:
+        raise RunInterrupted(
+            f"{ctx.kind} {ctx.run_id} {message} at step `{label}`; recovery abandoned ({abandoned.name}) "
+            f"after: {getattr(abandoned, 'report', '')}",
+            signum=abandoned.signum,
+            hint=f"the step log stays on the host: `deployer status {ctx.env.name}` shows the state, "
+            f"`deployer recover {ctx.env.name}` (or the next release) converges it",
+        ) from None
+    if not recovered.changed:
+        run = f" {ctx.run_id}" if ctx.record is not None else ""
+        raise _interrupted_or(failure, f"{ctx.kind}{run} {message} at step `{label}`: nothing had changed")  # else a refusal
+    if recovered.left:
         raise RecoveryFailed(
-            f"recovery incomplete after: {message}\n  done: {recovery.report}\n  left to do: " + "; ".join(recovery.left),
+            f"recovery incomplete after: {message}\n  done: {recovered.report}\n  left to do: " + "; ".join(recovered.left),
             hint=f"the deploy lock was released; `deployer status {ctx.env.name}` shows the state, "
             f"`deployer recover {ctx.env.name}` finishes it",
         ) from None
-    _finish(ctx, journal.FAILED, timings, started_at, error=message, recovery=recovery.report)
     if isinstance(failure, KeyboardInterrupt):
-        raise _interrupted_or(failure, f"{ctx.kind} {ctx.run_id} {message} at step `{label}`\n  recovered: {recovery.report}",
-                              hint="the server runs the previous release" if not recovery.first_release
+        raise _interrupted_or(failure, f"{ctx.kind} {ctx.run_id} {message} at step `{label}`\n  recovered: {recovered.report}",
+                              hint="the server runs the previous release" if not recovered.first_release
                               else "nothing was deployed")
     cause = getattr(failure, "hint", None)  # the step's own advice comes first
     raise ReleaseFailed(
-        f"{ctx.kind} {ctx.run_id} failed at step `{label}`: {message}\n  recovered: {recovery.report}",
+        f"{ctx.kind} {ctx.run_id} failed at step `{label}`: {message}\n  recovered: {recovered.report}",
         hint=(f"{cause}; " if cause else "") + ("the server runs the previous release; fix the cause and release again"
-        if not recovery.first_release else "nothing was deployed; fix the cause and release again"),
+        if not recovered.first_release else "nothing was deployed; fix the cause and release again"),
     ) from None
 
 
@@ -468,6 +503,11 @@ def plan(ctx: Context, book: Playbook) -> Plan:
         planned.append(PlannedStep(step=step.name, label=step.label, commands=commands, note=note))
         if ctx.scratch.get("unchanged") and ctx.record is None:
             break  # what the run would do: stop here, with nothing to do
+    return plan_summary(ctx, book, planned)
+
+
+def plan_summary(ctx: Context, book: Playbook, planned: list[PlannedStep]) -> Plan:
+    """The plan of the run ``ctx`` planned, with its steps ``planned``."""
     facts = ctx.known
     return Plan(
         environment=ctx.env.name,
