@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from deployer.actions import Action
@@ -30,6 +30,12 @@ SCHEMA = "schema"
 BACKUPS = "backups"
 HOST_FILES = "files"
 ANYTHING = "anything"  # a user's command: deployer cannot tell
+
+# Where a step runs when an environment has several hosts (see deployer.steps.fleet).
+Scope = Literal["each", "primary", "rolling"]
+EACH: Scope = "each"  # on every host, side by side
+PRIMARY: Scope = "primary"  # once, on the primary host (the database's steps)
+ROLLING: Scope = "rolling"  # host by host, in the rollout's batches (the switch)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class StepKind:
     undo: Callable[[Context, Step, Recovery], UndoBody] | None = None
     in_playbooks: bool = True  # False: used by built-in flows only (rollback)
     once: bool = False  # may appear at most once in a playbook
+    scope: Scope = EACH
 
 
 _KINDS: dict[str, StepKind] = {}

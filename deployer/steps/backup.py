@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deployer.actions import Command, Skip, Value
 from deployer.server import backups
-from deployer.steps import BACKUPS, Param, StepKind, register
+from deployer.steps import BACKUPS, PRIMARY, Param, StepKind, register
 from deployer.steps.context import Context
 from deployer.steps.database_up import pending
 from deployer.steps.playbook import Step
@@ -40,6 +40,7 @@ def undo_backup(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
 
 register(StepKind(
     name="backup",
+    scope=PRIMARY,
     summary="dump the database, read the dump back to its end and checksum it, before anything migrates",
     run=backup,
     undo=undo_backup,

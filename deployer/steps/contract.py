@@ -11,7 +11,7 @@ a failed release like any other: recovery brings back the previous release and i
 from __future__ import annotations
 
 from deployer.actions import Read, Skip
-from deployer.steps import SCHEMA, Param, StepKind, register
+from deployer.steps import PRIMARY, SCHEMA, Param, StepKind, register
 from deployer.steps.context import Context
 from deployer.steps.database_up import pending
 from deployer.steps.migrate import migration_name, phases, run_migration, undo_migrate
@@ -36,6 +36,7 @@ def contract(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
 
 register(StepKind(
     name="contract",
+    scope=PRIMARY,
     summary="after the switch: apply the migrations marked `# deployer: contract`, then verify the head",
     run=contract,
     undo=undo_migrate,

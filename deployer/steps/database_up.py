@@ -14,7 +14,7 @@ from deployer.actions import Command, Skip, Wait
 from deployer.db.migrations import upgrade_path
 from deployer.errors import ConfigError, DeployerError, HostError
 from deployer.server import facts as server_facts
-from deployer.steps import CONTAINERS, Param, StepKind, register
+from deployer.steps import CONTAINERS, PRIMARY, Param, StepKind, register
 from deployer.steps.common import shown_revisions
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
@@ -85,6 +85,7 @@ def undo_database_up(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN
 
 register(StepKind(
     name="database_up",
+    scope=PRIMARY,
     summary="start the db service and wait until it accepts connections",
     run=database_up,
     undo=undo_database_up,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deployer.actions import Wait
 from deployer.server import health as health_checks
-from deployer.steps import Param, StepKind, register
+from deployer.steps import ROLLING, Param, StepKind, register
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
 
@@ -31,6 +31,7 @@ def health(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
 
 register(StepKind(
     name="health",
+    scope=ROLLING,
     summary="the health checks pass and the containers stay up without restarts",
     run=health,
     params={"timeout": Param((int,), "seconds to wait for health", positive=True),

@@ -19,7 +19,7 @@ from deployer.db.launcher import failure_reason, launched
 from deployer.db.migrations import MigrationStep
 from deployer.db.url import POSTGRESQL
 from deployer.errors import DeployerError, RefusedError
-from deployer.steps import StepKind, register
+from deployer.steps import PRIMARY, StepKind, register
 from deployer.steps.common import confirm, migration_argv
 from deployer.steps.context import Context
 from deployer.steps.database_up import pending
@@ -177,6 +177,7 @@ def lint(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
 
 register(StepKind(
     name="lint",
+    scope=PRIMARY,
     summary="render the pending migrations' SQL in the new image; refuse locks on big tables (migration_policy)",
     run=lint,
 ))

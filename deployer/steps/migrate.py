@@ -17,7 +17,7 @@ from deployer.db.migrations import MigrationStep
 from deployer.db.url import POSTGRESQL, SQLITE
 from deployer.errors import CommandError, DeployerError
 from deployer.server import backups as backups_mod
-from deployer.steps import SCHEMA, Param, StepKind, register
+from deployer.steps import PRIMARY, SCHEMA, Param, StepKind, register
 from deployer.steps.common import RUN_LABEL, migration_argv, shown_revisions
 from deployer.steps.context import Context
 from deployer.steps.database_up import pending
@@ -374,6 +374,7 @@ def restore_or_stop(ctx: Context, recovery: Recovery, now: tuple[str, ...]):  # 
 
 register(StepKind(
     name="migrate",
+    scope=PRIMARY,
     summary="run the migrate command once, in a one-off container of the new image",
     run=migrate,
     undo=undo_migrate,

@@ -39,7 +39,7 @@ from deployer.proxy.runtime import Proxy, ProxyError
 from deployer.proxy.site import Site, public_address, site_for
 from deployer.server import facts as server_facts
 from deployer.server import health
-from deployer.steps import CONTAINERS, HOST_FILES, Param, StepKind, register
+from deployer.steps import CONTAINERS, HOST_FILES, ROLLING, Param, StepKind, register
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
 from deployer.steps.up import guard_schema, up
@@ -385,6 +385,7 @@ register(StepKind(
 ))
 register(StepKind(
     name="swap",
+    scope=ROLLING,
     summary="start the new web container beside the old one, gate it, switch the proxy, drain and remove the old",
     run=swap,
     params={"timeout": Param((int,), "seconds the new container gets to answer healthy", positive=True)},

@@ -7,7 +7,7 @@ import time
 
 from deployer.actions import Command, Read
 from deployer.errors import DeployerError
-from deployer.steps import CONTAINERS, Param, StepKind, register
+from deployer.steps import CONTAINERS, ROLLING, Param, StepKind, register
 from deployer.steps.common import current_revision
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
@@ -73,6 +73,7 @@ def undo_up(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
 
 register(StepKind(
     name="up",
+    scope=ROLLING,
     summary="recreate the containers whose image or configuration changed",
     run=up,
     undo=undo_up,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deployer.actions import Read
 from deployer.errors import DeployerError
-from deployer.steps import StepKind, register
+from deployer.steps import PRIMARY, StepKind, register
 from deployer.steps.common import current_revision, shown_revisions
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
@@ -39,4 +39,5 @@ def verify(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     return detail or f"expect {', '.join(heads) or 'no revision'}"
 
 
-register(StepKind(name="verify", summary="read the database's alembic revision: it must be the code's head", run=verify))
+register(StepKind(name="verify", summary="read the database's alembic revision: it must be the code's head", run=verify,
+                  scope=PRIMARY))
