@@ -16,14 +16,23 @@ import re
 import shlex
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from deployer.config.interpolate import (
     REDACTED,
@@ -37,7 +46,7 @@ from deployer.config.interpolate import (
 from deployer.errors import ConfigError
 from deployer.hosts.spec import HostSpec, parse_host
 
-__all__ = ["AppConfig", "Config", "Environment", "ProxyConfig", "find_config", "load_config", "redact", "show_config"]
+__all__ = ["AppConfig", "Config", "Environment", "HostEntry", "ProxyConfig", "Rollout", "find_config", "load_config", "redact", "show_config"]
 
 CONFIG_FILENAME = "deploy.toml"
 _HINT = f"create a {CONFIG_FILENAME} at the repository root (see docs/configuration.md), or pass --config PATH"
@@ -80,6 +89,31 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class HostEntry:
+    """One of an environment's hosts: where it is, the compose services it runs (empty:
+    all), and whether it is the primary (the one host that takes the backup and migrates)."""
+
+    spec: HostSpec
+    roles: tuple[str, ...] = ()
+    primary: bool = False
+    # Variables for this host only, over the environment's ``env`` (e.g. where the database
+    # that runs on the primary is, seen from here).
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+
+    def __str__(self) -> str:
+        return str(self.spec)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How the switch rolls across hosts: ``batch`` hosts at a time, ``pause`` seconds between
+    batches, each batch healthy before the next starts."""
+
+    batch: int = 1
+    pause: float = 0.0
+
+
+@dataclass(frozen=True)
 class Environment:
     """One ``[environments.NAME]`` table, defaults filled in (``branch`` falls back to the app's)."""
 
@@ -111,6 +145,18 @@ class Environment:
     # ``lint_min_rows`` rows (or one that breaks the running code at any size) does to a release.
     migration_policy: Literal["refuse", "confirm", "warn"] = "confirm"
     lint_min_rows: int = 10_000
+    # Every host, the primary first (``host`` is the primary's); one entry for ``host = ...``.
+    hosts: tuple[HostEntry, ...] = ()
+    rollout: Rollout = field(default_factory=Rollout)
+
+    @property
+    def many_hosts(self) -> bool:
+        return len(self.hosts) > 1
+
+    def on(self, entry: HostEntry) -> Environment:
+        """This environment as one of its hosts sees it: that host, its variables over the
+        environment's."""
+        return replace(self, host=entry.spec, env=MappingProxyType({**self.env, **entry.env}))
 
 
 @dataclass(frozen=True)
@@ -220,6 +266,10 @@ def show_config(config: Config, env_name: str) -> dict[str, Any]:
     """
     environment = config.environment(env_name)
     body = {k: v for k, v in _plain(environment).items() if k != "name" and v is not None}
+    if environment.many_hosts:
+        del body["host"]  # the primary, which hosts shows first
+    else:
+        del body["hosts"], body["rollout"]
     body["env"] = {k: REDACTED if looks_secret(k) else v for k, v in environment.env.items()}
     body.update({k: mask_url_password(body[k]) for k in ("database_url", "remote") if k in body})
     shown = {"app": _plain(config.app), "environments": {env_name: body}}
@@ -386,10 +436,32 @@ class _Proxy(BaseModel):
     drain_timeout: float = Field(30.0, gt=0, description=_SECONDS)
 
 
+_HostText = Annotated[str, AfterValidator(_check_host)]
+_HOST = '"local" or "[user@]host[:port]" (e.g. "deploy@203.0.113.10")'
+
+
+class _HostEntry(BaseModel):
+    model_config = _STRICT
+    host: _HostText = Field(description=_HOST)
+    roles: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]] = Field(
+        default_factory=list, description='an array of compose service names (e.g. ["web", "worker"])')
+    primary: bool = Field(False, description="true or false")
+    env: dict[_VarName, Annotated[str, AfterValidator(_check_single_line)]] = Field(
+        default_factory=dict, description="a table of compose variables for this host only, over the environment's env")
+
+
+class _Rollout(BaseModel):
+    model_config = _STRICT
+    batch: int = Field(1, ge=1, description="an integer >= 1 (hosts switched at a time)")
+    pause: float = Field(0.0, ge=0, le=3600, description="a number of seconds from 0 to 3600 (between batches)")
+
+
 class _Environment(BaseModel):
     model_config = _STRICT
-    host: Annotated[str, AfterValidator(_check_host)] = Field(
-        description='"local" or "[user@]host[:port]" (e.g. "deploy@203.0.113.10")')
+    host: _HostText | None = Field(None, description=_HOST)
+    hosts: list[_HostEntry] | None = Field(None, description=(
+        'an array of hosts: "[user@]host[:port]" strings or tables {host = "...", roles = [...], primary = true}'))
+    rollout: _Rollout = Field(default_factory=lambda: _Rollout(batch=1, pause=0.0), description="a table {batch = 1, pause = 5}")
     path: _AbsolutePath = Field(description=_ABSOLUTE)
     healthcheck_url: Annotated[str, AfterValidator(partial(_check_url, http_only=True))] | None = Field(
         None, description='an http(s) URL (e.g. "http://127.0.0.1:8000/health")')
@@ -421,6 +493,30 @@ class _Environment(BaseModel):
     migration_policy: Literal["refuse", "confirm", "warn"] = Field(
         "confirm", description='"refuse", "confirm" or "warn" (what a migration that locks a big table does to a release)')
     lint_min_rows: int = Field(10_000, ge=0, description="an integer >= 0 (rows from which a table counts as big)")
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _host_text_is_a_table(cls, value: Any) -> Any:
+        """``"deploy@a"`` in hosts is short for ``{host = "deploy@a"}``."""
+        return [{"host": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_hosts(self) -> _Environment:
+        if (self.host is None) == (self.hosts is None):
+            raise ValueError("set either host = \"...\" or hosts = [...], not both" if self.host is not None
+                             else "missing required key host (or hosts = [...] for several)")
+        entries = list(self.hosts or ())
+        if self.hosts is not None and not entries:
+            raise ValueError("hosts is empty: name at least one host")
+        specs = [parse_host(e.host) for e in entries]
+        if len(specs) > 1 and any(spec.is_local for spec in specs):
+            raise ValueError('hosts: "local" cannot be one of several hosts (this machine is one host)')
+        seen = [str(spec) for spec in specs]
+        if duplicates := sorted({text for text in seen if seen.count(text) > 1}):
+            raise ValueError(f"hosts: {', '.join(duplicates)} is listed twice")
+        if sum(e.primary for e in entries) > 1:
+            raise ValueError("hosts: more than one host is primary = true (one host takes the backup and migrates)")
+        return self
 
 
 class _File(BaseModel):
@@ -472,7 +568,8 @@ def _model(table: tuple[str, ...]) -> type[BaseModel]:
         return _File
     if table[0] == "app":
         return _App
-    return _Proxy if len(table) >= 3 and table[2] == "proxy" else _Environment
+    nested: dict[str, type[BaseModel]] = {"proxy": _Proxy, "rollout": _Rollout, "hosts": _HostEntry}
+    return nested.get(table[2], _Environment) if len(table) >= 3 else _Environment
 
 
 def _suggest(word: str, known: Iterable[str]) -> str:
@@ -510,6 +607,17 @@ def _display(file: Path, cwd: Path | None = None) -> str:
 # --- building the public objects and showing them ---------------------------------------
 
 
+def _host_entries(raw: _Environment) -> tuple[HostEntry, ...]:
+    """The environment's hosts, the primary first (the first listed when none says so)."""
+    if raw.host is not None:
+        return (HostEntry(parse_host(raw.host), primary=True),)
+    entries = list(raw.hosts or ())
+    primary = next((i for i, e in enumerate(entries) if e.primary), 0)
+    ordered = [entries[primary], *entries[:primary], *entries[primary + 1:]]
+    return tuple(HostEntry(parse_host(e.host), tuple(e.roles), i == 0, MappingProxyType(dict(e.env)))
+                 for i, e in enumerate(ordered))
+
+
 def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
            interpolated: frozenset[str], unresolved: Mapping[str, str]) -> Config:
     app = AppConfig(**{**app_schema.model_dump(), "migrate_command": tuple(shlex.split(app_schema.migrate_command))})
@@ -519,8 +627,10 @@ def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
         state_dir = raw.state_dir or default_state_dir(raw.path)
         command = raw.healthcheck_command
         status = raw.healthcheck_status
+        hosts = _host_entries(raw)
         environments[name] = Environment(**{
-            **raw.model_dump(), "name": name, "host": parse_host(raw.host), "env": MappingProxyType(dict(raw.env)),
+            **raw.model_dump(), "name": name, "host": hosts[0].spec, "hosts": hosts,
+            "rollout": Rollout(**raw.rollout.model_dump()), "env": MappingProxyType(dict(raw.env)),
             "state_dir": state_dir, "backup_dir": raw.backup_dir or posixpath.join(state_dir, "backups"),
             "branch": raw.branch or app.branch,
             "healthcheck_command": None if command is None else tuple(shlex.split(command) if isinstance(command, str) else command),
@@ -529,6 +639,7 @@ def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
             "proxy": None if raw.proxy is None else ProxyConfig(**raw.proxy.model_dump()),
         })
         secrets.update(value for key, value in raw.env.items() if looks_secret(key))
+        secrets.update(value for entry in hosts for key, value in entry.env.items() if looks_secret(key))
         secrets.update(credential for key, value in raw.healthcheck_headers.items()
                        if looks_secret(key) or key.lower() in _CREDENTIAL_HEADERS for credential in _header_credentials(value))
         passwords = [url_password(url) for url in (raw.database_url, raw.remote) if url]
@@ -543,7 +654,10 @@ def _plain(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if isinstance(value, HostSpec):
+        if f.name == "hosts":
+            value = [{"host": str(e.spec), "roles": list(e.roles), "primary": e.primary,
+                      "env": {k: REDACTED if looks_secret(k) else v for k, v in e.env.items()}} for e in value]
+        elif isinstance(value, HostSpec):
             value = str(value)
         elif isinstance(value, tuple) and all(isinstance(item, str) for item in value):
             value = shlex.join(value)
@@ -551,8 +665,9 @@ def _plain(obj: Any) -> dict[str, Any]:
             value = list(value)
         elif isinstance(value, Mapping):
             value = dict(value)
-        elif isinstance(value, ProxyConfig):
+        elif isinstance(value, ProxyConfig | Rollout):
             value = _plain(value)
+
         out[f.name] = value
     return out
 

@@ -11,7 +11,9 @@ from deployer.config import (
     AppConfig,
     Config,
     Environment,
+    HostEntry,
     ProxyConfig,
+    Rollout,
     find_config,
     load_config,
     redact,
@@ -47,6 +49,7 @@ WEB_PORT = "8000"
 
 
 APP, ENVIRONMENTS = VALID.split("[environments.production]")
+H = 'host = "deploy@203.0.113.10"\n'  # the one host line, to replace with hosts
 
 
 def edit(old: str, new: str, text: str = VALID) -> str:
@@ -81,8 +84,23 @@ BROKEN: list[tuple[str, str | bytes, str, str]] = [
     ("missing-app", "[environments.production]" + ENVIRONMENTS, "app", "missing required table [app]"),
     ("missing-app-name", edit('name = "recipes"\n', ""), "app.name",
      "missing required key: expected a compose project name"),
-    ("missing-host", edit('host = "deploy@203.0.113.10"\n', ""), "environments.production.host",
-     "missing required key"),
+    ("missing-host", edit('host = "deploy@203.0.113.10"\n', ""), "environments.production",
+     "missing required key host (or hosts = [...] for several)"),
+    ("host-and-hosts", edit(H, H + 'hosts = ["deploy@203.0.113.11"]\n'), "environments.production",
+     "set either host = \"...\" or hosts = [...], not both"),
+    ("hosts-empty", edit(H, "hosts = []\n"), "environments.production", "hosts is empty"),
+    ("hosts-twice", edit(H, 'hosts = ["deploy@203.0.113.11", {host = "deploy@203.0.113.11"}]\n'),
+     "environments.production", "hosts: deploy@203.0.113.11 is listed twice"),
+    ("hosts-local-and-more", edit(H, 'hosts = ["local", "deploy@203.0.113.11"]\n'), "environments.production",
+     '"local" cannot be one of several hosts'),
+    ("hosts-two-primaries", edit(H, 'hosts = [{host = "a", primary = true}, {host = "b", primary = true}]\n'),
+     "environments.production", "more than one host is primary = true"),
+    ("hosts-bad-host", edit(H, 'hosts = ["a", {host = "no spaces"}]\n'), "environments.production.hosts.1.host",
+     "is not a host"),
+    ("hosts-unknown-key", edit(H, 'hosts = [{host = "a", role = ["web"]}]\n'), "environments.production.hosts.0.role",
+     "unknown key; did you mean roles?"),
+    ("rollout-batch-zero", edit(H, H + "rollout = {batch = 0}\n"), "environments.production.rollout.batch",
+     "expected an integer >= 1 (hosts switched at a time), got 0"),
     ("missing-path", edit('path = "/srv/recipes"\n', ""), "environments.production.path",
      "missing required key: expected an absolute path"),
     ("unknown-app-key", edit("compose_file =", "compose_fle ="), "app.compose_fle",
@@ -218,6 +236,27 @@ def test_broken_file_is_one_clear_config_error(tmp_path: Path, text: str | bytes
     assert phrase in message, message
 
 
+def test_several_hosts_the_primary_first_with_roles_and_a_rollout(tmp_path: Path) -> None:
+    hosts = ('hosts = ["deploy@203.0.113.10", {host = "deploy@203.0.113.11:2222", roles = ["web", "worker"], '
+             'primary = true}, "203.0.113.12"]\nrollout = {batch = 2, pause = 5}\n')
+    env = load_text(tmp_path, edit('host = "deploy@203.0.113.10"\n', hosts)).environment("production")
+    assert env.hosts == (
+        HostEntry(HostSpec("203.0.113.11", user="deploy", port=2222), ("web", "worker"), primary=True),
+        HostEntry(HostSpec("203.0.113.10", user="deploy")),
+        HostEntry(HostSpec("203.0.113.12")),
+    )
+    assert env.host == env.hosts[0].spec and env.many_hosts and env.rollout == Rollout(batch=2, pause=5.0)
+    shown = show_config(load_config(cwd=tmp_path, environ={}), "production")["environments"]["production"]
+    assert "host" not in shown and shown["rollout"] == {"batch": 2, "pause": 5.0}
+    assert [h["host"] for h in shown["hosts"]] == ["deploy@203.0.113.11:2222", "deploy@203.0.113.10", "203.0.113.12"]
+    # one host, either way: the primary, no rollout shown
+    for text in (VALID, edit('host = "deploy@203.0.113.10"\n', 'hosts = ["deploy@203.0.113.10"]\n')):
+        env = load_text(tmp_path, text).environment("production")
+        assert env.hosts == (HostEntry(HostSpec("203.0.113.10", user="deploy"), primary=True),) and not env.many_hosts
+        shown = show_config(load_config(cwd=tmp_path, environ={}), "production")["environments"]["production"]
+        assert shown["host"] == "deploy@203.0.113.10" and "hosts" not in shown and "rollout" not in shown
+
+
 def test_a_proxy_table_is_read_with_its_defaults(tmp_path: Path) -> None:
     config = load_text(tmp_path, VALID + '\n[environments.production.proxy]\nlisten = "127.0.0.1:8000"\nweb_port = 8000\n')
     proxy = config.environment("production").proxy
@@ -344,6 +383,7 @@ def test_valid_file_gives_typed_frozen_objects(tmp_path: Path) -> None:
         healthcheck_url="http://127.0.0.1:8000/health", backup_dir="/srv/recipes/backups", keep_backups=10,
         playbook="release", health_timeout=60.0, branch="main", remote=None, env={"WEB_PORT": "8000"},
         database_url=None, state_dir="/srv/recipes.deployer",
+        hosts=(HostEntry(HostSpec("203.0.113.10", user="deploy"), primary=True),),
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         production.keep_backups = 3  # type: ignore[misc]
