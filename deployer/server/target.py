@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Self
 
 from deployer.commands import compose as compose_cmds
-from deployer.config import Config, Environment
-from deployer.errors import ConfigError, HostError
+from deployer.config import Config, Environment, HostEntry
+from deployer.errors import ConfigError, DeployerError, HostError
 from deployer.hosts import Host, connect
 
 ENV_FILE = "compose.env"
 # With a proxy: a compose file deployer adds after the user's, so that the web service
 # publishes no port (the proxy owns it) and two of its containers can run side by side.
 PROXY_OVERRIDE_FILE = "compose.proxy.yml"
+# On a host that runs only some of the services (one of several hosts): a compose file that
+# puts the others in a profile nobody enables, so compose neither starts nor waits for them.
+HOST_OVERRIDE_FILE = "compose.host.yml"
+ELSEWHERE_PROFILE = "deployer-elsewhere"
 # Where versions before state_dir kept their files: inside the checkout.
 LEGACY_STATE_DIR = ".deployer"
 LEGACY_BACKUP_DIR = "backups"
@@ -40,10 +44,28 @@ class Target:
     env: Environment
     host: Host
     compose: compose_cmds.Compose
+    entry: HostEntry | None = None  # one of several hosts: which, and what it runs
 
     @property
     def state_dir(self) -> str:
         return self.env.state_dir
+
+    @property
+    def partial(self) -> bool:
+        """This host runs only some of the compose services (see :func:`services_here`)."""
+        return self.entry is not None and not (self.entry.primary and not self.entry.roles)
+
+    def services_here(self, services: Iterable[str]) -> tuple[str, ...]:
+        """Which of the compose ``services`` run on this host: all on a single host and on a
+        primary without roles; a host's ``roles`` when it names them; else every service but
+        the db service, which runs on the primary only."""
+        names = sorted(services)
+        if not self.partial:
+            return tuple(names)
+        assert self.entry is not None
+        if self.entry.roles:
+            return tuple(name for name in names if name in self.entry.roles)
+        return tuple(name for name in names if name != self.config.app.db_service)
 
     @property
     def name(self) -> str:
@@ -87,8 +109,11 @@ def _engine_answers(host: Host) -> bool:
         return False
 
 
-def make_compose(config: Config, env: Environment, program: tuple[str, ...] = compose_cmds.V2) -> compose_cmds.Compose:
-    """The compose project of an environment (pure: nothing is probed)."""
+def make_compose(config: Config, env: Environment, program: tuple[str, ...] = compose_cmds.V2,
+                 *, partial: bool = False) -> compose_cmds.Compose:
+    """The compose project of an environment (pure: nothing is probed); ``partial``: on a
+    host that runs only some of its services."""
+    overrides = (PROXY_OVERRIDE_FILE,) * bool(env.proxy) + (HOST_OVERRIDE_FILE,) * partial
     return compose_cmds.Compose(
         program=program,
         project=config.app.name,
@@ -96,7 +121,7 @@ def make_compose(config: Config, env: Environment, program: tuple[str, ...] = co
         project_dir=posixpath.dirname(posixpath.join(env.path, config.app.compose_file)),
         files=(posixpath.join(env.path, config.app.compose_file),),
         env_file=posixpath.join(env.state_dir, ENV_FILE) if env.env else None,
-        overrides=(posixpath.join(env.state_dir, PROXY_OVERRIDE_FILE),) if env.proxy else (),
+        overrides=tuple(posixpath.join(env.state_dir, name) for name in overrides),
     )
 
 
@@ -112,19 +137,82 @@ def proxy_override_text(web_service: str) -> str:
     )
 
 
-def open_target(config: Config, env_name: str, *, host: Host | None = None, probe_compose: bool = True) -> Target:
-    """Connect to the environment's host and (unless told not to) probe its compose flavour.
+def host_override_text(config: compose_cmds.ComposeConfig, here: Iterable[str]) -> str:
+    """The compose file of a host that runs only the services ``here``: the others get a
+    profile nobody enables, and a service here that depends on one of them depends on the
+    rest only (``!override``: compose 2.24 or later)."""
+    import json
+
+    kept = set(here)
+    lines = [
+        "# Written by deployer: this host runs only some of the services (one of several hosts);",
+        "# the others run elsewhere. See docs/many-hosts.md.",
+        "services:" if len(kept) < len(config.services) else "services: {}",
+    ]
+    for name, service in sorted(config.services.items()):
+        if name not in kept:
+            lines += [f"  {json.dumps(name)}:", f"    profiles: [{json.dumps(ELSEWHERE_PROFILE)}]"]
+        elif any(dependency not in kept for dependency in service.depends_on):
+            rest = [dependency for dependency in service.depends_on if dependency in kept]
+            lines += [f"  {json.dumps(name)}:", f"    depends_on: !override {json.dumps(rest)}"]
+    return "\n".join(lines) + "\n"
+
+
+def override_texts(target: Target, config: compose_cmds.ComposeConfig) -> dict[str, str]:
+    """path -> text of each compose file deployer gives compose after the user's."""
+    texts = {}
+    for path in target.compose.overrides:
+        name = posixpath.basename(path)
+        texts[path] = (proxy_override_text(target.config.app.web_service) if name == PROXY_OVERRIDE_FILE
+                       else host_override_text(config, target.services_here(config.services)))
+    return texts
+
+
+def open_target(config: Config, env_name: str, *, host: Host | None = None, probe_compose: bool = True,
+                entry: HostEntry | None = None) -> Target:
+    """Connect to the environment's host (``entry``: that one of its hosts) and (unless told
+    not to) probe its compose flavour.
 
     Writes nothing on the host.
     """
     env = config.environment(env_name)
+    if entry is not None:
+        env = env.on(entry)
     host = host or connect(env.host)
     try:
         program = detect_compose(host) if probe_compose else compose_cmds.V2
     except BaseException:
         host.close()
         raise
-    return Target(config=config, env=env, host=host, compose=make_compose(config, env, program))
+    target = Target(config=config, env=env, host=host, compose=make_compose(config, env, program), entry=entry)
+    if target.partial:
+        target = Target(config=config, env=env, host=host, compose=make_compose(config, env, program, partial=True),
+                        entry=entry)
+    return target
+
+
+def open_targets(config: Config, env_name: str) -> list[Target]:
+    """One target per host of the environment, the primary first, connected side by side.
+    A host that cannot be reached closes the others and raises, naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = config.environment(env_name)
+    with ThreadPoolExecutor(max_workers=min(8, len(env.hosts)), thread_name_prefix="connect") as pool:
+        futures = [pool.submit(open_target, config, env_name, entry=entry) for entry in env.hosts]
+        opened, failures = [], []
+        for entry, future in zip(env.hosts, futures, strict=True):
+            try:
+                opened.append(future.result())
+            except DeployerError as failed:
+                failures.append((entry, failed))
+    if failures:
+        for target in opened:
+            target.host.close()
+        entry, error = failures[0]
+        others = f" (and {len(failures) - 1} other host(s))" if len(failures) > 1 else ""
+        error.message = f"host {entry.spec} of {env_name}{others}: {error.message}"
+        raise error
+    return opened
 
 
 def env_file_text(variables: Mapping[str, str]) -> str:

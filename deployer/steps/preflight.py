@@ -118,15 +118,11 @@ def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
             hint="commit the compose file, or point app.compose_file at it (relative to the repository root)",
         )
     compose = server_facts.compose_config(ctx.target, compose_text)
+    ctx.scratch["compose_text"] = compose_text  # the other hosts resolve it with their own variables
     database = server_facts.database_location(ctx.target, compose)
     refuse_state_in_build_context(ctx, repo, commit.sha, compose.build_contexts)
     state = host_state.result()
-    if state["dirty"]:
-        dirty = state["dirty"]
-        raise RefusedError(
-            f"the checkout {ctx.env.path} on {ctx.host.name} has local changes: {', '.join(dirty[:5])}",  # type: ignore[index]
-            hint=f"commit them to the repository, or discard them on the host (`git -C {ctx.env.path} checkout -- .`)",
-        )
+    _refuse_dirty(ctx, state)
     containers = state["containers"]
     revision = server_facts.read_revisions(ctx.target, database, containers)  # type: ignore[arg-type]
     unknown = [r for r in revision or () if r not in scripts.revisions]
@@ -149,7 +145,7 @@ def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
         containers=containers, deployed_commit=state["deployed"], path_exists=bool(state["path_exists"]),  # type: ignore[arg-type]
         checkout_exists=state["deployed"] is not None, revision=revision, pending=pending,
         previous_release=journal.running_release(records),  # type: ignore[arg-type]
-        volumes=state["volumes"], services=tuple(sorted(s for s in compose.services if s != db)),  # type: ignore[arg-type]
+        volumes=state["volumes"], services=tuple(s for s in ctx.target.services_here(compose.services) if s != db),  # type: ignore[arg-type]
     )
     ctx.values["release_id"] = new_release_id(commit.sha)
     preview_lint(ctx, repo)
@@ -164,6 +160,80 @@ def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
         f"commit {commit.sha[:12]} ({commit.ref}: {commit.subject}); database {shown_revisions(revision)} "
         f"({database.source}); pending migrations: {shown}"
     )
+
+
+def _refuse_dirty(ctx: Context, state: dict[str, object]) -> None:
+    dirty: list[str] = state["dirty"]  # type: ignore[assignment]
+    if dirty:
+        raise RefusedError(
+            f"the checkout {ctx.env.path} on {ctx.host.name} has local changes: {', '.join(dirty[:5])}",
+            hint=f"commit them to the repository, or discard them on the host (`git -C {ctx.env.path} checkout -- .`)",
+        )
+
+
+def member_preflight(ctx: Context, primary: Context) -> str:
+    """Preflight on one of several hosts that is not the primary, once the primary's is done.
+
+    The release-wide facts (the commit, its migrations, the database, its revision and the
+    pending migrations) are the primary's; this host's own are read here: its checkout (a
+    dirty one refuses), containers, volumes, journal, and the compose file resolved with its
+    own variables. Refused: a db service that would run here too, roles naming no service,
+    and a web service that would look for its database at a service that runs elsewhere.
+    """
+    from dataclasses import replace
+
+    from deployer.db.url import FROM_CONFIG, SQLITE
+    from deployer.db.url import parse as parse_url
+
+    facts = primary.known
+    ctx.values["release_id"] = primary.run_id  # one release id across the hosts
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="member-host") as early:
+        host_state = early.submit(read_host_state, ctx)
+        compose = server_facts.compose_config(ctx.target, primary.scratch["compose_text"])
+        state = host_state.result()
+    _refuse_dirty(ctx, state)
+    app, entry = ctx.app, ctx.target.entry
+    unknown = sorted(set(entry.roles if entry else ()) - set(compose.services))
+    if unknown:
+        raise ConfigError(
+            f"host {ctx.host.name} of {ctx.env.name} has roles {', '.join(unknown)}, which are no service of "
+            f"{app.compose_file} at {facts.commit.sha[:12]} (its services: {', '.join(sorted(compose.services))})",
+            hint="roles name the compose services a host runs: fix them in deploy.toml",
+        )
+    here = ctx.target.services_here(compose.services)
+    db = app.db_service
+    if db and db in here:
+        raise RefusedError(
+            f"the {db} service would run on {ctx.host.name} as well as on the primary {primary.host.name}: "
+            "two databases, each with part of the writes",
+            hint=f"leave {db} out of that host's roles: the primary runs the database, the other hosts reach it",
+        )
+    location = server_facts.database_location(ctx.target, compose)
+    if location.source != FROM_CONFIG and location.engine != SQLITE:
+        named = parse_url(location.url).host
+        if named in compose.services and named not in here:
+            raise RefusedError(
+                f"on {ctx.host.name} the {app.web_service} service would reach its database at {named}, a service that "
+                f"does not run there ({location.source})",
+                hint="give that host the database's address: a variable in its hosts entry's env "
+                '(e.g. hosts = [{host = "...", env = {DATABASE_HOST = "10.0.0.5"}}]) that the compose file uses',
+            )
+    ctx.facts = replace(
+        facts, compose=compose, containers=state["containers"], deployed_commit=state["deployed"],  # type: ignore[arg-type]
+        path_exists=bool(state["path_exists"]), checkout_exists=state["deployed"] is not None,
+        previous_release=journal.running_release(state["records"]), volumes=state["volumes"],  # type: ignore[arg-type]
+        services=tuple(s for s in here if s != db),
+    )
+    unchanged = already_running(
+        ctx, commit=facts.commit.sha, deployed=state["deployed"], records=state["records"],  # type: ignore[arg-type]
+        containers=state["containers"], revision=facts.revision, heads=facts.heads, pending=facts.pending,  # type: ignore[arg-type]
+        compose=compose,
+    )
+    if unchanged is not None:
+        ctx.scratch["unchanged"] = unchanged
+    deployed = state["deployed"]
+    return (f"runs {', '.join(here)}; checkout at {str(deployed)[:12] if deployed else 'nothing yet'}; "
+            f"{len(state['containers'])} container(s)")  # type: ignore[arg-type]
 
 
 register(StepKind(

@@ -78,7 +78,7 @@ def teardown_first_release(ctx: Context, recovery: Recovery):  # noqa: ANN201
     recovery.torn_down = True
     source = recovery.record.source
     config = recovery.compose
-    services = sorted(config.services) if config else []
+    services = list(ctx.target.services_here(config.services)) if config else []
     started = [s for s in services if s not in source.running]
     if started:
         yield Command(tuple(ctx.compose.rm(started, stop=True)), what="remove the containers this first release started",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from deployer.commands.docker import HASH_LABEL, Container
 from deployer.server import journal, lock
-from deployer.server.target import env_file_text, proxy_override_text
+from deployer.server.target import env_file_text, override_texts
 from deployer.steps.context import Context
 
 if TYPE_CHECKING:
@@ -64,12 +64,13 @@ def already_running(
     def fine(c: Container) -> bool:
         return c.is_healthy or (c.service == web_service and c.healthcheck_pending)
 
-    if not compose.services or any(
+    here = ctx.target.services_here(compose.services)  # one of several hosts runs some of them
+    if not here or any(
         not [c for c in services if c.service == name] or any(not fine(c) for c in services if c.service == name)
-        for name in compose.services
+        for name in here
     ):
         return None
-    if any(c.service not in compose.services for c in services):
+    if any(c.service not in here for c in services):
         return None  # a container of a service the commit's compose file does not have
     if lock.read_lock(ctx.host, ctx.state_dir).held:
         return None  # a run is changing the environment: the lock step says whose
@@ -91,8 +92,8 @@ def _files_current(ctx: Context) -> bool:
     expected: dict[str, str] = {}
     if ctx.target.compose.env_file:
         expected[ctx.target.compose.env_file] = env_file_text(ctx.env.env)
-    for override in ctx.target.compose.overrides:
-        expected[override] = proxy_override_text(ctx.app.web_service)
+    if ctx.target.compose.overrides:
+        expected.update(override_texts(ctx.target, ctx.known.compose))
     if not expected:
         return True
     result = ctx.host.run(["sha256sum", "--", *expected], timeout=30)
