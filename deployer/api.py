@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from deployer.hosts import Host
     from deployer.schema_history import MigrationsReport
     from deployer.server.lock import LockState
-    from deployer.status import History, Status
+    from deployer.status import FleetStatus, History, Status
     from deployer.steps.playbook import Playbook
 
 
@@ -123,7 +123,8 @@ def _operate(
     from deployer import engine
     from deployer.server.target import open_target
 
-    cfg.environment(env)
+    if cfg.environment(env).many_hosts and host is None:
+        return _operate_fleet(cfg, env, book, options, kind=kind, log=log)
     if options.verbose:
         _library_logging()
     target = open_target(cfg, env, host=host)
@@ -140,6 +141,44 @@ def _operate(
             return scrub(cfg, replace(outcome, converged=converged.converged) if converged is not None else outcome)
     finally:
         if host is None:
+            target.host.close()
+
+
+def _operate_fleet(cfg: configuration.Config, env: str, book: Playbook, options: Any, *, kind: str,
+                   log: Callable[[str], None]) -> Outcome | Plan:
+    """:func:`_operate` on an environment of several hosts (see :mod:`deployer.fleet`): each
+    host's lines are prefixed with its name."""
+    from deployer import engine, fleet
+    from deployer.server.target import open_targets
+
+    if kind != "release":
+        raise configuration.ConfigError(
+            f"environment {env} has {len(cfg.environment(env).hosts)} hosts: `deployer {kind}` runs on one host only so far",
+            hint="roll back by releasing the previous commit (`deployer release ENV --ref COMMIT`), which every host "
+            "takes, schema included",
+        )
+    if options.verbose:
+        _library_logging()
+    targets = open_targets(cfg, env)
+    try:
+        with redacted(cfg):
+            def made(target: Any, opts: Any = options) -> Any:
+                name = target.host.name
+                return _context(cfg, target, opts, kind, lambda line: log(f"[{name}] {line}"))
+
+            ctxs = [made(target) for target in targets]
+            if options.dry_run:
+                for ctx in ctxs:
+                    record = engine.interrupted(ctx)
+                    if record is not None:
+                        ctxs[0].scratch["converge_first"] = (f"{ctx.host.name}: " + engine.describe_interrupted(record)
+                                                             + "; converged back first")
+                return scrub(cfg, fleet.plan(ctxs, book))
+            converged = fleet.converge([made(target, replace(options, restore_backup=False)) for target in targets])
+            outcome = fleet.execute(ctxs, book)
+            return scrub(cfg, replace(outcome, converged=converged.converged) if converged is not None else outcome)
+    finally:
+        for target in targets:
             target.host.close()
 
 
@@ -222,12 +261,16 @@ def environment(env: str, *, config_path: Path | None = None, probe_compose: boo
         yield target
 
 
-def status(env: str, *, config_path: Path | None = None) -> Status:
-    """Deployed commit vs branch, database vs running code, containers, lock, interrupted runs."""
+def status(env: str, *, config_path: Path | None = None) -> Status | FleetStatus:
+    """Deployed commit vs branch, database vs running code, containers, lock, interrupted runs;
+    for several hosts, each host's and where they disagree."""
+    from deployer.status import fleet_status
     from deployer.status import status as read_status
 
     cfg = load(config_path)
     with redacted(cfg):
+        if cfg.environment(env).many_hosts:
+            return scrub(cfg, fleet_status(cfg, env))
         return scrub(cfg, read_status(cfg, env))
 
 

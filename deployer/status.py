@@ -32,7 +32,7 @@ from deployer.errors import DeployerError, ExitCode
 
 if TYPE_CHECKING:
     from deployer.commands.docker import Container
-    from deployer.config import Config
+    from deployer.config import Config, HostEntry
     from deployer.db.migrations import MigrationScripts
     from deployer.hosts import Host
     from deployer.server.journal import Record
@@ -442,12 +442,95 @@ def _import_database() -> None:
     import deployer.server.facts  # noqa: F401
 
 
-def _target(cfg: Config, env_name: str, host: Host) -> Target:
+def _target(cfg: Config, env_name: str, host: Host, entry: HostEntry | None = None) -> Target:
     """A Target without probing compose: status runs no compose command it can avoid."""
     from deployer.server.target import Target, make_compose
 
     env = cfg.environment(env_name)
-    return Target(config=cfg, env=env, host=host, compose=make_compose(cfg, env))
+    if entry is not None:
+        env = env.on(entry)
+    target = Target(config=cfg, env=env, host=host, compose=make_compose(cfg, env), entry=entry)
+    return Target(config=cfg, env=env, host=host, compose=make_compose(cfg, env, partial=target.partial), entry=entry)
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """``deployer status`` of an environment of several hosts: each host's report (the
+    database read once, on the primary), and where the hosts disagree."""
+
+    environment: str
+    hosts: tuple[Status, ...]  # the primary first
+    disagreements: tuple[str, ...]
+    exit_code: int
+    seconds: float
+
+    @property
+    def in_sync(self) -> bool:
+        return self.exit_code == StatusCode.IN_SYNC
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "environment": self.environment,
+                "hosts": [status.to_dict() for status in self.hosts], "agree": not self.disagreements,
+                "disagreements": list(self.disagreements), "exit_code": self.exit_code, "in_sync": self.in_sync,
+                "seconds": self.seconds}
+
+
+def fleet_status(cfg_or_path: Config | str | Path | None, env: str) -> FleetStatus:
+    """The status of every host of ``env``, side by side; a host that cannot be reached is
+    reported (exit 3) without hiding the others."""
+    from deployer.errors import HostError
+
+    started = time.monotonic()
+    cfg = _load(cfg_or_path)
+    environment = cfg.environment(env)
+    primary_entry, *others = environment.hosts
+    primary = read_status(cfg, env, entry=primary_entry)[0]
+    known = (primary.database.revisions, primary.database.error)
+    reports = [primary]
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(others))), thread_name_prefix="status-host") as pool:
+        futures = [pool.submit(read_status, cfg, env, entry=entry, known_database=known) for entry in others]
+        for entry, future in zip(others, futures, strict=True):
+            try:
+                reports.append(future.result()[0])
+            except HostError as error:
+                reports.append(_unreachable(cfg, env, entry, error.message))
+    disagreements = fleet_disagreements(reports)
+    codes = [r.exit_code for r in reports]
+    code = next((c for c in codes if c == StatusCode.UNREACHABLE), None) or max(codes)
+    if disagreements and code == StatusCode.IN_SYNC:
+        code = StatusCode.DRIFT
+    return FleetStatus(env, tuple(reports), tuple(disagreements), int(code), round(time.monotonic() - started, 3))
+
+
+def _unreachable(cfg: Config, env: str, entry: HostEntry, message: str) -> Status:
+    """The report of a host that did not answer."""
+    environment = cfg.environment(env)
+    return Status(
+        environment=env, host=str(entry.spec), path=environment.path, checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        seconds=0.0, code=CodeState(branch=environment.branch, deployed=None, deployed_subject=None, tip=None, tip_subject=None,
+                                    ahead=None, behind=None, error=message),
+        database=assess(None, None, None, error="read on the primary"), services=(), lock=LockState(held=False),
+        last_release=None, last_backup=None, problems=(f"host {entry.spec} cannot be reached: {message}",),
+        exit_code=int(StatusCode.UNREACHABLE),
+    )
+
+
+def fleet_disagreements(reports: Sequence[Status]) -> list[str]:
+    """Where hosts that should run the same release do not: the code they run, their
+    checkouts, the last release each journaled (pure)."""
+    found = []
+    for what, value in (("run", lambda r: (r.running or r.code.deployed or "nothing")[:12]),
+                        ("have the checkout at", lambda r: (r.code.deployed or "nothing")[:12]),
+                        ("last journaled", lambda r: r.last_release.id if r.last_release else "nothing")):
+        groups: dict[str, list[str]] = {}
+        for report in reports:
+            if report.exit_code == StatusCode.UNREACHABLE and not report.services:
+                continue
+            groups.setdefault(value(report), []).append(report.host)
+        if len(groups) > 1:
+            found.append(f"hosts disagree on what they {what}: " + "; ".join(
+                f"{', '.join(hosts)}: {key}" for key, hosts in sorted(groups.items(), key=lambda item: -len(item[1]))))
+    return found
 
 
 def _locate_database(target: Target, found: Sequence[Container]) -> Any:
@@ -502,14 +585,19 @@ def status(cfg_or_path: Config | str | Path | None, env: str, *, host: Host | No
 
 def read_status(
     cfg_or_path: Config | str | Path | None, env: str, *, host: Host | None = None,
-    keep: Callable[[Readings], T] | None = None,
+    keep: Callable[[Readings], T] | None = None, entry: HostEntry | None = None,
+    known_database: tuple[tuple[str, ...] | None, str | None] | None = None,
 ) -> tuple[Status, T | None]:
     """:func:`status`, and ``keep`` applied to its :class:`Readings` while the host is still
-    open (None without ``keep``)."""
+    open (None without ``keep``). ``entry``: one of the environment's several hosts; with
+    ``known_database`` (its revisions and error, as the primary read them) the database is not read
+    again from that host."""
     started = time.monotonic()
     checked_at = datetime.now(UTC).isoformat(timespec="seconds")
     cfg = _load(cfg_or_path)
     environment = cfg.environment(env)
+    if entry is not None:
+        environment = environment.on(entry)
     branch = environment.branch or cfg.app.branch
     # Light modules first, in this thread, so no two threads import the same module.
     from deployer.commands import docker as containers_cmds  # noqa: F401
@@ -531,7 +619,7 @@ def read_status(
         repo_future = pool.submit(_after, source_ready, _open_repo_and_tip, cfg, environment.remote, branch)
         if host is None:
             host = connect(environment.host)
-        target = _target(cfg, env, host)
+        target = _target(cfg, env, host, entry)
         state_dir = target.state_dir
 
         # Over SSH the small reads go one after the other in one thread: on a warm command
@@ -548,17 +636,20 @@ def read_status(
 
         every = containers_f.result()
         containers = [c for c in every if not c.oneoff]
-        location_f = pool.submit(_after, warm, _locate_database, target, every)
         db_error: str | None = None
         db_revisions: tuple[str, ...] | None = None
-        try:
-            location = location_f.result()
-        except DeployerError as error:
-            location, db_error = None, error.message
-        if location is not None:
-            db_revisions, db_error = _read_db(target, location, every)
-        elif db_error is None:
-            db_error = "nothing deployed: no compose file to locate the database with"
+        if known_database is not None:
+            db_revisions, db_error = known_database
+        else:
+            location_f = pool.submit(_after, warm, _locate_database, target, every)
+            try:
+                location = location_f.result()
+            except DeployerError as error:
+                location, db_error = None, error.message
+            if location is not None:
+                db_revisions, db_error = _read_db(target, location, every)
+            elif db_error is None:
+                db_error = "nothing deployed: no compose file to locate the database with"
 
         head = head_f.result()
         deployed_sha = gitops.parse_sha(head.stdout) if head.ok else None
@@ -594,7 +685,7 @@ def read_status(
         if running_problem:
             problems.append(running_problem)
         if deployed_sha is not None:
-            expected = [s for s in (cfg.app.db_service, cfg.app.web_service) if s]
+            expected = [s for s in target.services_here((cfg.app.db_service, cfg.app.web_service)) if s]
             problems += service_problems(services, expected)
         proxied: ProxyState | None = None
         if proxy_f is not None:
@@ -896,3 +987,16 @@ def render_history(h: History) -> str:
             lines.append(f"      error: {e.error.splitlines()[0][:200]}")
     return "\n".join(lines)
 
+
+
+def render_fleet(fleet: FleetStatus, now: datetime | None = None) -> str:
+    """The text report of several hosts: each host's, then where they disagree (pure)."""
+    count = len(fleet.hosts)
+    lines = [f"{fleet.environment}: {count} hosts (primary {fleet.hosts[0].host}; checked in {fleet.seconds:.2f}s)", ""]
+    for report in fleet.hosts:
+        lines += [render_status(report, now), ""]
+    if fleet.disagreements:
+        lines += [f"  ! {line}" for line in fleet.disagreements]
+    else:
+        lines.append(f"  the {count} hosts agree: same code, same checkout, same last release")
+    return "\n".join(lines)

@@ -56,6 +56,8 @@ def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOptio
     report = api.status(env, config_path=config)
     if as_json:
         emit(report.to_dict(), exit_code=report.exit_code)
+    elif isinstance(report, status_mod.FleetStatus):
+        typer.echo(status_mod.render_fleet(report))
     else:
         typer.echo(status_mod.render_status(report))
     if report.exit_code:

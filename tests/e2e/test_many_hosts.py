@@ -1,0 +1,387 @@
+"""Releasing to three hosts at once: three machines of their own (each its own address,
+Docker engine, sshd and /srv), reached by the real ``deployer`` command over SSH.
+
+The primary (m1) runs the database and the web service; m2 and m3 run the web service only
+and reach the primary's database at its address (a variable of their hosts entries). What
+a user checks: the migration ran once, in the primary's database; every host serves the new
+commit on the new schema; rows written through every host are still there; a host that fails
+its health check puts all three back, schema included; a host that cannot be reached refuses
+the release before anything changes; ``status`` shows each host and says when they disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.bench.cli import envelope
+from tests.bench.cli import result as result_of
+from tests.bench.deployment import EXAMPLE_HEAD, add_migration
+from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE, free_port
+from tests.bench.gitrepos import git, make_origin
+from tests.bench.machines import Machine
+from tests.bench.sshd import SSHBench
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("many-hosts")]
+
+APP = "fleetapp"
+PATH = "/srv/app"
+
+# The example's production stack, with the two things several hosts need: the web service
+# finds its database at DATABASE_HOST (the primary's address, on the other hosts) and the
+# primary publishes the database on its own address (DB_BIND). The web port is published on
+# every address of its machine; HEALTH_BROKEN lets one host's health check fail.
+COMPOSE = """\
+services:
+  web:
+    build:
+      context: ./example
+      args:
+        PYTHON_IMAGE: ${PYTHON_IMAGE}
+        APP_VERSION: ${APP_VERSION:-dev}
+    image: ${WEB_IMAGE}:${WEB_IMAGE_TAG:-latest}
+    environment:
+      DATABASE_URL: postgresql://recipes:${RECIPES_DB_PASSWORD:?set it}@${DATABASE_HOST:-db}:5432/recipes
+      HEALTH_BROKEN: ${HEALTH_BROKEN:-}
+    ports:
+      - "${WEB_PORT}:8000"
+    depends_on:
+      db:
+        condition: service_healthy
+    healthcheck:
+      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+      interval: 5s
+      timeout: 5s
+      retries: 3
+      start_period: 30s
+    restart: unless-stopped
+  db:
+    image: ${POSTGRES_IMAGE}
+    environment:
+      POSTGRES_USER: recipes
+      POSTGRES_DB: recipes
+      POSTGRES_PASSWORD: ${RECIPES_DB_PASSWORD:?set it}
+    ports:
+      - "${DB_BIND:-127.0.0.1}:5432:5432"
+    volumes:
+      - dbdata:/var/lib/postgresql/data
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready -h 127.0.0.1 -U recipes -d recipes"]
+      interval: 3s
+      timeout: 5s
+      retries: 10
+      start_period: 30s
+    restart: unless-stopped
+
+volumes:
+  dbdata:
+"""
+
+# A release whose /health fails on the host that sets HEALTH_BROKEN (and nowhere else).
+HEALTH_BROKEN_WSGI = '''"""WSGI entry point; /health fails where HEALTH_BROKEN is set."""
+import os
+
+from flask import request
+
+from recipes import create_app
+
+app = create_app()
+
+
+@app.before_request
+def _broken_here():
+    if request.path == "/health" and os.environ.get("HEALTH_BROKEN"):
+        return "broken on this host", 503
+    return None
+'''
+
+
+@dataclass
+class Fleet:
+    machines: list[Machine]
+    laptop: Path
+    home: Path
+    password: str
+    web_port: int
+
+    @property
+    def primary(self) -> Machine:
+        return self.machines[0]
+
+    def environ(self) -> dict[str, str]:
+        import os
+
+        env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "DEPLOYER_CONFIG")}
+        env.update({"HOME": str(self.home), "RECIPES_DB_PASSWORD": self.password, "GIT_CONFIG_NOSYSTEM": "1"})
+        return env
+
+    def deployer(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "deployer", *args], cwd=self.laptop, env=self.environ(),
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+
+    def commit(self, files: dict[str, str], message: str) -> str:
+        for path, text in files.items():
+            (self.laptop / path).parent.mkdir(parents=True, exist_ok=True)
+            (self.laptop / path).write_text(text)
+        git("add", "-A", cwd=self.laptop)
+        git("commit", "-q", "-m", message, cwd=self.laptop)
+        git("push", "-q", "origin", "HEAD:main", cwd=self.laptop)
+        return git("rev-parse", "HEAD", cwd=self.laptop).strip()
+
+    # -- what a user checks
+    def head(self, machine: Machine) -> str | None:
+        checkout = machine.srv / "app"
+        if not (checkout / ".git").exists():
+            return None
+        return git("-C", str(checkout), "rev-parse", "HEAD").strip()
+
+    def journal(self, machine: Machine) -> list[dict]:
+        path = machine.srv / "app.deployer" / "journal.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def get(self, machine: Machine, path: str = "/health") -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{machine.address}:{self.web_port}{path}", timeout=5) as response:  # noqa: S310
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+
+    def post_user(self, machine: Machine, email: str) -> int:
+        request = urllib.request.Request(  # noqa: S310 - a bench machine's address
+            f"http://{machine.address}:{self.web_port}/api/users", method="POST",
+            data=json.dumps({"email": email, "name": "n"}).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status
+
+    def sql(self, statement: str) -> list[tuple]:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(f"postgresql+psycopg2://recipes:{self.password}@{self.primary.address}:5432/recipes")
+        try:
+            with engine.begin() as connection:
+                result = connection.execute(text(statement))
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def revision(self) -> tuple[str, ...]:
+        return tuple(sorted(r[0] for r in self.sql("SELECT version_num FROM alembic_version")))
+
+    def containers(self, machine: Machine) -> list[str]:
+        out = machine.docker("ps", "-a", "--filter", f"label=com.docker.compose.project={APP}",
+                             "--format", "{{.Label \"com.docker.compose.service\"}}").stdout
+        return sorted(out.split())
+
+    def images(self, machine: Machine) -> dict[str, str]:
+        """service -> image id of the project's running containers."""
+        rows = {}
+        for line in machine.docker("ps", "--filter", f"label=com.docker.compose.project={APP}", "--format",
+                                   "{{.Label \"com.docker.compose.service\"}} {{.Image}}").stdout.splitlines():
+            service, _, image = line.partition(" ")
+            rows[service] = machine.docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+        return rows
+
+
+def deploy_toml(fleet: Fleet, *, broken_host: str | None = None) -> str:
+    primary = fleet.primary.address
+    entries = []
+    for number, machine in enumerate(fleet.machines, start=1):
+        env = {"DB_BIND": primary} if number == 1 else {"DATABASE_HOST": primary}
+        if machine.name == broken_host:
+            env["HEALTH_BROKEN"] = "1"
+        shown = ", ".join(f'{k} = "{v}"' for k, v in env.items())
+        entries.append(f'  {{host = "{machine.name}", {"primary = true, " if number == 1 else ""}env = {{{shown}}}}},')
+    hosts = "\n".join(entries)
+    return f"""\
+[app]
+name = "{APP}"
+compose_file = "docker-compose.prod.yml"
+web_service = "web"
+db_service = "db"
+migrations_dir = "example/migrations"
+migrate_command = "flask db upgrade"
+migrate_timeout = 180
+branch = "main"
+
+[environments.production]
+hosts = [
+{hosts}
+]
+rollout = {{batch = 1, pause = 1}}
+path = "{PATH}"
+healthcheck_url = "http://127.0.0.1:{fleet.web_port}/health"
+health_timeout = 40
+
+[environments.production.env]
+RECIPES_DB_PASSWORD = "${{RECIPES_DB_PASSWORD}}"
+WEB_PORT = "{fleet.web_port}"
+WEB_IMAGE = "{APP}-web"
+PYTHON_IMAGE = "{PYTHON_IMAGE}"
+POSTGRES_IMAGE = "{POSTGRES_IMAGE}"
+"""
+
+
+@pytest.fixture(scope="module")
+def fleet(machine_factory, sshd: SSHBench) -> Iterator[Fleet]:  # noqa: ANN001
+    machines = machine_factory(3)
+    for machine in machines:
+        machine.load_images(PYTHON_IMAGE, POSTGRES_IMAGE)
+    base = Path(tempfile.mkdtemp(prefix="deployer-e2e-fleet-"))
+    origin = make_origin(base / "origin", {"docker-compose.prod.yml": COMPOSE})
+    laptop = origin.clone(base / "laptop")
+    home = base / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    key = home / ".ssh" / "id_ed25519"
+    shutil.copyfile(sshd.key_path, key)
+    key.chmod(0o600)
+    known = machines[0].root.parent / "known_hosts"
+    (home / ".ssh" / "config").write_text("".join(
+        f"Host {m.name}\n    HostName {m.address}\n    User root\n    IdentityFile {key}\n"
+        f"    UserKnownHostsFile {known}\n    IdentitiesOnly yes\n" for m in machines))
+    made = Fleet(machines, laptop, home, "pw-" + secrets.token_hex(8), free_port())
+    made.commit({"deploy.toml": deploy_toml(made)}, "deploy to three hosts")
+    try:
+        yield made
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def release(fleet: Fleet, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    result = fleet.deployer("release", "production", "--yes", "--json", *args)
+    assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_a_release_reaches_three_hosts_and_migrates_once(fleet: Fleet) -> None:
+    first = release(fleet)
+    outcome = result_of(first.stdout)
+    assert outcome["outcome"] == "succeeded"
+    assert [h["host"] for h in outcome["hosts"]] == ["m1", "m2", "m3"]
+    initial = fleet.head(fleet.primary)
+    for machine in fleet.machines:
+        assert fleet.head(machine) == initial
+        status, body = fleet.get(machine)
+        assert status == 200 and json.loads(body)["revision"] == EXAMPLE_HEAD, (machine.name, body)
+    # The database runs on the primary only; the others run the web service.
+    assert fleet.containers(fleet.primary) == ["db", "web"]
+    assert fleet.containers(fleet.machines[1]) == fleet.containers(fleet.machines[2]) == ["web"]
+    # Lines say which host they are about.
+    assert "[m2] > build" in first.stderr and "[m3] > health" in first.stderr, first.stderr[-3000:]
+
+    # Rows written through each host land in the one database.
+    for number, machine in enumerate(fleet.machines):
+        assert fleet.post_user(machine, f"before{number}@example.com") == 201
+    # A migration that counts its own runs: it inserts a row.
+    revision = "f1ee7a000001"
+    files = add_migration(revision, EXAMPLE_HEAD, "count migration runs",
+                          ['op.create_table("migration_runs", sa.Column("id", sa.Integer, primary_key=True),',
+                           '                sa.Column("ran_at", sa.DateTime, server_default=sa.func.now()))',
+                           'op.execute("INSERT INTO migration_runs DEFAULT VALUES")'],
+                          ['op.drop_table("migration_runs")'])
+    sha = fleet.commit(files, "a migration, released to three hosts")
+
+    plan = fleet.deployer("release", "production", "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    steps = result_of(plan.stdout)["steps"]
+    migrate = [s["label"] for s in steps if s["step"] == "migrate"]
+    assert migrate == ["migrate [m1]"], migrate  # once, on the primary
+    assert [s["label"] for s in steps if s["step"] == "swap"] == ["swap [m1]", "swap [m2]", "swap [m3]"]
+
+    second = result_of(release(fleet).stdout)
+    assert second["outcome"] == "succeeded" and second["commit"] == sha
+    assert fleet.sql("SELECT count(*) FROM migration_runs") == [(1,)]  # the migration ran exactly once
+    assert fleet.revision() == (revision,)
+    ids = {fleet.journal(m)[-1]["id"] for m in fleet.machines}
+    assert ids == {second["id"]}, ids  # one release id on every host
+    for machine in fleet.machines:
+        assert fleet.head(machine) == sha
+        status, body = fleet.get(machine)
+        assert status == 200 and json.loads(body)["revision"] == revision, (machine.name, body)
+        assert fleet.get(machine, "/")[0] == 200  # the page that reads the database
+        steps_run = [s["name"] for s in fleet.journal(machine)[-1]["steps"]]
+        assert ("migrate" in steps_run) == (machine is fleet.primary), (machine.name, steps_run)
+        assert ("backup" in steps_run) == (machine is fleet.primary), (machine.name, steps_run)
+    assert fleet.sql("SELECT count(*) FROM users WHERE email LIKE 'before%'") == [(3,)]
+
+    # Nothing to do: every host already runs it.
+    again = result_of(release(fleet).stdout)
+    assert again["outcome"] == "unchanged", again
+
+
+def test_status_shows_each_host_and_when_they_disagree(fleet: Fleet) -> None:
+    shown = fleet.deployer("status", "production", "--json")
+    report = envelope(shown.stdout)["result"]
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert [h["host"] for h in report["hosts"]] == ["m1", "m2", "m3"]
+    assert report["agree"] and all(h["verdict"] == "up to date" for h in report["hosts"])
+
+    # Someone moves m3's checkout back by hand.
+    third = fleet.machines[2]
+    checkout = str(third.srv / "app")
+    before = fleet.head(third)
+    git("-C", checkout, "checkout", "-q", "HEAD~1")
+    try:
+        shown = fleet.deployer("status", "production")
+        assert shown.returncode == 15, shown.stdout + shown.stderr
+        assert "hosts disagree on what they have the checkout at" in shown.stdout, shown.stdout
+        assert "m3:" in shown.stdout.split("hosts disagree on what they have the checkout at")[1]
+        assert "m1 on" in shown.stdout.replace("production on ", "") or "on m1" in shown.stdout
+    finally:
+        git("-C", checkout, "checkout", "-q", before or "main")
+    assert fleet.deployer("status", "production").returncode == 0
+
+
+def test_an_unreachable_host_refuses_the_release_before_anything_changes(fleet: Fleet) -> None:
+    second = fleet.machines[1]
+    heads = {m.name: fleet.head(m) for m in fleet.machines}
+    journals = {m.name: len(fleet.journal(m)) for m in fleet.machines}
+    fleet.commit({"example/NOTES.txt": "a change that never ships\n"}, "a change while m2 is down")
+    second.run("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "REJECT", "--reject-with", "tcp-reset")
+    try:
+        result = fleet.deployer("release", "production", "--yes")
+    finally:
+        second.run("iptables", "-D", "INPUT", "-p", "tcp", "--dport", "22", "-j", "REJECT", "--reject-with", "tcp-reset")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "m2" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert {m.name: fleet.head(m) for m in fleet.machines} == heads
+    assert {m.name: len(fleet.journal(m)) for m in fleet.machines} == journals
+    for machine in fleet.machines:
+        assert not (machine.srv / "app.deployer" / "run.json").exists()
+
+
+def test_one_host_failing_its_health_check_puts_all_three_back(fleet: Fleet) -> None:
+    third = fleet.machines[2]
+    heads = {m.name: fleet.head(m) for m in fleet.machines}
+    images = {m.name: fleet.images(m) for m in fleet.machines}
+    revision_before = fleet.revision()
+    users_before = fleet.sql("SELECT count(*) FROM users")
+    files = add_migration("f1ee7a000002", revision_before[0], "a column",
+                          ['op.add_column("users", sa.Column("nickname", sa.String(40)))'],
+                          ['op.drop_column("users", "nickname")'])
+    files["example/wsgi.py"] = HEALTH_BROKEN_WSGI
+    files["deploy.toml"] = deploy_toml(fleet, broken_host=third.name)
+    fleet.commit(files, "a release whose health check fails on m3")
+    result = release(fleet, expect=1)
+    assert "m3" in result.stderr and "health" in result.stderr, result.stderr[-3000:]
+    # Every host back: code, images, schema.
+    assert {m.name: fleet.head(m) for m in fleet.machines} == heads
+    assert fleet.revision() == revision_before
+    assert fleet.sql("SELECT count(*) FROM users") == users_before
+    for machine in fleet.machines:
+        assert fleet.images(machine) == images[machine.name], machine.name
+        status, body = fleet.get(machine)
+        assert status == 200 and json.loads(body)["revision"] == revision_before[0], (machine.name, body)
+        record = fleet.journal(machine)[-1]
+        assert record["outcome"] == "failed" and record["recovery"], (machine.name, record)
