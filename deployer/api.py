@@ -151,12 +151,6 @@ def _operate_fleet(cfg: configuration.Config, env: str, book: Playbook, options:
     from deployer import engine, fleet
     from deployer.server.target import open_targets
 
-    if kind != "release":
-        raise configuration.ConfigError(
-            f"environment {env} has {len(cfg.environment(env).hosts)} hosts: `deployer {kind}` runs on one host only so far",
-            hint="roll back by releasing the previous commit (`deployer release ENV --ref COMMIT`), which every host "
-            "takes, schema included",
-        )
     if options.verbose:
         _library_logging()
     targets = open_targets(cfg, env)

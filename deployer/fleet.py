@@ -32,7 +32,7 @@ from deployer.steps.context import Context
 from deployer.steps.fleet import Phase, schedule
 from deployer.steps.playbook import Playbook, Step
 
-PREFLIGHTS = ("preflight",)
+PREFLIGHTS = ("preflight", "rollback_preflight")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from deployer.db.migrations import downgrade_path
 from deployer.errors import ConfigError, DeployerError, RefusedError
 from deployer.server import backups, journal
 from deployer.server import facts as server_facts
-from deployer.steps import CHECKOUT, CONTAINERS, IMAGES, SCHEMA, StepKind, register
+from deployer.steps import CHECKOUT, CONTAINERS, IMAGES, PRIMARY, SCHEMA, StepKind, register
 from deployer.steps.build import restore_saved_images
 from deployer.steps.common import confirm, migration_argv, new_release_id, saved_tag, shown_revisions
 from deployer.steps.context import Context, Facts, RollbackFacts
@@ -135,6 +135,7 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     if compose_text is None:
         raise ConfigError(f"commit {chosen.commit[:12]} of release {chosen.id} has no {cfg.app.compose_file}")
     compose = server_facts.compose_config(ctx.target, compose_text)
+    ctx.scratch["compose_text"] = compose_text  # the other hosts resolve it with their own variables
     database = server_facts.database_location(ctx.target, server_facts.compose_config(ctx.target))
     revision = server_facts.read_revisions(ctx.target, database, state["containers"])  # type: ignore[arg-type]
     if revision is None:
@@ -187,7 +188,7 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         commit=commit, remote=remote, scripts=scripts, heads=heads, compose=compose, database=database,
         containers=state["containers"], deployed_commit=deployed, path_exists=True, checkout_exists=True,  # type: ignore[arg-type]
         revision=revision, pending=path, previous_release=running, volumes=state["volumes"],  # type: ignore[arg-type]
-        services=tuple(sorted(s for s in compose.services if s != db)),
+        services=tuple(s for s in ctx.target.services_here(compose.services) if s != db),
         rollback=RollbackFacts(target_release=chosen, target_revision=target_rev, downgrades=path,
                                restore_from=backup if restore else None),
     )
@@ -312,6 +313,6 @@ def playbook() -> Playbook:
 register(StepKind(name="rollback_preflight", summary="choose the rollback's target and read the facts; refuse what cannot work",
                   run=rollback_preflight, in_playbooks=False, once=True))
 register(StepKind(name="schema", summary="downgrade with the current image, or restore the target's backup",
-                  run=schema, undo=undo_schema, changes=frozenset({SCHEMA, CONTAINERS}), in_playbooks=False))
+                  run=schema, undo=undo_schema, changes=frozenset({SCHEMA, CONTAINERS}), in_playbooks=False, scope=PRIMARY))
 register(StepKind(name="switch", summary="the target release's commit and images",
                   run=switch, undo=undo_switch, changes=frozenset({CHECKOUT, IMAGES}), in_playbooks=False))

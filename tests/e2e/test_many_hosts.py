@@ -320,6 +320,33 @@ def test_a_release_reaches_three_hosts_and_migrates_once(fleet: Fleet) -> None:
     assert again["outcome"] == "unchanged", again
 
 
+def test_a_rollback_takes_every_host_back_with_one_downgrade(fleet: Fleet) -> None:
+    releases = [r for r in fleet.journal(fleet.primary) if r["kind"] == "release" and r["outcome"] == "succeeded"]
+    first, running = releases[-2], releases[-1]
+    assert fleet.revision() != (EXAMPLE_HEAD,)
+    fleet.post_user(fleet.machines[2], "during@example.com")
+    back = fleet.deployer("rollback", "production", "--yes", "--json")
+    assert back.returncode == 0, back.stdout[-2000:] + back.stderr[-5000:]
+    outcome = result_of(back.stdout)
+    assert outcome["kind"] == "rollback" and [h["host"] for h in outcome["hosts"]] == ["m1", "m2", "m3"]
+    assert fleet.revision() == (EXAMPLE_HEAD,)  # downgraded once: the table the migration made is gone
+    assert fleet.sql("SELECT to_regclass('migration_runs') IS NULL") == [(True,)]
+    assert fleet.sql("SELECT count(*) FROM users WHERE email = 'during@example.com'") == [(1,)]
+    for machine in fleet.machines:
+        assert fleet.head(machine) == first["commit"], machine.name
+        status, body = fleet.get(machine)
+        assert status == 200 and json.loads(body)["revision"] == EXAMPLE_HEAD, (machine.name, body)
+        record = fleet.journal(machine)[-1]
+        assert record["kind"] == "rollback" and record["id"] == outcome["id"], (machine.name, record)
+        assert ("schema" in [s["name"] for s in record["steps"]]) == (machine is fleet.primary)
+
+    # Forward again: the tip, its migration run once more (its table made anew).
+    again = result_of(release(fleet).stdout)
+    assert again["commit"] == running["commit"]
+    assert fleet.sql("SELECT count(*) FROM migration_runs") == [(1,)]
+    assert all(fleet.head(m) == running["commit"] for m in fleet.machines)
+
+
 def test_status_shows_each_host_and_when_they_disagree(fleet: Fleet) -> None:
     shown = fleet.deployer("status", "production", "--json")
     report = envelope(shown.stdout)["result"]

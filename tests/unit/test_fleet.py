@@ -76,3 +76,20 @@ def test_the_built_in_playbooks_migrate_once_and_switch_in_batches(name: str) ->
     assert {host for step, host in ran if step == "health"} == {0, 1, 2}
     assert [p.hosts for p in phases if p.batch] == [(0,), (1,), (2,)]
     assert all(phase.hosts == (0, 1, 2) for phase in phases if phase.steps[0].name in ("preflight", "lock", "build"))
+
+
+def test_a_rollback_downgrades_once_switches_every_host_and_swaps_in_batches() -> None:
+    from deployer.fleet import _where
+    from deployer.steps import kind
+    from deployer.steps import rollback as rollbacks
+
+    book = rollbacks.playbook()
+    phases = schedule(book.steps, [kind(step.name).scope for step in book.steps], 3, batch=2)
+    ran = {(step.name, host) for phase in phases for step in phase.steps for host in _where(step, phase)}
+    for once in ("backup", "schema", "verify"):
+        assert {host for step, host in ran if step == once} == {0}, once
+    for everywhere in ("rollback_preflight", "lock", "switch", "swap", "health", "record"):
+        assert {host for step, host in ran if step == everywhere} == {0, 1, 2}, everywhere
+    assert [p.hosts for p in phases if p.batch] == [(0, 1), (2,)]
+    order = [step.name for phase in phases for step in phase.steps]
+    assert order.index("schema") < order.index("switch") < order.index("swap")
