@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from deployer.hosts import Host
     from deployer.schema_history import MigrationsReport
     from deployer.server.lock import LockState
-    from deployer.status import FleetStatus, History, Status
+    from deployer.status import FleetHistory, FleetStatus, History, Status
     from deployer.steps.playbook import Playbook
 
 
@@ -157,8 +157,7 @@ def _operate_fleet(cfg: configuration.Config, env: str, book: Playbook, options:
     try:
         with redacted(cfg):
             def made(target: Any, opts: Any = options) -> Any:
-                name = target.host.name
-                return _context(cfg, target, opts, kind, lambda line: log(f"[{name}] {line}"))
+                return _context(cfg, target, opts, kind, _prefixed(log, target.host.name))
 
             ctxs = [made(target) for target in targets]
             if options.dry_run:
@@ -204,6 +203,8 @@ def recover(
 
     cfg = load(config_path)
     options = Options(dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, forward=forward)
+    if cfg.environment(env).many_hosts and host is None:
+        return _recover_fleet(cfg, env, options, log)
     target = open_target(cfg, env, host=host)
     try:
         with redacted(cfg):
@@ -225,6 +226,46 @@ def recover(
             ))
     finally:
         if host is None:
+            target.host.close()
+
+
+def _prefixed(log: Callable[[str], None], name: str) -> Callable[[str], None]:
+    """``log`` with each line saying which host it is about."""
+    return lambda line: log(f"[{name}] {line}")
+
+
+def _recover_fleet(cfg: configuration.Config, env: str, options: Any, log: Callable[[str], None]) -> Outcome | Plan | None:
+    """:func:`recover` on every host of an environment of several (see :func:`deployer.fleet.converge`)."""
+    from deployer import engine, fleet
+    from deployer.server.target import open_targets
+
+    targets = open_targets(cfg, env)
+    try:
+        with redacted(cfg):
+            ctxs = [_context(cfg, t, options, "release", _prefixed(log, t.host.name)) for t in targets]
+            if not options.dry_run:
+                return scrub(cfg, fleet.converge(ctxs, forward=options.forward, restore_backup=options.restore_backup))
+            steps, records = [], []
+            for ctx in [*ctxs[1:], ctxs[0]]:
+                record = engine.interrupted(ctx)
+                if record is None:
+                    continue
+                records.append(record)
+                ctx.planning = True
+                engine.converge(ctx, forward=options.forward, restore_backup=options.restore_backup)
+                steps.append(engine.PlannedStep(step="recover", label=f"{'forward' if options.forward else 'recovery'} "
+                                                f"[{ctx.host.name}]", commands=tuple(text for _, text in ctx.trace),
+                                                note=engine.describe_interrupted(record)))
+            if not steps:
+                return None
+            primary = records[-1]  # the primary's, when it has one
+            return scrub(cfg, engine.Plan(
+                environment=env, host=", ".join(c.host.name for c in ctxs), playbook="recover", commit=primary.goal.commit,
+                ref=primary.id, previous_commit=primary.source.commit, database_revision=primary.source.revision,
+                heads=primary.goal.heads, pending=(), kind="recover", steps=tuple(steps),
+            ))
+    finally:
+        for target in targets:
             target.host.close()
 
 
@@ -278,12 +319,15 @@ def migrations(env: str, *, config_path: Path | None = None, everything: bool = 
         return scrub(cfg, read_migrations(cfg, env, everything=everything))
 
 
-def history(env: str, *, config_path: Path | None = None, limit: int | None = None) -> History:
-    """The environment's journal, newest first."""
+def history(env: str, *, config_path: Path | None = None, limit: int | None = None) -> History | FleetHistory:
+    """The environment's journal, newest first (several hosts: each host's)."""
+    from deployer.status import fleet_history
     from deployer.status import history as read_history
 
     cfg = load(config_path)
     with redacted(cfg):
+        if cfg.environment(env).many_hosts:
+            return scrub(cfg, fleet_history(cfg, env, limit=limit))
         return scrub(cfg, read_history(cfg, env, limit=limit))
 
 

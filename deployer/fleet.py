@@ -293,15 +293,20 @@ def _plan_step(ctxs: Sequence[Context], index: int, step: Step) -> engine.Planne
 # --------------------------------------------------------------------------- interrupted runs
 
 
-def converge(ctxs: Sequence[Context]) -> engine.Outcome | None:
-    """Converge every host whose last run was interrupted: the others first, then the
-    primary (its schema last). The outcome of the last one converged, or None."""
-    order = [*ctxs[1:], ctxs[0]]
-    # A live run on any host refuses before any host is touched.
+def converge(ctxs: Sequence[Context], *, forward: bool = False, restore_backup: bool = False) -> engine.Outcome | None:
+    """Converge every host whose last run was interrupted — back to where it started, or with
+    ``forward`` to where it was going: the other hosts first, then the primary (its schema
+    last). A live run on any host refuses before any host is touched. The primary's outcome
+    (or the last host's), with each host's part; None: nothing was interrupted anywhere."""
     for ctx in ctxs:
         engine.interrupted(ctx)
-    outcome = None
-    for ctx in order:
-        result = engine.converge(ctx)
-        outcome = result or outcome
-    return outcome
+    outcomes: list[tuple[Context, engine.Outcome]] = []
+    for ctx in [*ctxs[1:], ctxs[0]]:
+        result = engine.converge(ctx, forward=forward, restore_backup=restore_backup)
+        if result is not None:
+            outcomes.append((ctx, result))
+    if not outcomes:
+        return None
+    last = outcomes[-1][1]
+    return replace(last, hosts=tuple({"host": ctx.host.name, "outcome": result.outcome, "previous_commit": result.previous_commit,
+                                      "recovery": result.recovery} for ctx, result in outcomes))

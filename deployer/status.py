@@ -870,6 +870,41 @@ def history(cfg_or_path: Config | str | Path | None, env: str, *, limit: int | N
     return History(environment=env, host=host.name, total=len(records), entries=entries)
 
 
+@dataclass(frozen=True)
+class FleetHistory:
+    """The journals of an environment's several hosts (each host keeps its own, under the
+    release ids they share), and where their newest records differ."""
+
+    environment: str
+    hosts: tuple[History, ...]  # the primary first
+    disagreements: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "environment": self.environment, "hosts": [h.to_dict() for h in self.hosts],
+                "agree": not self.disagreements, "disagreements": list(self.disagreements)}
+
+
+def fleet_history(cfg_or_path: Config | str | Path | None, env: str, *, limit: int | None = None) -> FleetHistory:
+    """:func:`history` of every host of ``env``, read side by side."""
+    from deployer.hosts import connect
+
+    cfg = _load(cfg_or_path)
+    entries = cfg.environment(env).hosts
+
+    def one(entry: HostEntry) -> History:
+        return history(cfg, env, limit=limit, host=connect(entry.spec))
+
+    with ThreadPoolExecutor(max_workers=min(8, len(entries)), thread_name_prefix="history-host") as pool:
+        histories = tuple(pool.map(one, entries))
+    newest: dict[str, list[str]] = {}
+    for h in histories:
+        top = h.entries[0] if h.entries else None
+        newest.setdefault(f"{top.id} ({top.outcome})" if top else "nothing", []).append(h.host)
+    found = () if len(newest) < 2 else ("hosts disagree on their newest record: " + "; ".join(
+        f"{', '.join(hosts)}: {key}" for key, hosts in sorted(newest.items(), key=lambda item: -len(item[1]))),)
+    return FleetHistory(env, histories, found)
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -999,4 +1034,13 @@ def render_fleet(fleet: FleetStatus, now: datetime | None = None) -> str:
         lines += [f"  ! {line}" for line in fleet.disagreements]
     else:
         lines.append(f"  the {count} hosts agree: same code, same checkout, same last release")
+    return "\n".join(lines)
+
+
+def render_fleet_history(fleet: FleetHistory) -> str:
+    """Each host's history, then where their newest records differ (pure)."""
+    lines: list[str] = []
+    for h in fleet.hosts:
+        lines += [render_history(h), ""]
+    lines += [f"  ! {line}" for line in fleet.disagreements] or [f"  the {len(fleet.hosts)} hosts agree on their newest record"]
     return "\n".join(lines)

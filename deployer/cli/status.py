@@ -82,5 +82,7 @@ def history_cmd(
     journal = api.history(env, config_path=config, limit=limit)
     if as_json:
         emit(journal.to_dict())
+    elif isinstance(journal, status_mod.FleetHistory):
+        typer.echo(status_mod.render_fleet_history(journal))
     else:
         typer.echo(status_mod.render_history(journal))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from tests.bench.cli import envelope
 from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, add_migration
 from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE, free_port
+from tests.bench.faults import Background
 from tests.bench.gitrepos import git, make_origin
 from tests.bench.machines import Machine
 from tests.bench.sshd import SSHBench
@@ -126,8 +128,11 @@ class Fleet:
         env.update({"HOME": str(self.home), "RECIPES_DB_PASSWORD": self.password, "GIT_CONFIG_NOSYSTEM": "1"})
         return env
 
+    def deployer_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "deployer", *args]
+
     def deployer(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "deployer", *args], cwd=self.laptop, env=self.environ(),
+        return subprocess.run(self.deployer_argv(*args), cwd=self.laptop, env=self.environ(),
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
     def commit(self, files: dict[str, str], message: str) -> str:
@@ -368,6 +373,9 @@ def test_status_shows_each_host_and_when_they_disagree(fleet: Fleet) -> None:
     finally:
         git("-C", checkout, "checkout", "-q", before or "main")
     assert fleet.deployer("status", "production").returncode == 0
+    history = envelope(fleet.deployer("history", "production", "--json").stdout)["result"]
+    assert [h["host"] for h in history["hosts"]] == ["m1", "m2", "m3"] and history["agree"]
+    assert len({h["entries"][0]["id"] for h in history["hosts"]}) == 1
 
 
 def test_an_unreachable_host_refuses_the_release_before_anything_changes(fleet: Fleet) -> None:
@@ -388,13 +396,47 @@ def test_an_unreachable_host_refuses_the_release_before_anything_changes(fleet: 
         assert not (machine.srv / "app.deployer" / "run.json").exists()
 
 
+def test_a_run_killed_mid_rollout_is_converged_on_every_host(fleet: Fleet) -> None:
+    heads = {m.name: fleet.head(m) for m in fleet.machines}
+    images = {m.name: fleet.images(m) for m in fleet.machines}
+    revision_before = fleet.revision()
+    files = add_migration("f1ee7a000003", revision_before[0], "a column for the killed run",
+                          ['op.add_column("users", sa.Column("killed_run", sa.String(40)))'],
+                          ['op.drop_column("users", "killed_run")'])
+    fleet.commit(files, "a release killed after its first batch")
+    run = Background(fleet, ("release", "production", "--yes"))  # type: ignore[arg-type]
+    run.wait_line(r"^\[m2\] > swap", timeout=600)  # m1 runs the new code on the new schema; m3 the old code
+    run.kill()
+    assert run.finish() == -signal.SIGKILL
+    assert fleet.revision() == ("f1ee7a000003",)
+    shown = fleet.deployer("status", "production")
+    assert shown.returncode == 16, shown.stdout + shown.stderr  # interrupted, and it says how to converge
+    assert "deployer recover production" in shown.stdout
+
+    recovered = fleet.deployer("recover", "production", "--json")
+    assert recovered.returncode == 0, recovered.stdout[-2000:] + recovered.stderr[-5000:]
+    assert {h["host"] for h in result_of(recovered.stdout)["hosts"]} == {"m1", "m2", "m3"}
+    assert {m.name: fleet.head(m) for m in fleet.machines} == heads
+    assert fleet.revision() == revision_before
+    for machine in fleet.machines:
+        assert fleet.images(machine) == images[machine.name], machine.name
+        status, body = fleet.get(machine)
+        assert status == 200 and json.loads(body)["revision"] == revision_before[0], (machine.name, body)
+        assert not (machine.srv / "app.deployer" / "run.json").exists(), machine.name
+    shown = fleet.deployer("status", "production", "--json")
+    report = envelope(shown.stdout)["result"]
+    assert all(h["verdict"] == "up to date" and not h["interrupted"] for h in report["hosts"]), report
+    assert report["agree"], report["disagreements"]
+
+
 def test_one_host_failing_its_health_check_puts_all_three_back(fleet: Fleet) -> None:
     third = fleet.machines[2]
     heads = {m.name: fleet.head(m) for m in fleet.machines}
     images = {m.name: fleet.images(m) for m in fleet.machines}
     revision_before = fleet.revision()
     users_before = fleet.sql("SELECT count(*) FROM users")
-    files = add_migration("f1ee7a000002", revision_before[0], "a column",
+    # On top of the killed run's migration, which the code has and the database does not.
+    files = add_migration("f1ee7a000002", "f1ee7a000003", "a column",
                           ['op.add_column("users", sa.Column("nickname", sa.String(40)))'],
                           ['op.drop_column("users", "nickname")'])
     files["example/wsgi.py"] = HEALTH_BROKEN_WSGI
