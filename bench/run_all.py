@@ -28,6 +28,7 @@ SCRIPTS = (
     ("release_overhead", ["--runs", "3"], ["--runs", "1"]),
     ("status_latency", [], []),  # its own defaults (it takes STATUS_BENCH_RUNS from the environment)
     ("backup_throughput", [], ["--rows", "100000"]),
+    ("many_hosts", ["--runs", "3"], ["--runs", "1"]),
 )
 
 

@@ -596,6 +596,8 @@ def read_status(
     checked_at = datetime.now(UTC).isoformat(timespec="seconds")
     cfg = _load(cfg_or_path)
     environment = cfg.environment(env)
+    if entry is None and environment.many_hosts:
+        entry = environment.hosts[0]  # one host's report: the primary's
     if entry is not None:
         environment = environment.on(entry)
     branch = environment.branch or cfg.app.branch

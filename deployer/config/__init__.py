@@ -630,7 +630,9 @@ def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
         hosts = _host_entries(raw)
         environments[name] = Environment(**{
             **raw.model_dump(), "name": name, "host": hosts[0].spec, "hosts": hosts,
-            "rollout": Rollout(**raw.rollout.model_dump()), "env": MappingProxyType(dict(raw.env)),
+            "rollout": Rollout(**raw.rollout.model_dump()),
+            # One host: its own variables are the environment's (several: each host's, see Environment.on).
+            "env": MappingProxyType({**raw.env, **(hosts[0].env if len(hosts) == 1 else {})}),
             "state_dir": state_dir, "backup_dir": raw.backup_dir or posixpath.join(state_dir, "backups"),
             "branch": raw.branch or app.branch,
             "healthcheck_command": None if command is None else tuple(shlex.split(command) if isinstance(command, str) else command),

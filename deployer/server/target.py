@@ -170,12 +170,14 @@ def override_texts(target: Target, config: compose_cmds.ComposeConfig) -> dict[s
 
 def open_target(config: Config, env_name: str, *, host: Host | None = None, probe_compose: bool = True,
                 entry: HostEntry | None = None) -> Target:
-    """Connect to the environment's host (``entry``: that one of its hosts) and (unless told
-    not to) probe its compose flavour.
+    """Connect to the environment's host (``entry``: that one of its hosts; by default the
+    primary) and (unless told not to) probe its compose flavour.
 
     Writes nothing on the host.
     """
     env = config.environment(env_name)
+    if entry is None and env.many_hosts:
+        entry = env.hosts[0]  # a command of one host (backups, lock, migrations) acts on the primary
     if entry is not None:
         env = env.on(entry)
     host = host or connect(env.host)

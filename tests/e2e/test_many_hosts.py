@@ -16,12 +16,8 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,64 +27,11 @@ from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, add_migration
 from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE, free_port
 from tests.bench.faults import Background
+from tests.bench.fleet import COMPOSE, Fleet, deploy_toml, ssh_home
 from tests.bench.gitrepos import git, make_origin
-from tests.bench.machines import Machine
 from tests.bench.sshd import SSHBench
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("many-hosts")]
-
-APP = "fleetapp"
-PATH = "/srv/app"
-
-# The example's production stack, with the two things several hosts need: the web service
-# finds its database at DATABASE_HOST (the primary's address, on the other hosts) and the
-# primary publishes the database on its own address (DB_BIND). The web port is published on
-# every address of its machine; HEALTH_BROKEN lets one host's health check fail.
-COMPOSE = """\
-services:
-  web:
-    build:
-      context: ./example
-      args:
-        PYTHON_IMAGE: ${PYTHON_IMAGE}
-        APP_VERSION: ${APP_VERSION:-dev}
-    image: ${WEB_IMAGE}:${WEB_IMAGE_TAG:-latest}
-    environment:
-      DATABASE_URL: postgresql://recipes:${RECIPES_DB_PASSWORD:?set it}@${DATABASE_HOST:-db}:5432/recipes
-      HEALTH_BROKEN: ${HEALTH_BROKEN:-}
-    ports:
-      - "${WEB_PORT}:8000"
-    depends_on:
-      db:
-        condition: service_healthy
-    healthcheck:
-      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
-      interval: 5s
-      timeout: 5s
-      retries: 3
-      start_period: 30s
-    restart: unless-stopped
-  db:
-    image: ${POSTGRES_IMAGE}
-    environment:
-      POSTGRES_USER: recipes
-      POSTGRES_DB: recipes
-      POSTGRES_PASSWORD: ${RECIPES_DB_PASSWORD:?set it}
-    ports:
-      - "${DB_BIND:-127.0.0.1}:5432:5432"
-    volumes:
-      - dbdata:/var/lib/postgresql/data
-    healthcheck:
-      test: ["CMD-SHELL", "pg_isready -h 127.0.0.1 -U recipes -d recipes"]
-      interval: 3s
-      timeout: 5s
-      retries: 10
-      start_period: 30s
-    restart: unless-stopped
-
-volumes:
-  dbdata:
-"""
 
 # A release whose /health fails on the host that sets HEALTH_BROKEN (and nowhere else).
 HEALTH_BROKEN_WSGI = '''"""WSGI entry point; /health fails where HEALTH_BROKEN is set."""
@@ -109,134 +52,6 @@ def _broken_here():
 '''
 
 
-@dataclass
-class Fleet:
-    machines: list[Machine]
-    laptop: Path
-    home: Path
-    password: str
-    web_port: int
-
-    @property
-    def primary(self) -> Machine:
-        return self.machines[0]
-
-    def environ(self) -> dict[str, str]:
-        import os
-
-        env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "DEPLOYER_CONFIG")}
-        env.update({"HOME": str(self.home), "RECIPES_DB_PASSWORD": self.password, "GIT_CONFIG_NOSYSTEM": "1"})
-        return env
-
-    def deployer_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "deployer", *args]
-
-    def deployer(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.deployer_argv(*args), cwd=self.laptop, env=self.environ(),
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-
-    def commit(self, files: dict[str, str], message: str) -> str:
-        for path, text in files.items():
-            (self.laptop / path).parent.mkdir(parents=True, exist_ok=True)
-            (self.laptop / path).write_text(text)
-        git("add", "-A", cwd=self.laptop)
-        git("commit", "-q", "-m", message, cwd=self.laptop)
-        git("push", "-q", "origin", "HEAD:main", cwd=self.laptop)
-        return git("rev-parse", "HEAD", cwd=self.laptop).strip()
-
-    # -- what a user checks
-    def head(self, machine: Machine) -> str | None:
-        checkout = machine.srv / "app"
-        if not (checkout / ".git").exists():
-            return None
-        return git("-C", str(checkout), "rev-parse", "HEAD").strip()
-
-    def journal(self, machine: Machine) -> list[dict]:
-        path = machine.srv / "app.deployer" / "journal.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-    def get(self, machine: Machine, path: str = "/health") -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{machine.address}:{self.web_port}{path}", timeout=5) as response:  # noqa: S310
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode(errors="replace")
-
-    def post_user(self, machine: Machine, email: str) -> int:
-        request = urllib.request.Request(  # noqa: S310 - a bench machine's address
-            f"http://{machine.address}:{self.web_port}/api/users", method="POST",
-            data=json.dumps({"email": email, "name": "n"}).encode(), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status
-
-    def sql(self, statement: str) -> list[tuple]:
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(f"postgresql+psycopg2://recipes:{self.password}@{self.primary.address}:5432/recipes")
-        try:
-            with engine.begin() as connection:
-                result = connection.execute(text(statement))
-                return [tuple(row) for row in result] if result.returns_rows else []
-        finally:
-            engine.dispose()
-
-    def revision(self) -> tuple[str, ...]:
-        return tuple(sorted(r[0] for r in self.sql("SELECT version_num FROM alembic_version")))
-
-    def containers(self, machine: Machine) -> list[str]:
-        out = machine.docker("ps", "-a", "--filter", f"label=com.docker.compose.project={APP}",
-                             "--format", "{{.Label \"com.docker.compose.service\"}}").stdout
-        return sorted(out.split())
-
-    def images(self, machine: Machine) -> dict[str, str]:
-        """service -> image id of the project's running containers."""
-        rows = {}
-        for line in machine.docker("ps", "--filter", f"label=com.docker.compose.project={APP}", "--format",
-                                   "{{.Label \"com.docker.compose.service\"}} {{.Image}}").stdout.splitlines():
-            service, _, image = line.partition(" ")
-            rows[service] = machine.docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
-        return rows
-
-
-def deploy_toml(fleet: Fleet, *, broken_host: str | None = None) -> str:
-    primary = fleet.primary.address
-    entries = []
-    for number, machine in enumerate(fleet.machines, start=1):
-        env = {"DB_BIND": primary} if number == 1 else {"DATABASE_HOST": primary}
-        if machine.name == broken_host:
-            env["HEALTH_BROKEN"] = "1"
-        shown = ", ".join(f'{k} = "{v}"' for k, v in env.items())
-        entries.append(f'  {{host = "{machine.name}", {"primary = true, " if number == 1 else ""}env = {{{shown}}}}},')
-    hosts = "\n".join(entries)
-    return f"""\
-[app]
-name = "{APP}"
-compose_file = "docker-compose.prod.yml"
-web_service = "web"
-db_service = "db"
-migrations_dir = "example/migrations"
-migrate_command = "flask db upgrade"
-migrate_timeout = 180
-branch = "main"
-
-[environments.production]
-hosts = [
-{hosts}
-]
-rollout = {{batch = 1, pause = 1}}
-path = "{PATH}"
-healthcheck_url = "http://127.0.0.1:{fleet.web_port}/health"
-health_timeout = 40
-
-[environments.production.env]
-RECIPES_DB_PASSWORD = "${{RECIPES_DB_PASSWORD}}"
-WEB_PORT = "{fleet.web_port}"
-WEB_IMAGE = "{APP}-web"
-PYTHON_IMAGE = "{PYTHON_IMAGE}"
-POSTGRES_IMAGE = "{POSTGRES_IMAGE}"
-"""
-
-
 @pytest.fixture(scope="module")
 def fleet(machine_factory, sshd: SSHBench) -> Iterator[Fleet]:  # noqa: ANN001
     machines = machine_factory(3)
@@ -245,15 +60,7 @@ def fleet(machine_factory, sshd: SSHBench) -> Iterator[Fleet]:  # noqa: ANN001
     base = Path(tempfile.mkdtemp(prefix="deployer-e2e-fleet-"))
     origin = make_origin(base / "origin", {"docker-compose.prod.yml": COMPOSE})
     laptop = origin.clone(base / "laptop")
-    home = base / "home"
-    (home / ".ssh").mkdir(parents=True, mode=0o700)
-    key = home / ".ssh" / "id_ed25519"
-    shutil.copyfile(sshd.key_path, key)
-    key.chmod(0o600)
-    known = machines[0].root.parent / "known_hosts"
-    (home / ".ssh" / "config").write_text("".join(
-        f"Host {m.name}\n    HostName {m.address}\n    User root\n    IdentityFile {key}\n"
-        f"    UserKnownHostsFile {known}\n    IdentitiesOnly yes\n" for m in machines))
+    home = ssh_home(base, machines, sshd.key_path)
     made = Fleet(machines, laptop, home, "pw-" + secrets.token_hex(8), free_port())
     made.commit({"deploy.toml": deploy_toml(made)}, "deploy to three hosts")
     try:

@@ -112,3 +112,10 @@ def test_a_host_changed_by_hand_is_named() -> None:
         "hosts disagree on what they last journaled: m1, m2: r2; m3: r1",
     ]
     assert "  ! hosts disagree on what they run" in render_fleet(FleetStatus("production", tuple(reports), tuple(found), 15, 0.3))
+
+
+def test_one_host_in_hosts_takes_its_variables(tmp_path: Path) -> None:
+    (tmp_path / "deploy.toml").write_text(edit('host = "deploy@203.0.113.10"\n',
+                                               'hosts = [{host = "deploy@203.0.113.10", env = {DB_BIND = "10.0.0.5"}}]\n'))
+    env = load_config(cwd=tmp_path, environ={}).environment("production")
+    assert not env.many_hosts and env.env == {"WEB_PORT": "8000", "DB_BIND": "10.0.0.5"}
