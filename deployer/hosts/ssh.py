@@ -70,6 +70,8 @@ from deployer.hosts.sshshell import LOOP, STDIN_LIMIT, CommandShell, ShellGone, 
 # OpenSSH allows 10 sessions per connection by default (MaxSessions); two stay free so
 # that a command can always be signalled over a channel of its own.
 _MAX_CONCURRENT_COMMANDS = 8
+# A channel the server refused (its session limit) is asked for again after these pauses.
+_REFUSED_CHANNEL_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)
 # Command shells kept open between commands (each holds a session slot while idle).
 _IDLE_SHELLS = 2
 # After asking the server to SIGTERM a timed-out command, how long before SIGKILL.
@@ -180,20 +182,31 @@ class SSHHost:
         connection = self._connection
         if not connection.is_active():
             raise self._lost(connection=connection)
-        try:
-            channel = connection.transport.open_session(
-                window_size=WINDOW_SIZE,
-                max_packet_size=MAX_PACKET_SIZE,
-                timeout=self.target.connect_timeout,
-            )
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            if connection.is_active():
-                raise HostError(
-                    f"{self.target.label} refused to open a command channel: {exc}",
-                    hint="the server's sshd may limit sessions per connection (MaxSessions)",
-                ) from exc
-            raise self._lost(exc, connection) from exc
-        return channel, connection
+        for delay in (*_REFUSED_CHANNEL_RETRIES, None):
+            try:
+                channel = connection.transport.open_session(
+                    window_size=WINDOW_SIZE,
+                    max_packet_size=MAX_PACKET_SIZE,
+                    timeout=self.target.connect_timeout,
+                )
+                return channel, connection
+            except paramiko.ChannelException as exc:
+                # sshd counts a session until it has processed its close, which it does
+                # after we released our slot: a refusal right after a command ended is
+                # asked again, briefly, before it counts as the server's limit.
+                if delay is None or not connection.is_active():
+                    error: BaseException = exc
+                    break
+                time.sleep(delay)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                error = exc
+                break
+        if connection.is_active():
+            raise HostError(
+                f"{self.target.label} refused to open a command channel: {error}",
+                hint="the server's sshd may limit sessions per connection (MaxSessions)",
+            ) from error
+        raise self._lost(error, connection) from error
 
     def _ended_by_lost_connection(
         self, channel: paramiko.Channel, connection: Connection

@@ -466,3 +466,24 @@ def test_sshd_factory_passes_extra_config_lines(sshd_factory: SSHDFactory, ssh_h
         shown = host.run(["sh", "-c", 'echo "$DEPLOYER_BENCH_SETENV"'], check=True)
         assert shown.stdout == "from-sshd\n"
     assert "Accepted publickey" in server.log()
+
+
+def test_a_server_that_allows_fewer_sessions(sshd_factory: SSHDFactory, ssh_home: SSHHome) -> None:
+    # MaxSessions 2 (below the eight deployer allows itself): commands one after another go
+    # on working; two long commands at once take both sessions, and a third, refused still
+    # after the brief retries a session the server is closing gets, names the limit.
+    server = sshd_factory(extra=["MaxSessions 2"], sftp=False)
+    with connect(server.spec, known_hosts_path=server.known_hosts, ssh_config_path=os.devnull) as host:
+        for n in range(20):
+            assert host.run(["echo", str(n)], check=True).stdout == f"{n}\n"
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = [pool.submit(host.run, ["sleep", "4"]) for _ in range(3)]
+            outcomes = []
+            for future in futures:
+                try:
+                    outcomes.append(future.result().exit_code)
+                except HostError as error:
+                    outcomes.append(error.message + " | " + (error.hint or ""))
+    refused = [o for o in outcomes if isinstance(o, str)]
+    assert len(refused) >= 1 and outcomes.count(0) >= 1, outcomes
+    assert all("refused to open a command channel" in o and "MaxSessions" in o for o in refused), refused
