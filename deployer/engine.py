@@ -12,7 +12,7 @@ from the same generators; keep the write-ahead step log; journal the outcome; re
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -481,29 +481,36 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
 
 def plan(ctx: Context, book: Playbook) -> Plan:
     """Preflight for real, then every later step's actions, listed and not performed."""
-    from deployer.actions import Skip
-    from deployer.steps.lock import intent
-
     ctx.planning = True
     ctx.scratch["steps"] = tuple((step.label, step.name) for step in book.steps)
     ctx.scratch["playbook"] = book.name
     planned: list[PlannedStep] = []
     for step in book.steps:
-        before = len(ctx.trace)
-        note = ""
-        try:
-            detail = drive(ctx, step.label, step_kind(step.name).run(ctx, step)) or ""
-            if step.name in ("preflight", "rollback_preflight"):
-                note = "read-only: " + detail
-        except Skip as skipped:
-            note = f"skipped: {skipped}"
-        if step.name == "lock" and ctx.record is None and ctx.facts is not None:
-            ctx.record = intent(ctx, ctx.scratch["steps"])
-        commands = tuple(text for _, text in ctx.trace[before:])
-        planned.append(PlannedStep(step=step.name, label=step.label, commands=commands, note=note))
+        planned.append(plan_step(ctx, step))
         if ctx.scratch.get("unchanged") and ctx.record is None:
             break  # what the run would do: stop here, with nothing to do
     return plan_summary(ctx, book, planned)
+
+
+def plan_step(ctx: Context, step: Step, preflight: Callable[[], str] | None = None) -> PlannedStep:
+    """One step of a dry run: its actions listed (reads performed), none of its changes.
+    ``preflight``: what reads this host's facts instead of the step's own body (a host of
+    several that is not the primary)."""
+    from deployer.actions import Skip
+    from deployer.steps.lock import intent
+
+    before = len(ctx.trace)
+    note = ""
+    try:
+        detail = preflight() if preflight is not None else drive(ctx, step.label, step_kind(step.name).run(ctx, step)) or ""
+        if step.name in ("preflight", "rollback_preflight"):
+            note = "read-only: " + detail
+    except Skip as skipped:
+        note = f"skipped: {skipped}"
+    if step.name == "lock" and ctx.record is None and ctx.facts is not None:
+        ctx.record = intent(ctx, ctx.scratch["steps"])
+    commands = tuple(text for _, text in ctx.trace[before:])
+    return PlannedStep(step=step.name, label=step.label, commands=commands, note=note)
 
 
 def plan_summary(ctx: Context, book: Playbook, planned: list[PlannedStep]) -> Plan:

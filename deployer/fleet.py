@@ -268,26 +268,12 @@ def plan(ctxs: Sequence[Context], book: Playbook) -> engine.Plan:
 
 
 def _plan_step(ctxs: Sequence[Context], index: int, step: Step) -> engine.PlannedStep:
-    from deployer.actions import Skip
-    from deployer.steps.lock import intent
     from deployer.steps.preflight import member_preflight
 
     ctx = ctxs[index]
-    before = len(ctx.trace)
-    note = ""
-    try:
-        if step.name in PREFLIGHTS and index > 0:
-            note = "read-only: " + member_preflight(ctx, ctxs[0])
-        else:
-            detail = engine.drive(ctx, step.label, step_kind(step.name).run(ctx, step)) or ""
-            if step.name in PREFLIGHTS:
-                note = "read-only: " + detail
-    except Skip as skipped:
-        note = f"skipped: {skipped}"
-    if step.name == "lock" and ctx.record is None and ctx.facts is not None:
-        ctx.record = intent(ctx, ctx.scratch["steps"])
-    commands = tuple(text for _, text in ctx.trace[before:])
-    return engine.PlannedStep(step=step.name, label=f"{step.label} [{ctx.host.name}]", commands=commands, note=note)
+    member = (lambda: member_preflight(ctx, ctxs[0])) if step.name in PREFLIGHTS and index > 0 else None
+    planned = engine.plan_step(ctx, step, member)
+    return replace(planned, label=f"{step.label} [{ctx.host.name}]")
 
 
 # --------------------------------------------------------------------------- interrupted runs

@@ -444,13 +444,12 @@ def _import_database() -> None:
 
 def _target(cfg: Config, env_name: str, host: Host, entry: HostEntry | None = None) -> Target:
     """A Target without probing compose: status runs no compose command it can avoid."""
-    from deployer.server.target import Target, make_compose
+    from deployer.server.target import Target, make_compose, runs_some
 
     env = cfg.environment(env_name)
     if entry is not None:
         env = env.on(entry)
-    target = Target(config=cfg, env=env, host=host, compose=make_compose(cfg, env), entry=entry)
-    return Target(config=cfg, env=env, host=host, compose=make_compose(cfg, env, partial=target.partial), entry=entry)
+    return Target(config=cfg, env=env, host=host, compose=make_compose(cfg, env, partial=runs_some(entry)), entry=entry)
 
 
 @dataclass(frozen=True)

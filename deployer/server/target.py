@@ -53,7 +53,7 @@ class Target:
     @property
     def partial(self) -> bool:
         """This host runs only some of the compose services (see :func:`services_here`)."""
-        return self.entry is not None and not (self.entry.primary and not self.entry.roles)
+        return runs_some(self.entry)
 
     def services_here(self, services: Iterable[str]) -> tuple[str, ...]:
         """Which of the compose ``services`` run on this host: all on a single host and on a
@@ -107,6 +107,12 @@ def _engine_answers(host: Host) -> bool:
         return bool((host.engine().get("/version") or {}).get("Version"))
     except EngineUnavailable:
         return False
+
+
+def runs_some(entry: HostEntry | None) -> bool:
+    """Whether a host of several runs only some of the compose services: any but a primary
+    without roles."""
+    return entry is not None and not (entry.primary and not entry.roles)
 
 
 def make_compose(config: Config, env: Environment, program: tuple[str, ...] = compose_cmds.V2,
@@ -186,11 +192,8 @@ def open_target(config: Config, env_name: str, *, host: Host | None = None, prob
     except BaseException:
         host.close()
         raise
-    target = Target(config=config, env=env, host=host, compose=make_compose(config, env, program), entry=entry)
-    if target.partial:
-        target = Target(config=config, env=env, host=host, compose=make_compose(config, env, program, partial=True),
-                        entry=entry)
-    return target
+    compose = make_compose(config, env, program, partial=runs_some(entry))
+    return Target(config=config, env=env, host=host, compose=compose, entry=entry)
 
 
 def open_targets(config: Config, env_name: str) -> list[Target]:

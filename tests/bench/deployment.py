@@ -215,16 +215,11 @@ class Deployment:
             subprocess.run(["docker", "rmi", "-f", *sorted(set(images))], capture_output=True)
 
 
-def deploy_toml(d: Deployment, *, health_timeout: int = 60) -> str:
-    host = "bench" if d.kind == "ssh" else "local"
-    proxy = f"""
-[environments.{d.env_name}.proxy]
-image = "{HAPROXY_IMAGE}"
-pause_timeout = {PAUSE_TIMEOUT}
-""" if d.proxy else ""
+def app_table(name: str) -> str:
+    """deploy.toml's ``[app]`` table for the example app named ``name``."""
     return f"""\
 [app]
-name = "{d.name}"
+name = "{name}"
 compose_file = "docker-compose.prod.yml"
 web_service = "web"
 db_service = "db"
@@ -232,7 +227,17 @@ migrations_dir = "example/migrations"
 migrate_command = "flask db upgrade"
 migrate_timeout = 180
 branch = "main"
+"""
 
+
+def deploy_toml(d: Deployment, *, health_timeout: int = 60) -> str:
+    host = "bench" if d.kind == "ssh" else "local"
+    proxy = f"""
+[environments.{d.env_name}.proxy]
+image = "{HAPROXY_IMAGE}"
+pause_timeout = {PAUSE_TIMEOUT}
+""" if d.proxy else ""
+    return app_table(d.name) + f"""
 [environments.{d.env_name}]
 host = "{host}"
 path = "{d.server_path}"

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.bench.deployment import app_table
 from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE
 from tests.bench.gitrepos import git
 from tests.bench.machines import Machine
@@ -181,18 +182,7 @@ def deploy_toml(fleet: Fleet, *, broken_host: str | None = None,
     envs = environments or {"production": fleet.machines}
     tables = "".join(environment_toml(name, machines, fleet.web_port, broken_host=broken_host, rollout=rollout)
                      for name, machines in envs.items())
-    return f"""\
-[app]
-name = "{APP}"
-compose_file = "docker-compose.prod.yml"
-web_service = "web"
-db_service = "db"
-migrations_dir = "example/migrations"
-migrate_command = "flask db upgrade"
-migrate_timeout = 180
-branch = "main"
-
-{tables}"""
+    return app_table(APP) + "\n" + tables
 
 
 def environment_toml(name: str, machines: Sequence[Machine], web_port: int, *, broken_host: str | None = None,

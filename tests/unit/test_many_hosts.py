@@ -9,7 +9,7 @@ import yaml
 
 from deployer.commands.compose import ComposeConfig, ServiceConfig
 from deployer.config import load_config, show_config
-from deployer.server.target import ELSEWHERE_PROFILE, Target, host_override_text, make_compose
+from deployer.server.target import ELSEWHERE_PROFILE, Target, host_override_text, make_compose, runs_some
 from deployer.status import (
     CodeState,
     FleetStatus,
@@ -39,8 +39,7 @@ def target(cfg, index: int) -> Target:  # noqa: ANN001
     env = cfg.environment("production")
     entry = env.hosts[index]
     mine = env.on(entry)
-    partial = Target(cfg, mine, None, make_compose(cfg, mine), entry).partial  # type: ignore[arg-type]
-    return Target(cfg, mine, None, make_compose(cfg, mine, partial=partial), entry)  # type: ignore[arg-type]
+    return Target(cfg, mine, None, make_compose(cfg, mine, partial=runs_some(entry)), entry)  # type: ignore[arg-type]
 
 
 STACK = ComposeConfig(services={
