@@ -95,10 +95,14 @@ def test_streams_lines_as_they_come(remote: SSHHost) -> None:
 
 
 def test_a_timed_out_command_is_killed_and_the_next_one_runs(remote: SSHHost, tmp_path) -> None:  # noqa: ANN001
+    # The command would leave its mark 5 s in; it times out after 1 s. The margin between
+    # the two is for the kill to arrive on a loaded machine (a new channel, then kill(1)),
+    # not a stopwatch: a command that is not killed always leaves the mark.
     marker = tmp_path / "still-running"
+    started = time.monotonic()
     with pytest.raises(CommandError, match="timed out"):
-        remote.run(["sh", "-c", f"sleep 1.5; touch {marker}; sleep 30"], timeout=1)
-    time.sleep(1)
+        remote.run(["sh", "-c", f"sleep 5; touch {marker}; sleep 30"], timeout=1)
+    time.sleep(max(0.0, started + 6.5 - time.monotonic()))
     assert not marker.exists()  # the command was killed with its shell
     assert remote.run(["echo", "next"], check=True).stdout == "next\n"
 
