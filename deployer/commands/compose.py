@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 V2: tuple[str, ...] = ("docker", "compose")
 V1: tuple[str, ...] = ("docker-compose",)
@@ -202,6 +203,9 @@ class ComposeConfig:
 
     services: Mapping[str, ServiceConfig]
     volumes: Mapping[str, str] = field(default_factory=dict)  # key -> the docker volume's name
+    # The whole resolved document (a Swarm stack is rendered from it); kept out of repr and
+    # comparisons: it holds the resolved secrets.
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def build_contexts(self) -> dict[str, str]:
@@ -253,7 +257,7 @@ def parse_config(text: str, project: str) -> ComposeConfig:
         external = raw.get("external")
         default = str(key) if external else f"{project}_{key}"
         volumes[str(key)] = str(raw.get("name") or default)
-    return ComposeConfig(services=services, volumes=volumes)
+    return ComposeConfig(services=services, volumes=volumes, raw=data)
 
 
 def _ports(raw: object) -> tuple[PublishedPort, ...]:
@@ -271,3 +275,49 @@ def _ports(raw: object) -> tuple[PublishedPort, ...]:
                 ports.append(PublishedPort(int(parts[-1]), int(published) if published.isdigit() else None,
                                            parts[0] if len(parts) == 3 else ""))
     return tuple(ports)
+
+
+# Runs a command in the running task container of a Swarm service on this node: $1 the
+# service (<stack>_<name>), then KEY=VALUE variables, "--", and the command.
+_TASK_EXEC = (
+    'c=$(docker ps --quiet --filter "label=com.docker.swarm.service.name=$1" --filter status=running | head -n 1); '
+    '[ -n "$c" ] || { echo "no running task of $1 on this node" >&2; exit 125; }; shift; '
+    'variables=1; fresh=1; '
+    'for a in "$@"; do '
+    '[ "$fresh" = 1 ] && { set --; fresh=0; }; '
+    'if [ "$variables" = 1 ]; then '
+    'if [ "$a" = "--" ]; then variables=0; set -- "$@" "$c"; else set -- "$@" -e "$a"; fi; '
+    'else set -- "$@" "$a"; fi; '
+    'done; exec docker exec -i "$@"'
+)
+
+
+@dataclass(frozen=True)
+class SwarmProject(Compose):
+    """A compose project whose services run as a Swarm stack of the same name (see
+    :mod:`deployer.swarm.stack`): compose still resolves the file, builds the images and runs
+    one-off containers (on the stack's attachable networks, through deployer's override);
+    the services' containers are Swarm's tasks, reached here with the docker CLI."""
+
+    def service_name(self, service: str) -> str:
+        return f"{self.project}_{service}"
+
+    def exec(self, service: str, command: Sequence[str], *, env: Mapping[str, str] | None = None) -> list[str]:
+        """``command`` in the service's running task on this node (the db service runs on the primary)."""
+        variables = [f"{key}={value}" for key, value in (env or {}).items()]
+        return ["sh", "-c", _TASK_EXEC, "sh", self.service_name(service), *variables, "--", *command]
+
+    def stop(self, services: Sequence[str] = (), *, timeout: int | None = None) -> list[str]:
+        """Scale the services to 0 (their tasks stop; :meth:`start` undoes it)."""
+        return ["docker", "service", "scale", "--detach", *[f"{self.service_name(s)}=0" for s in services]]
+
+    def start(self, services: Sequence[str] = ()) -> list[str]:
+        """Undo :meth:`stop`: each service back to its spec before (``docker service rollback``)."""
+        script = 'for s in "$@"; do docker service rollback --detach "$s" >/dev/null || exit $?; done'
+        return ["sh", "-c", script, "sh", *[self.service_name(s) for s in services]]
+
+    def rm(self, services: Sequence[str], *, stop: bool = False) -> list[str]:
+        return ["docker", "service", "rm", *[self.service_name(s) for s in services]]
+
+    def up(self, services: Sequence[str] = (), **_: object) -> list[str]:
+        raise NotImplementedError("on Swarm the stack is deployed (deployer.swarm), not brought up by compose")

@@ -148,10 +148,24 @@ class Environment:
     # Every host, the primary first (``host`` is the primary's); one entry for ``host = ...``.
     hosts: tuple[HostEntry, ...] = ()
     rollout: Rollout = field(default_factory=Rollout)
+    # What runs the services: docker compose on each host, or Docker Swarm across the hosts
+    # (the nodes of one swarm; the primary a manager). See docs/swarm.md.
+    engine: Literal["compose", "swarm"] = "compose"
 
     @property
     def many_hosts(self) -> bool:
-        return len(self.hosts) > 1
+        """Several hosts, each running its services with compose (on Swarm the hosts are the
+        nodes of one swarm, and commands act on the primary, a manager: see :attr:`swarm`)."""
+        return len(self.hosts) > 1 and not self.swarm
+
+    @property
+    def swarm(self) -> bool:
+        return self.engine == "swarm"
+
+    @property
+    def nodes(self) -> tuple[HostEntry, ...]:
+        """On Swarm, the hosts other than the primary: they receive the release's images."""
+        return self.hosts[1:] if self.swarm else ()
 
     def on(self, entry: HostEntry) -> Environment:
         """This environment as one of its hosts sees it: that host, its variables over the
@@ -266,7 +280,7 @@ def show_config(config: Config, env_name: str) -> dict[str, Any]:
     """
     environment = config.environment(env_name)
     body = {k: v for k, v in _plain(environment).items() if k != "name" and v is not None}
-    if environment.many_hosts:
+    if len(environment.hosts) > 1:
         del body["host"]  # the primary, which hosts shows first
     else:
         del body["hosts"], body["rollout"]
@@ -493,6 +507,8 @@ class _Environment(BaseModel):
     migration_policy: Literal["refuse", "confirm", "warn"] = Field(
         "confirm", description='"refuse", "confirm" or "warn" (what a migration that locks a big table does to a release)')
     lint_min_rows: int = Field(10_000, ge=0, description="an integer >= 0 (rows from which a table counts as big)")
+    engine: Literal["compose", "swarm"] = Field(
+        "compose", description='"compose" (docker compose on each host) or "swarm" (Docker Swarm across the hosts)')
 
     @field_validator("hosts", mode="before")
     @classmethod
@@ -516,6 +532,13 @@ class _Environment(BaseModel):
             raise ValueError(f"hosts: {', '.join(duplicates)} is listed twice")
         if sum(e.primary for e in entries) > 1:
             raise ValueError("hosts: more than one host is primary = true (one host takes the backup and migrates)")
+        if self.engine == "swarm":
+            if any(e.roles for e in entries):
+                raise ValueError('hosts: roles are for engine = "compose"; on Swarm the stack\'s placement '
+                                 "(deploy.placement in the compose file) says where services run")
+            if any(e.env for e in entries):
+                raise ValueError('hosts: a host\'s own env is for engine = "compose"; on Swarm one stack '
+                                 "configuration serves every node: put the variables in env")
         return self
 
 

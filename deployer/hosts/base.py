@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import IO, TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from deployer.errors import CommandError
 
@@ -142,6 +142,19 @@ class Host(Protocol):
         env: Mapping[str, str] | None = None,
     ) -> Process:
         """Start ``argv`` and return at once with a handle to talk to it (leases, supervisors)."""
+        ...
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: IO[bytes] | None = None,
+        sink: Callable[[bytes], None] | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run ``argv`` with ``stdin`` read from a file object as the command takes it, and
+        its output handed to ``sink`` as it comes (not kept: the result's stdout is empty),
+        for data too big to hold (an image on its way from one host to another)."""
         ...
 
     def reconnect(self) -> None:

@@ -153,6 +153,75 @@ class LocalHost:
         result = Result(words, exit_code, stdout, stderr, time.monotonic() - started)
         return result.check() if check else result
 
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: IO[bytes] | None = None,
+        sink: Callable[[bytes], None] | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run ``argv`` with ``stdin`` copied in from a thread and the output handed to
+        ``sink`` as it comes; see :class:`~deployer.hosts.base.Host`."""
+        words = check_argv(argv)
+        started = time.monotonic()
+        try:
+            process = subprocess.Popen(words, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise CommandError(f"cannot run {shlex.join(words)}: {exc.strerror or exc}") from exc
+        errors = bytearray()
+        failure: list[BaseException] = []
+
+        def feed() -> None:
+            assert process.stdin is not None and stdin is not None
+            try:
+                while chunk := stdin.read(_CHUNK):
+                    process.stdin.write(chunk)
+            except (BrokenPipeError, OSError):
+                pass  # the command stopped reading: its exit status says why
+            except Exception as exc:  # noqa: BLE001 - a read error of the source, re-raised below
+                failure.append(exc)
+            finally:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+
+        def drain_errors() -> None:
+            assert process.stderr is not None
+            while chunk := process.stderr.read(65536):
+                if len(errors) < _STDERR_TAIL_BYTES:
+                    errors.extend(chunk)
+
+        helpers = [threading.Thread(target=drain_errors, daemon=True)]
+        if stdin is not None:
+            helpers.append(threading.Thread(target=feed, daemon=True))
+        for helper in helpers:
+            helper.start()
+        deadline = None if timeout is None else started + timeout
+        assert process.stdout is not None
+        try:
+            while chunk := process.stdout.read1(_CHUNK):  # type: ignore[attr-defined]
+                if sink is not None:
+                    sink(chunk)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _Timeout
+                interrupts.check()
+            returncode = process.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except (_Timeout, subprocess.TimeoutExpired):
+            _kill_group(process)
+            assert timeout is not None
+            raise timeout_error(words, timeout, self.name, errors.decode("utf-8", "replace")) from None
+        except BaseException:
+            _kill_group(process)
+            raise
+        finally:
+            for helper in helpers:
+                helper.join(timeout=5.0)
+        if failure:
+            raise failure[0]
+        exit_code = 128 - returncode if returncode < 0 else returncode
+        return Result(words, exit_code, "", errors.decode("utf-8", "replace"), time.monotonic() - started)
+
     def start(
         self,
         argv: Sequence[str],

@@ -267,6 +267,34 @@ class SSHHost:
         result = Result(words, exit_code, stdout, stderr, time.monotonic() - started)
         return result.check() if check else result
 
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: IO[bytes] | None = None,
+        sink: Callable[[bytes], None] | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run ``argv`` in a session of its own, ``stdin`` streamed in from a thread and the
+        output handed to ``sink`` as it arrives; see :class:`~deployer.hosts.base.Host`."""
+        words = check_argv(argv)
+        errors = bytearray()
+
+        def keep_stderr(data: bytes) -> None:
+            if len(errors) < _STDERR_TAIL_BYTES:
+                errors.extend(data)
+
+        started = time.monotonic()
+        exit_code, timed_out = self._execute(
+            words, cwd=None, env=None, timeout=timeout, stdin=stdin if stdin is not None else io.BytesIO(b""),
+            stdin_size=None, on_stdout=sink or (lambda data: None), on_stderr=keep_stderr,
+        )
+        stderr = errors.decode("utf-8", "replace")
+        if timed_out:
+            assert timeout is not None
+            raise timeout_error(words, timeout, self.target.label, stderr)
+        return Result(words, exit_code, "", stderr, time.monotonic() - started)
+
     def _execute(
         self,
         words: tuple[str, ...],
