@@ -101,6 +101,75 @@ def render_config(settings: ProxySettings, servers: dict[str, tuple[str, int, st
     return "\n".join(lines) + "\n"
 
 
+# -- on Swarm ------------------------------------------------------------------------------
+
+# Docker's DNS inside every container of a user-defined network.
+DOCKER_DNS = "127.0.0.11:53"
+SWARM_SERVERS = 16  # slots for the web service's tasks (each its own address)
+
+
+def render_swarm_config(settings: ProxySettings, service: str, web_port: int, *, health_path: str | None = None,
+                        health_host: str | None = None) -> str:
+    """haproxy.cfg of the proxy service of a Swarm stack: the web service's tasks are found by
+    DNS (``tasks.SERVICE``, re-resolved every second) and health-checked every half second,
+    so a task that starts or stops joins or leaves without a switch. A refused connection (a
+    task on its way out closed its listener) is retried on another task. While no task
+    answers (pause mode scales the service to 0), the ``hold`` server — a backup that refuses
+    at once — keeps requests retrying, a second apart, until a task answers or the pause
+    bound passes."""
+    lines = [
+        "# Written by deployer: the proxy in front of the web service's tasks. Edits are",
+        "# overwritten at the next release.",
+        "global",
+        f"    stats socket ipv4@127.0.0.1:{ADMIN_PORT} level admin",
+        "    stats timeout 10s",
+        "",
+        "resolvers docker",
+        f"    nameserver docker {DOCKER_DNS}",
+        "    resolve_retries 3",
+        "    timeout resolve 250ms",
+        "    timeout retry 250ms",
+        "    hold valid 1s",
+        "    hold other 1s",
+        "    hold refused 1s",
+        "    hold nx 1s",
+        "    hold timeout 1s",
+        "    hold obsolete 1s",
+        "    accepted_payload_size 8192",
+        "",
+        "defaults",
+        "    mode http",
+        f"    timeout connect {CONNECT_TIMEOUT_SECONDS}s",
+        f"    timeout client {settings.client_timeout}s",
+        f"    timeout server {settings.server_timeout}s",
+        "    timeout http-request 10s",
+        "    timeout http-keep-alive 10s",
+        "    timeout check 2s",
+        f"    retries {settings.retries}",
+        "    option redispatch 1",
+        "    retry-on conn-failure empty-response",
+        "",
+        "frontend web",
+        f"    bind :{settings.listen_port}",
+        "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS",
+        f"    default_backend {BACKEND}",
+        "",
+        f"backend {BACKEND}",
+        "    balance roundrobin",
+    ]
+    if health_path:
+        lines.append("    option httpchk")
+        send = f"    http-check send meth GET uri {health_path} ver HTTP/1.1"
+        lines.append(send + (f" hdr Host {health_host}" if health_host else ""))
+        lines.append("    http-check expect status 200-399")
+    # Without a health path the check is a connection: a task that closed its listener is out.
+    check = " check inter 500ms fall 1 rise 1"
+    lines.append(f"    server-template task {SWARM_SERVERS} tasks.{service}:{web_port}{check} resolvers docker "
+                 "init-addr none resolve-prefer ipv4")
+    lines.append(f"    server hold {NOWHERE[0]}:{NOWHERE[1]} backup")
+    return "\n".join(lines) + "\n"
+
+
 # -- the runtime API ---------------------------------------------------------------------
 
 def set_address(slot: str, address: str, port: int) -> str:
