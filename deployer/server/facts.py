@@ -7,11 +7,14 @@ Every command that needs one of these (status, release, rollback, backups) asks 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from deployer.commands import docker as containers_cmds
+from deployer.commands import swarm as swarm_cmds
 from deployer.commands.compose import ComposeConfig, parse_config
 from deployer.db.url import POSTGRESQL, SQLITE, DatabaseLocation, locate
 from deployer.errors import ConfigError, DeployerError, HostError
@@ -61,7 +64,13 @@ def project_containers(host: Host, project: str) -> list[Container]:
     the engine cannot be reached that way (the CLI then names the real problem).
     """
     try:
-        return containers_cmds.parse_rows(host.engine().project_containers(project, oneoff=True))
+        engine = host.engine()
+        found = containers_cmds.parse_rows(engine.project_containers(project, oneoff=True))
+        if any(swarm_cmds.TASK_LABEL in c.labels for c in found):
+            gateway = swarm_cmds.parse_gateway((engine.get(f"/networks/{swarm_cmds.GATEWAY_NETWORK}", missing_ok=True)
+                                                or {}).get("Containers"))
+            found = _reachable(found, gateway)
+        return found
     except EngineUnavailable:
         pass
     result = host.run(containers_cmds.project_argv(project, oneoff=True), timeout=60)
@@ -71,7 +80,17 @@ def project_containers(host: Host, project: str) -> list[Container]:
             f"{(result.stderr or result.stdout).strip()[-300:]}",
             hint="the user deployer logs in as must be able to run `docker ps` (the docker group, or root)",
         )
-    return containers_cmds.parse_inspect(result.stdout)
+    found = containers_cmds.parse_inspect(result.stdout)
+    if any(swarm_cmds.TASK_LABEL in c.labels for c in found):
+        read = host.run(swarm_cmds.gateway_argv(), timeout=60)
+        found = _reachable(found, swarm_cmds.parse_gateway(json.loads(read.stdout or "{}") if read.ok else {}))
+    return found
+
+
+def _reachable(found: Sequence[Container], gateway: dict[str, str]) -> list[Container]:
+    """Swarm's task containers with their address on the node's gateway bridge first: the
+    host reaches that one (an overlay network's addresses are the swarm's own)."""
+    return [replace(c, ips=(gateway[c.id], *c.ips)) if c.id in gateway else c for c in found]
 
 
 def running(found: Sequence[Container], service: str) -> Container | None:

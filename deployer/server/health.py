@@ -258,7 +258,7 @@ def _wait_containers(
         return vouched and c.service == web and c.healthcheck_pending
 
     while True:
-        containers = project.service_containers(target)
+        containers = _current(project.service_containers(target))
         bad = [c for c in containers if not c.is_healthy and not stood_in(c)]
         if not bad and containers:
             break
@@ -272,7 +272,7 @@ def _wait_containers(
     youngest = min(_age(c.started_at) for c in containers)
     if youngest < settle:
         time.sleep(settle - youngest)
-    after = project.service_containers(target)
+    after = _current(project.service_containers(target))
     for container in after:
         if container.id not in restarts or container.restart_count != restarts[container.id] or container.state != "running":
             raise HealthError(
@@ -288,6 +288,14 @@ def _wait_containers(
     pending = sorted({c.service for c in after if stood_in(c)})
     unran = f" ({', '.join(pending)}: its Docker healthcheck had not run yet; the check above stood in)" if pending else ""
     return f"{len(after)} containers up for {settle:g}s or more without a restart" + unran
+
+
+def _current(containers: Sequence[Container]) -> list[Container]:
+    """The containers that stand for the services now: on Swarm, a task's container that
+    stopped is history (Swarm replaced it; the deploy's watch judged the swarm's tasks)."""
+    from deployer.commands.swarm import TASK_LABEL
+
+    return [c for c in containers if TASK_LABEL not in c.labels or c.state == "running"]
 
 
 def _age(started_at: str) -> float:

@@ -30,6 +30,9 @@ PROXY_OVERRIDE_FILE = "compose.proxy.yml"
 # puts the others in a profile nobody enables, so compose neither starts nor waits for them.
 HOST_OVERRIDE_FILE = "compose.host.yml"
 ELSEWHERE_PROFILE = "deployer-elsewhere"
+# On Swarm: a compose file that puts compose's one-off containers (migrations) on the
+# stack's networks, which the stack creates attachable (see deployer.swarm.stack).
+SWARM_OVERRIDE_FILE = "compose.swarm.yml"
 # Where versions before state_dir kept their files: inside the checkout.
 LEGACY_STATE_DIR = ".deployer"
 LEGACY_BACKUP_DIR = "backups"
@@ -119,6 +122,17 @@ def make_compose(config: Config, env: Environment, program: tuple[str, ...] = co
                  *, partial: bool = False) -> compose_cmds.Compose:
     """The compose project of an environment (pure: nothing is probed); ``partial``: on a
     host that runs only some of its services."""
+    if env.swarm:
+        # On Swarm the stack publishes the ports and runs the services: compose only builds,
+        # resolves and runs one-off containers on the stack's networks.
+        return compose_cmds.SwarmProject(
+            program=program,
+            project=config.app.name,
+            project_dir=posixpath.dirname(posixpath.join(env.path, config.app.compose_file)),
+            files=(posixpath.join(env.path, config.app.compose_file),),
+            env_file=posixpath.join(env.state_dir, ENV_FILE) if env.env else None,
+            overrides=(posixpath.join(env.state_dir, SWARM_OVERRIDE_FILE),),
+        )
     overrides = (PROXY_OVERRIDE_FILE,) * bool(env.proxy) + (HOST_OVERRIDE_FILE,) * partial
     return compose_cmds.Compose(
         program=program,
@@ -164,13 +178,35 @@ def host_override_text(config: compose_cmds.ComposeConfig, here: Iterable[str]) 
     return "\n".join(lines) + "\n"
 
 
+def swarm_override_text(config: compose_cmds.ComposeConfig, project: str) -> str:
+    """The compose file that puts one-off containers on the stack's networks: each network of
+    the project, by the name the stack gives it, as an external one."""
+    import json
+
+    raw = dict(config.raw.get("networks") or {})
+    raw.setdefault("default", {})
+    lines = [
+        "# Written by deployer: on Swarm the stack owns the networks; compose's one-off",
+        "# containers (the migration) join them. See docs/swarm.md.",
+        "networks:",
+    ]
+    for key, value in sorted(raw.items()):
+        name = (value or {}).get("name") or f"{project}_{key}"
+        lines += [f"  {json.dumps(str(key))}:", "    external: true", f"    name: {json.dumps(str(name))}"]
+    return "\n".join(lines) + "\n"
+
+
 def override_texts(target: Target, config: compose_cmds.ComposeConfig) -> dict[str, str]:
     """path -> text of each compose file deployer gives compose after the user's."""
     texts = {}
     for path in target.compose.overrides:
         name = posixpath.basename(path)
-        texts[path] = (proxy_override_text(target.config.app.web_service) if name == PROXY_OVERRIDE_FILE
-                       else host_override_text(config, target.services_here(config.services)))
+        if name == PROXY_OVERRIDE_FILE:
+            texts[path] = proxy_override_text(target.config.app.web_service)
+        elif name == SWARM_OVERRIDE_FILE:
+            texts[path] = swarm_override_text(config, target.compose.project)
+        else:
+            texts[path] = host_override_text(config, target.services_here(config.services))
     return texts
 
 

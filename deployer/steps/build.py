@@ -20,7 +20,12 @@ def build(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         if not ctx.planning and len(ids) == len(names):
             assert ctx.record is not None
             ctx.note(built=dict(zip(names, ids, strict=True)))
-    return "images built" + (f": {', '.join(sorted(set(names.values())))}" if names else "")
+    copied = ""
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        copied = "; " + (yield from swarm.distribute(ctx))
+    return "images built" + (f": {', '.join(sorted(set(names.values())))}" if names else "") + copied
 
 
 def restore_saved_images(ctx: Context, recovery: Recovery):  # noqa: ANN201

@@ -63,6 +63,10 @@ def database_up(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     if not db:
         raise Skip("no db service (the database lives in a volume of the web service)")
     timeout = float(step.params.get("timeout", 120))
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        return (yield from swarm.database_up(ctx, timeout))
     yield Command(tuple(ctx.compose.up([db], no_deps=True)), what=f"start {db}", timeout=300)
     detail = yield Wait(f"{db} accepts connections (at most {timeout:.0f}s)", lambda c: wait_for_database(c, timeout))
     return detail

@@ -30,7 +30,8 @@ def intent(ctx: Context, playbook_steps: tuple[tuple[str, str], ...]) -> runlog.
             path_existed=facts.path_exists,
             checkout_existed=facts.checkout_exists,
             volumes=facts.volumes,
-            running=tuple(sorted({c.service for c in facts.containers if not c.oneoff and c.state == "running"})),
+            running=tuple(sorted({c.service for c in facts.containers if not c.oneoff and c.state == "running"}
+                                 | set(ctx.scratch.get("swarm_services") or ()))),
         ),
         goal=runlog.Goal(commit=facts.commit.sha, heads=facts.heads, release=goal_release),
     )

@@ -37,8 +37,9 @@ def read_host_state(ctx: Context) -> dict[str, object]:
         path = commands.submit(host.run, ["test", "-d", env.path], timeout=30)
         head = commands.submit(host.run, gitops.rev_parse_head(env.path), timeout=30)
         status = commands.submit(host.run, gitops.status(env.path), timeout=60)
+        label = "com.docker.stack.namespace" if env.swarm else "com.docker.compose.project"
         volumes = commands.submit(host.run, ["docker", "volume", "ls", "--quiet", "--filter",
-                                           f"label=com.docker.compose.project={ctx.compose.project}"], timeout=30)
+                                           f"label={label}={ctx.compose.project}"], timeout=30)
         records = commands.submit(journal.read, host, target.state_dir)
         head_result = head.result()
         deployed = gitops.parse_sha(head_result.stdout) if head_result.ok else None
@@ -97,6 +98,11 @@ def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
     from deployer import source
 
     cfg = ctx.target.config
+    swarm_detail = ""
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        swarm_detail = "; " + swarm.check(ctx)
     repo = source.open_repo(cfg.root)
     remote = source.remote_url(repo, ctx.env.remote, cfg.root)
     ref = ctx.options.ref or ctx.env.branch or cfg.app.branch
@@ -158,7 +164,7 @@ def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
     shown = ", ".join(f"{m.revision} {m.message!r}" for m in pending) or "none"
     return (
         f"commit {commit.sha[:12]} ({commit.ref}: {commit.subject}); database {shown_revisions(revision)} "
-        f"({database.source}); pending migrations: {shown}"
+        f"({database.source}); pending migrations: {shown}{swarm_detail}"
     )
 
 

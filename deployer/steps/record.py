@@ -26,7 +26,12 @@ def record(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         yield Command(("docker", "tag", image, tag), what=f"keep {image} as {tag}")
         tags.append(tag)
     ctx.scratch["release_images"] = {image: saved_tag(image, release) for image in set(built_images(ctx).values())}
-    ids = yield Read("the images the containers run", running_images)
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        ids = yield Read("the images the services run", swarm.running_images)
+    else:
+        ids = yield Read("the images the containers run", running_images)
     ctx.scratch["image_ids"] = ids or {}
     return f"{ctx.kind} {ctx.run_id} recorded; images saved as {', '.join(tags) or 'none'}"
 

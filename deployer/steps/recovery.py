@@ -73,6 +73,11 @@ def database_created_by_run(ctx: Context, recovery: Recovery) -> bool:
 def teardown_first_release(ctx: Context, recovery: Recovery):  # noqa: ANN201
     """Leave the server as a failed first release found it: remove the containers it started
     (a database that was running before stays), and the volumes it created."""
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        yield from swarm.teardown(ctx, recovery)
+        return
     if recovery.torn_down:
         return
     recovery.torn_down = True
@@ -124,6 +129,11 @@ def undo_all(ctx: Context, recovery: Recovery):  # noqa: ANN201
 def restart(ctx: Context, recovery: Recovery, touched: Sequence[str]):  # noqa: ANN201
     """The previous release's containers, started and answering (or the first release undone)."""
     if not CONTAINER_KINDS & set(touched):
+        return
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        yield from swarm.restart(ctx, recovery)
         return
     if recovery.first_release:
         yield from teardown_first_release(ctx, recovery)
@@ -216,6 +226,8 @@ def database_started(ctx: Context, recovery: Recovery):  # noqa: ANN201 - a gene
     if not db or recovery.database is None or recovery.compose is None or db not in recovery.compose.services:
         return None
     ctx.log(f"recovery: the {db} service is not running; starting it to read the database's revision")
+    if ctx.env.swarm:  # Swarm starts a task of it again on its own
+        return (yield Read(f"wait until {db} accepts connections again; its revision", lambda c: _revision_once_up(c, recovery)))
     started = yield Command(tuple(ctx.compose.up([db], no_deps=True)), what=f"start {db} again", check=False, timeout=300)
     if started is not None and not started.ok:
         recovery.left.append(f"start {db}: {(started.stderr or started.stdout).strip()[-300:]}")

@@ -117,6 +117,10 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
 
     cfg = ctx.target.config
     target = ctx.options.ref if ctx.options.ref is not None else "previous"
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        swarm.check(ctx)
     state = read_host_state(ctx)
     records = state["records"]
     journal_records: list[journal.Record] = list(records)  # type: ignore[call-overload]
@@ -278,10 +282,21 @@ def switch(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
             missing.append(tag)
     if missing or not images:
         yield Command(tuple(ctx.compose.build()), what=f"rebuild the images of {chosen.id}", timeout=3600, stream=True)
-        return f"checkout at {facts.commit.sha[:12]}; images rebuilt (saved ones pruned: {', '.join(missing) or 'none recorded'})"
+        copied = ""
+        if ctx.env.swarm:
+            from deployer.steps import swarm
+
+            copied = "; " + (yield from swarm.distribute(ctx))
+        return (f"checkout at {facts.commit.sha[:12]}; images rebuilt (saved ones pruned: {', '.join(missing) or 'none recorded'})"
+                + copied)
     for image, tag in sorted(images.items()):
         yield Command(("docker", "tag", tag, image), what=f"put {image} back")
-    return f"checkout at {facts.commit.sha[:12]}; saved images {', '.join(images.values())} back in place"
+    copied = ""
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        copied = "; " + (yield from swarm.distribute(ctx))
+    return f"checkout at {facts.commit.sha[:12]}; saved images {', '.join(images.values())} back in place{copied}"
 
 
 def undo_switch(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201

@@ -121,7 +121,8 @@ def _health_path(ctx: Context) -> tuple[str, str | None]:
 
 def start_probe(ctx: Context, where: Site) -> None:
     """Probe the app through the proxy's public port until :func:`stop_probe`."""
-    if ctx.planning or "prober" in ctx.scratch or ctx.known.running(ctx.app.web_service) is None:
+    served = ctx.known.running(ctx.app.web_service) is not None or ctx.scratch.get("probe_anyway")
+    if ctx.planning or "prober" in ctx.scratch or not served:
         return  # nothing served before this run: no one to fail
     stack = ExitStack()
     path, host_header = _health_path(ctx)
@@ -330,6 +331,15 @@ def hold(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         from deployer.steps.sync import compose_files
 
         yield from compose_files(ctx)
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        on_swarm = swarm.site(ctx)
+        chosen = mode(ctx, on_swarm)
+        ctx.scratch["swap_mode"] = chosen
+        if chosen.mode != "pause":
+            raise Skip(chosen.describe())
+        return (yield from swarm.hold(ctx, on_swarm, chosen))
     where = site(ctx)
     if where is None:
         raise Skip("no proxy: nothing to hold")
@@ -355,6 +365,10 @@ def hold(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
 
 
 def swap(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        return (yield from swarm.deploy(ctx, step))
     where = site(ctx)
     if where is None:
         return (yield from up(ctx, step))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from deployer.actions import Command, Write
 from deployer.commands import git as gitops
 from deployer.errors import DeployerError
-from deployer.server.target import PROXY_OVERRIDE_FILE, env_file_text, override_texts
+from deployer.server.target import PROXY_OVERRIDE_FILE, SWARM_OVERRIDE_FILE, env_file_text, override_texts
 from deployer.steps import CHECKOUT, HOST_FILES, StepKind, register
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
@@ -37,8 +37,12 @@ def compose_files(ctx: Context):  # noqa: ANN201 - generator of actions
         yield Write(ctx.target.compose.env_file, env_file_text(ctx.env.env), mode=0o600,
                     what="the variables docker compose reads (secrets included)")
     for override, text in override_texts(ctx.target, ctx.known.compose).items():
-        what = (f"the proxy publishes the port: {ctx.app.web_service} publishes none" if override.endswith(PROXY_OVERRIDE_FILE)
-                else f"the services that run on {ctx.host.name}: {', '.join(ctx.known.services) or 'none'}")
+        if override.endswith(PROXY_OVERRIDE_FILE):
+            what = f"the proxy publishes the port: {ctx.app.web_service} publishes none"
+        elif override.endswith(SWARM_OVERRIDE_FILE):
+            what = "one-off containers join the stack's networks"
+        else:
+            what = f"the services that run on {ctx.host.name}: {', '.join(ctx.known.services) or 'none'}"
         yield Write(override, text, mode=0o644, what=what)
 
 

@@ -47,7 +47,9 @@ def already_running(
     compose: ComposeConfig,
 ) -> str | None:
     """Why a release of ``commit`` would change nothing, or None when it would change something."""
-    if ctx.kind != "release" or ctx.options.force:
+    if ctx.kind != "release" or ctx.options.force or ctx.env.swarm:
+        # On Swarm a release always deploys the stack: what runs is the swarm's to say, and a
+        # stack whose services match what is deployed changes nothing.
         return None
     if deployed != commit or pending or set(revision or ()) != set(heads):
         return None

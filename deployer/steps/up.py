@@ -47,6 +47,10 @@ def services_to_start(ctx: Context, step: Step) -> tuple[list[str], bool]:
 
 
 def up(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
+    if ctx.env.swarm:
+        from deployer.steps import swarm
+
+        return (yield from swarm.deploy(ctx, step))
     yield Read("the database revision, known to the new code", guard_schema)
     services, no_deps = services_to_start(ctx, step)
     timeout = float(step.params.get("timeout", 600))
