@@ -70,9 +70,11 @@ def release(
     """Release the configured branch (or ``ref``) to ``env``; with ``dry_run``, only plan it.
     ``swap_mode`` (behind a proxy): auto, overlap or pause for this release. When the commit
     already runs as configured the outcome is ``unchanged`` (nothing journaled), unless ``force``."""
+    from deployer.source import check_ref
     from deployer.steps.context import Options
     from deployer.steps.playbook import load_playbook
 
+    check_ref(ref)
     cfg = load(config_path)
     book = load_playbook(playbook or cfg.environment(env).playbook, cfg.root)
     options = Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm, swap_mode=swap_mode, force=force)
@@ -94,9 +96,11 @@ def rollback(
     host: Host | None = None,
 ) -> Outcome | Plan:
     """Roll ``env`` back to a release, an alembic revision, or ``previous``; schema, code and images together."""
+    from deployer.source import check_ref
     from deployer.steps import rollback as rollbacks
     from deployer.steps.context import Options
 
+    check_ref(target, what="the rollback target", hint="give a release id, a revision, or leave it out for `previous`")
     cfg = load(config_path)
     options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm,
                       swap_mode=swap_mode)

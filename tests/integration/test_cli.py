@@ -16,6 +16,7 @@ import pytest
 from deployer import __version__
 from tests.bench.cli import envelope
 from tests.bench.cli import result as result_of
+from tests.bench.gitrepos import GitOrigin
 from tests.bench.sshd import SSHBench, free_port
 
 pytestmark = pytest.mark.integration
@@ -189,3 +190,31 @@ def test_lock_status_and_release_locally(tmp_path: Path) -> None:
     released = deployer("lock", "release", "prod", cwd=tmp_path)
     assert released.returncode == 0 and "ana@laptop" in released.stdout
     assert "lock free" in deployer("lock", "status", "prod", cwd=tmp_path).stdout
+
+
+def test_an_empty_ref_or_rollback_target_is_refused_before_connecting(tmp_path: Path) -> None:
+    """`--ref ''` never means the configured branch, nor `rollback ENV ''` the previous release:
+    both are command-line errors (exit 2), said before any host is tried (nothing listens on
+    the host's port here: a connection attempt would exit 3)."""
+    write(tmp_path, GOOD.format(host=f"root@127.0.0.1:{free_port()}"))
+    for argv, said in (
+        (("release", "prod", "--ref", ""), "--ref is empty"),
+        (("release", "prod", "--ref", "  ", "--dry-run"), "--ref is empty"),
+        (("rollback", "prod", ""), "the rollback target is empty"),
+        (("rollback", "prod", "", "--dry-run"), "the rollback target is empty"),
+    ):
+        result = deployer(*argv, cwd=tmp_path, env={"HOME": str(tmp_path)})
+        assert result.returncode == 2, (argv, result.stderr)
+        assert said in result.stderr and "hint:" in result.stderr, result.stderr
+
+
+def test_an_unknown_ref_is_a_command_line_error(tmp_path: Path, git_origin: GitOrigin) -> None:
+    """The docs' exit code 2 ("the command line is wrong"), with the remote's branches listed."""
+    laptop = git_origin.clone(tmp_path / "laptop")
+    (laptop / "deploy.toml").write_text(GOOD.format(host="local").replace("/srv/demo", str(tmp_path / "srv")))
+    result = deployer("release", "prod", "--ref", "no-such-branch", "--dry-run", "--json", cwd=laptop)
+    assert result.returncode == 2, result.stderr
+    assert "'no-such-branch' is neither a branch, a tag nor a commit" in result.stderr
+    assert f"branches on the remote: {git_origin.branch}" in result.stderr
+    assert envelope(result.stdout)["error"]["kind"] == "RefError"
+    assert not (tmp_path / "srv").exists()
