@@ -181,7 +181,7 @@ def _operate_fleet(cfg: configuration.Config, env: str, book: Playbook, options:
 
 def _library_logging() -> None:
     """--verbose: paramiko's own log lines too."""
-    from deployer.hosts.ssh import library_logging
+    from deployer.hosts.liblog import library_logging
 
     library_logging(True)
 

@@ -23,7 +23,9 @@ from deployer.cli.common import (
     emit_failure,
     json_output,
     served_line,
+    verbose_everywhere,
 )
+from deployer.cli.common import verbose as verbose_wanted
 from deployer.errors import DeployerError, ExitCode
 
 app = typer.Typer(
@@ -55,8 +57,15 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show more on stderr: the SSH library's own log lines (hidden otherwise) "
+                     "and every command's --verbose output."),
+    ] = False,
 ) -> None:
     """Root options."""
+    if verbose:
+        verbose_everywhere()
 
 
 @config_app.command("show")
@@ -130,7 +139,7 @@ def release_cmd(
         ref=ref,
         yes=yes,
         dry_run=dry_run,
-        verbose=verbose,
+        verbose=verbose_wanted(verbose),
         playbook=playbook,
         swap_mode=swap_mode.value if swap_mode else None,
         force=force,
@@ -182,7 +191,7 @@ def rollback_cmd(
         yes=yes,
         dry_run=dry_run,
         restore_backup=restore_backup,
-        verbose=verbose,
+        verbose=verbose_wanted(verbose),
         swap_mode=swap_mode.value if swap_mode else None,
         confirm=confirmer(),
         log=progress_printer(),
@@ -272,7 +281,7 @@ def recover_cmd(
 
     json_output(as_json)
     result = api.recover(env, config_path=config, forward=forward, restore_backup=restore_backup, dry_run=dry_run,
-                         verbose=verbose, log=progress_printer())
+                         verbose=verbose_wanted(verbose), log=progress_printer())
     if result is None:
         if as_json:
             emit({"environment": env, "interrupted": None})

@@ -60,10 +60,26 @@ ENVELOPE_SCHEMA = 1
 
 
 class _Output:
-    """Whether the running command was asked for --json, and whether it printed its document."""
+    """Whether the running command was asked for --json, and whether it printed its document;
+    whether ``deployer --verbose`` was given."""
 
     json = False
     emitted = False
+    verbose = False
+
+
+def verbose_everywhere() -> None:
+    """``deployer --verbose COMMAND``: the libraries' log lines on stderr (paramiko's), and
+    every command's own --verbose."""
+    from deployer.hosts.liblog import library_logging
+
+    _Output.verbose = True
+    library_logging(True)
+
+
+def verbose(flag: bool) -> bool:
+    """A command's --verbose, or the global one."""
+    return flag or _Output.verbose
 
 
 def json_output(enabled: bool) -> None:

@@ -27,6 +27,8 @@ from typing import Any, NoReturn, cast
 
 import paramiko
 
+# Imported with paramiko: its log lines stay hidden unless --verbose asked for them.
+import deployer.hosts.liblog  # noqa: F401
 from deployer.errors import ConfigError, ConnectionLost, HostError, HostKeyError
 from deployer.hosts.spec import HostSpec
 from deployer.hosts.sshconfig import HostConfig, SSHConfig, parse_jump

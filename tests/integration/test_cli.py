@@ -17,7 +17,7 @@ from deployer import __version__
 from tests.bench.cli import envelope
 from tests.bench.cli import result as result_of
 from tests.bench.gitrepos import GitOrigin
-from tests.bench.sshd import SSHBench, free_port
+from tests.bench.sshd import SilentServer, SSHBench, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +218,34 @@ def test_an_unknown_ref_is_a_command_line_error(tmp_path: Path, git_origin: GitO
     assert f"branches on the remote: {git_origin.branch}" in result.stderr
     assert envelope(result.stdout)["error"]["kind"] == "RefError"
     assert not (tmp_path / "srv").exists()
+
+
+def test_a_server_that_never_speaks_is_one_clear_error(tmp_path: Path, silent: SilentServer) -> None:
+    """A port that accepts TCP and never sends an SSH banner (a hung sshd, a tarpit): exit 3
+    within the ConnectTimeout, one message, no traceback and no library lines."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host mute\n    HostName 127.0.0.1\n    Port {silent.port}\n    User deploy\n    ConnectTimeout 1\n")
+    write(tmp_path, GOOD.format(host="mute"))
+    for argv in (("release", "prod", "--dry-run"), ("lock", "status", "prod"), ("backups", "list", "prod")):
+        result = deployer(*argv, cwd=tmp_path, env={"HOME": str(home)})
+        assert result.returncode == 3, (argv, result.stderr)
+        assert result.stderr.splitlines()[0] == (
+            f"error: the server at 127.0.0.1:{silent.port} accepted the connection but sent no SSH banner within 1 s"), result.stderr
+        assert "paramiko" not in result.stderr and "session" not in result.stderr, result.stderr
+
+
+def test_library_log_lines_only_with_verbose(tmp_path: Path, sshd: SSHBench) -> None:
+    """paramiko's own lines never reach the user; `deployer --verbose` (before any command)
+    shows them, for a bug report."""
+    home = tmp_path / "home"
+    sshd.write_ssh_config(home / ".ssh" / "config", "bench")
+    write(tmp_path, GOOD.format(host="bench").replace("/srv/demo", str(tmp_path / "srv")))
+    quiet = deployer("lock", "status", "prod", cwd=tmp_path, env={"HOME": str(home)})
+    assert quiet.returncode == 0 and "lock free" in quiet.stdout, quiet.stderr
+    assert quiet.stderr == ""
+    loud = deployer("--verbose", "lock", "status", "prod", cwd=tmp_path, env={"HOME": str(home)})
+    assert loud.returncode == 0 and "lock free" in loud.stdout, loud.stderr
+    assert "paramiko.transport: Connected (version 2.0, client OpenSSH" in loud.stderr, loud.stderr
+    assert "paramiko.transport: Authentication (publickey) successful!" in loud.stderr

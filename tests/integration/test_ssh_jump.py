@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from deployer.errors import ConfigError, HostError, HostKeyError
 from deployer.hosts import connect
 from deployer.hosts.spec import HostSpec, parse_host
 from deployer.hosts.ssh import SSHHost
-from tests.bench.sshd import SSHBench, SSHDFactory, SSHHome, free_port
+from tests.bench.sshd import SilentServer, SSHBench, SSHDFactory, SSHHome, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -245,38 +242,6 @@ def test_a_jump_host_that_cannot_reach_the_target(
     message = str(caught.value)
     assert f"the jump host {j1.user}@127.0.0.1:{j1.port} (j1) refused to open a connection to 127.0.0.1:{port}" in message
     assert "connect failed" in message
-
-
-class SilentServer:
-    """Accepts TCP connections on 127.0.0.1 and never says a word (a hung sshd, a tarpit)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._held.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self._held:
-            conn.close()
-
-
-@pytest.fixture
-def silent() -> Iterator[SilentServer]:
-    server = SilentServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_a_silent_server_fails_within_the_connect_timeout(
