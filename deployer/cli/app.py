@@ -36,11 +36,17 @@ app = typer.Typer(
         "Example:  deployer config show production"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion; environment names complete from deploy.toml.
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Inspect and validate deploy.toml.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Inspect and validate deploy.toml: what deployer makes of it, whether a release has what it needs, "
+         "its JSON Schema.\n\nExample:  deployer config check production",
+    no_args_is_help=True,
+)
 app.add_typer(config_app, name="config")
 
 
@@ -160,7 +166,7 @@ def release_cmd(
 @app.command("rollback")
 def rollback_cmd(
     env: EnvArgument,
-    target: Annotated[str, typer.Argument(help="An alembic revision (id or unique prefix), a release id, or `previous`.")] = "previous",
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="An alembic revision (id or unique prefix), a release id, or `previous`.")] = "previous",
     config: ConfigOption = None,
     restore_backup: Annotated[
         bool, typer.Option("--restore-backup", help="Restore the dump taken when the target release was replaced, instead of downgrading.")
@@ -205,7 +211,8 @@ def rollback_cmd(
                    + served_line(result))
 
 
-lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)
+lock_app = typer.Typer(help="Inspect an environment's deploy lock, or clear the record a vanished owner left."
+                             "\n\nExample:  deployer lock status production", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
 
 from deployer.cli.backups import backups_app  # noqa: E402 - these import only typer at start-up

@@ -35,15 +35,73 @@ def deployer(*args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = Non
     return result
 
 
+def every_command() -> list[tuple[str, ...]]:
+    """Every group and command of the app, as the words that name it (the root is ())."""
+    import typer
+
+    from deployer.cli import app
+
+    found: list[tuple[str, ...]] = []
+
+    def walk(command: typer.core.TyperGroup | typer.core.TyperCommand, words: tuple[str, ...]) -> None:
+        found.append(words)
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, (*words, name))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
 def test_version_and_help() -> None:
     assert deployer("--version").stdout.strip() == f"deployer {__version__}"
     top = deployer("--help")
     assert top.returncode == 0
     for command in ("release", "rollback", "config", "lock"):
         assert command in top.stdout
-    for command in (["release"], ["rollback"], ["config", "show"], ["config", "check"], ["lock", "status"], ["lock", "release"]):
-        text = deployer(*command, "--help").stdout
-        assert "Example:" in text and "deployer " in text.split("Example:")[1], command
+    # -h as well as --help, on the real command (the setting is inherited by every command)
+    assert deployer("-h").stdout == top.stdout
+    assert deployer("backups", "restore", "-h").stdout == deployer("backups", "restore", "--help").stdout
+
+
+@pytest.mark.parametrize("words", every_command(), ids=lambda words: " ".join(words) or "deployer")
+def test_every_group_and_command_has_help_with_an_example(words: tuple[str, ...]) -> None:
+    from typer.testing import CliRunner
+
+    from deployer.cli import app
+
+    result = CliRunner().invoke(app, [*words, "-h"], prog_name="deployer")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Usage: {' '.join(('deployer', *words))} "), result.output
+    assert "Example:" in result.output, result.output
+    assert f"deployer {words[0] if words else ''}" in result.output.split("Example:")[1], result.output
+
+
+def test_shell_completion(tmp_path: Path) -> None:
+    """The script for a shell, installed into its start-up file; commands and the
+    environments of the deploy.toml found from the current directory complete."""
+    script = deployer("--show-completion", "bash")
+    assert script.returncode == 0 and "_DEPLOYER_COMPLETE=complete_bash" in script.stdout, script.stdout
+    home = tmp_path / "home"
+    home.mkdir()
+    installed = deployer("--install-completion", "bash", env={"HOME": str(home)})
+    assert installed.returncode == 0, installed.stderr
+    assert "deployer" in (home / ".bashrc").read_text()
+
+    write(tmp_path, GOOD.format(host="local") + '[environments.staging]\nhost = "local"\npath = "/srv/s"\n')
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        result = deployer(cwd=tmp_path, env={"_DEPLOYER_COMPLETE": "complete_bash", "COMP_WORDS": line,
+                                             "COMP_CWORD": str(len(words) - 1)})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert complete("deployer rel") == ["release"]
+    assert complete("deployer release ") == ["prod", "staging"]
+    assert complete("deployer backups list st") == ["staging"]
+    assert complete("deployer config show p") == ["prod"]
+    (tmp_path / "deploy.toml").write_text("[environments\n")  # broken: nothing, and no error
+    assert complete("deployer release ") == []
 
 
 def test_config_show_redacts_secrets() -> None:
