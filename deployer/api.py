@@ -18,6 +18,7 @@ from deployer.errors import DeployerError
 if TYPE_CHECKING:
     from deployer.engine import Outcome, Plan
     from deployer.hosts import Host
+    from deployer.readiness import Report as Readiness
     from deployer.schema_history import MigrationsReport
     from deployer.server.lock import LockState
     from deployer.status import FleetHistory, FleetStatus, History, Status
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
 def load(config_path: Path | None = None, *, cwd: Path | None = None) -> configuration.Config:
     """Load and validate deploy.toml (explicit path, or found from ``cwd`` upwards)."""
     return configuration.load_config(config_path, cwd=cwd)
+
+
+def check_config(env: str | None = None, *, config_path: Path | None = None) -> Readiness:
+    """What a release of ``env`` (of every environment when None) needs that can be checked
+    here, without the host: deploy.toml (a broken file raises its ConfigError), the compose
+    file and its services, the migrations, the playbook, the variables (see
+    :mod:`deployer.readiness`)."""
+    from deployer import readiness
+
+    cfg = load(config_path)
+    if env is not None and env not in cfg.unresolved:
+        cfg.environment(env)  # an unknown environment is a ConfigError listing the known ones
+    return scrub(cfg, readiness.check(cfg, (env,) if env is not None else cfg.environment_names))
 
 
 def show_config(env: str, *, config_path: Path | None = None) -> dict[str, Any]:

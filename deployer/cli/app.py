@@ -18,6 +18,7 @@ from deployer.cli.common import (
     EnvArgument,
     JsonOption,
     SwapModeOption,
+    complete_environments,
     confirmer,
     emit,
     emit_failure,
@@ -93,20 +94,52 @@ def config_show(env: EnvArgument, config: ConfigOption = None, as_json: JsonOpti
 
 
 @config_app.command("check")
-def config_check(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Validate deploy.toml and list its environments; exit 2 when it is broken.
+def config_check(
+    env: Annotated[str | None, typer.Argument(metavar="ENV", help="Check this environment only (default: every one).",
+                                              autocompletion=complete_environments)] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check what a release of ENV (default: every environment) needs, without the host:
+    deploy.toml, the compose file and the services it names, the migrations, the playbook,
+    the variables from your shell and those the compose file requires. Says what it did not
+    check (the host, the database, the remote). Exit 2 on a problem.
 
-    Example:  deployer config check --config deploy.toml
+    Example:  deployer config check production
     """
     from deployer import api
+    from deployer.cli.checks import render_report, summary
+    from deployer.errors import ConfigError
 
     json_output(as_json)
-    cfg = api.load(config)
+    report = api.check_config(env, config_path=config)
+    failure = None if report.ok else ConfigError(summary(report), hint="each problem above says its fix")
     if as_json:
-        emit({"path": str(cfg.path), "valid": True, "app": cfg.app.name, "environments": list(cfg.environments)})
-        return
-    names = ", ".join(cfg.environments) or "none"
-    typer.echo(f"{cfg.path}: valid (app {cfg.app.name}; environments: {names})")
+        emit(report.to_dict(), exit_code=0 if report.ok else 2, error=failure)
+    else:
+        typer.echo(render_report(report))
+    if failure is not None:
+        if not as_json:
+            typer.echo(f"error: {failure.message}", err=True)
+        raise typer.Exit(2)
+
+
+@config_app.command("schema")
+def config_schema(as_json: JsonOption = False) -> None:
+    """Print the JSON Schema of deploy.toml, for editors to validate and complete the file
+    (Taplo / Even Better TOML: see docs/configuration.md).
+
+    Example:  deployer config schema > deploy.schema.json
+    """
+    import json
+
+    from deployer.config.schema import json_schema
+
+    json_output(as_json)
+    if as_json:
+        emit(json_schema())
+    else:
+        typer.echo(json.dumps(json_schema(), indent=2))
 
 
 @app.command("release")

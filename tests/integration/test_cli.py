@@ -307,3 +307,14 @@ def test_library_log_lines_only_with_verbose(tmp_path: Path, sshd: SSHBench) -> 
     assert loud.returncode == 0 and "lock free" in loud.stdout, loud.stderr
     assert "paramiko.transport: Connected (version 2.0, client OpenSSH" in loud.stderr, loud.stderr
     assert "paramiko.transport: Authentication (publickey) successful!" in loud.stderr
+
+
+def test_config_schema_prints_the_json_schema() -> None:
+    from deployer.config.schema import json_schema
+
+    result = deployer("config", "schema")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == json_schema()
+    assert result.stdout.startswith('{\n  "$schema": "http://json-schema.org/draft-07/schema#",')
+    wrapped = deployer("config", "schema", "--json")
+    assert json.loads(wrapped.stdout) == {"schema": 1, "ok": True, "result": json_schema(), "exit_code": 0}
