@@ -16,9 +16,11 @@ from deployer import config as configuration
 from deployer.errors import DeployerError
 
 if TYPE_CHECKING:
+    from deployer.discovery import Choice
     from deployer.engine import Outcome, Plan
     from deployer.hosts import Host
     from deployer.readiness import Report as Readiness
+    from deployer.scaffold import Given, Scaffold
     from deployer.schema_history import MigrationsReport
     from deployer.server.lock import LockState
     from deployer.status import FleetHistory, FleetStatus, History, Status
@@ -41,6 +43,25 @@ def check_config(env: str | None = None, *, config_path: Path | None = None) -> 
     if env is not None and env not in cfg.unresolved:
         cfg.environment(env)  # an unknown environment is a ConfigError listing the known ones
     return scrub(cfg, readiness.check(cfg, (env,) if env is not None else cfg.environment_names))
+
+
+def init_questions(directory: Path, given: Given) -> list[Choice]:
+    """What ``deployer init`` cannot tell from the repository at ``directory`` and the
+    command line ``given``: each with its flag and the options found."""
+    from deployer import scaffold
+
+    scaffold.check_given(given)
+    return scaffold.questions(scaffold.discover_for(directory, given), given)
+
+
+def init(directory: Path, given: Given, *, force: bool = False) -> tuple[Scaffold, list[str]]:
+    """Write deploy.toml (and the .dockerignore entries deployer needs) for the app at
+    ``directory``; what was found and written. A ConfigError names every flag still needed."""
+    from deployer import scaffold
+
+    scaffold.refuse_overwrite(directory, force=force)
+    plan = scaffold.scaffold(directory, given)
+    return plan, scaffold.write(plan, force=force)
 
 
 def show_config(env: str, *, config_path: Path | None = None) -> dict[str, Any]:

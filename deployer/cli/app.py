@@ -249,12 +249,14 @@ lock_app = typer.Typer(help="Inspect an environment's deploy lock, or clear the 
 app.add_typer(lock_app, name="lock")
 
 from deployer.cli.backups import backups_app  # noqa: E402 - these import only typer at start-up
+from deployer.cli.init import init_cmd  # noqa: E402
 from deployer.cli.status import history_cmd, migrations_cmd, status_cmd  # noqa: E402
 
 app.add_typer(backups_app, name="backups")
 app.command("status")(status_cmd)
 app.command("history")(history_cmd)
 app.command("migrations")(migrations_cmd)
+app.command("init")(init_cmd)
 
 
 @lock_app.command("status")

@@ -247,7 +247,7 @@ def parse_config(text: str, project: str) -> ComposeConfig:
             volumes=tuple(mounts),
             has_healthcheck=bool(raw.get("healthcheck")) and not (raw.get("healthcheck") or {}).get("disable"),
             publishes_ports=bool(raw.get("ports")),
-            ports=_ports(raw.get("ports") or ()),
+            ports=published_ports(raw.get("ports") or ()),
         )
     volumes = {}
     for key, raw in (data.get("volumes") or {}).items():
@@ -258,7 +258,7 @@ def parse_config(text: str, project: str) -> ComposeConfig:
     return ComposeConfig(services=services, volumes=volumes)
 
 
-def _ports(raw: object) -> tuple[PublishedPort, ...]:
+def published_ports(raw: object) -> tuple[PublishedPort, ...]:
     """``ports`` as compose config prints them (long syntax; v1 may print short strings)."""
     ports = []
     for entry in raw if isinstance(raw, list) else ():
