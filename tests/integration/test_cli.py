@@ -56,7 +56,7 @@ def test_version_and_help() -> None:
     assert deployer("--version").stdout.strip() == f"deployer {__version__}"
     top = deployer("--help")
     assert top.returncode == 0
-    for command in ("release", "rollback", "config", "lock"):
+    for command in ("release", "rollback", "config", "lock", "init"):
         assert command in top.stdout
     # -h as well as --help, on the real command (the setting is inherited by every command)
     assert deployer("-h").stdout == top.stdout
@@ -318,3 +318,70 @@ def test_config_schema_prints_the_json_schema() -> None:
     assert result.stdout.startswith('{\n  "$schema": "http://json-schema.org/draft-07/schema#",')
     wrapped = deployer("config", "schema", "--json")
     assert json.loads(wrapped.stdout) == {"schema": 1, "ok": True, "result": json_schema(), "exit_code": 0}
+
+
+def test_init_asks_on_a_terminal_only_what_it_cannot_tell(tmp_path: Path) -> None:
+    """On a terminal, `deployer init` asks for the host and (members has no health route)
+    the health URL — nothing else — re-asks after a bad answer, and writes the file."""
+    import pty
+    import select
+    import shutil
+    import time
+
+    app = tmp_path / "members"
+    shutil.copytree(REPO_ROOT / "tests" / "apps" / "members" / "repo", app)
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: deployer on the terminal's side
+        os.chdir(app)
+        os.execv(sys.executable, [sys.executable, "-m", "deployer", "init"])
+    seen = b""
+
+    def until(text: bytes, deadline: float = 60) -> None:
+        nonlocal seen
+        end = time.monotonic() + deadline
+        while text not in seen:
+            assert time.monotonic() < end, f"no {text!r} in:\n{seen.decode(errors='replace')}"
+            if select.select([terminal], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(terminal, 65536)
+                except OSError:  # the child ended
+                    break
+        assert text in seen, seen.decode(errors="replace")
+
+    try:
+        until(b"host: ")
+        os.write(terminal, b"deploy@\n")
+        until(b"'deploy@' is not a host")
+        os.write(terminal, b"deploy@203.0.113.10\n")
+        until(b"health URL")
+        os.write(terminal, b"/login\n")
+        until(b"deployer config check production")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(terminal)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    asked = text.split("found in")[0]
+    for other in ("compose file:", "web service:", "database service:", "migrations directory:"):
+        assert other not in asked, text  # asked nothing else
+    written = (app / "deploy.toml").read_text()
+    assert 'host = "deploy@203.0.113.10"' in written and 'healthcheck_url = "http://127.0.0.1:8000/login"' in written
+
+
+def test_init_without_a_terminal_refuses_naming_the_flags(tmp_path: Path) -> None:
+    import shutil
+
+    app = tmp_path / "members"
+    shutil.copytree(REPO_ROOT / "tests" / "apps" / "members" / "repo", app)
+    refused = deployer("init", "--json", cwd=app)
+    assert refused.returncode == 2 and not (app / "deploy.toml").exists()
+    doc = envelope(refused.stdout)
+    assert doc["error"]["kind"] == "ConfigError"
+    assert "--host" in doc["error"]["message"] and "--health-url" in doc["error"]["message"]
+    assert doc["error"]["hint"] == "pass them: deployer init --host ... --health-url ..."
+    done = deployer("init", "--host", "local", "--health-url", "none", "--json", cwd=app)
+    assert done.returncode == 0, done.stderr
+    result = result_of(done.stdout)
+    assert result["written"] == ["deploy.toml"] and result["next"][-1].startswith("deployer config check production")
+    again = deployer("init", "--host", "local", "--health-url", "none", cwd=app)
+    assert again.returncode == 2 and "deploy.toml already exists here" in again.stderr and "--force" in again.stderr
