@@ -241,6 +241,13 @@ def _compose_variables(cfg: Config, data: dict[str, Any], given: set[str], *, lo
     if blank:
         return Check("compose variables", "warning",
                      f"{cfg.app.compose_file} reads {', '.join(blank)}, with no default and not in env: compose makes them empty")
+    unread = sorted(name for name in given if name not in seen)
+    if unread:
+        from deployer.config import _suggest
+
+        said = "; ".join(f"{name}{_suggest(name, [n for n in seen if n not in given])}" for name in unread)
+        return Check("compose variables", "warning", f"env sets what {cfg.app.compose_file} never reads: {said}",
+                     hint="a misspelt name leaves the compose file's default in place")
     used = sorted(name for name in seen if name in given)
     return Check("compose variables", "ok", f"env gives {', '.join(used)}" if used else "the compose file needs no variable")
 

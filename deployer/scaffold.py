@@ -140,6 +140,8 @@ def scaffold(root: Path, given: Given) -> Scaffold:
     summary = _summary(found, health, path, given.backup_dir, ignores)
     steps = [*(f"export {key}=...   # {_why(found, key)}" for key in from_shell)]
     committed = " ".join([CONFIG_FILENAME, *ignores])
+    if _repository(found.root) is None:
+        steps.append("git init && git add --all   # deployer ships commits: the app must be in a git repository")
     steps.append(f'git add {committed} && git commit -m "deploy with deployer"   # the server fetches what is committed')
     if not _has_origin(found.root):
         steps.append("git remote add origin URL && git push -u origin HEAD   # deployer ships commits from the remote")

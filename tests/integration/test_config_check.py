@@ -243,3 +243,11 @@ def test_the_repositorys_own_local_environment_is_ready() -> None:
                             env={k: v for k, v in os.environ.items() if k != "DEPLOYER_CONFIG"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ready, as far as can be told from here: local" in result.stdout
+
+
+def test_a_variable_the_compose_file_never_reads_is_a_warning(tmp_path: Path) -> None:
+    text = DEPLOY.replace('APP_DB_PASSWORD = "${APP_DB_PASSWORD}"\n', 'APP_DB_PASSWORD = "${APP_DB_PASSWORD}"\nAPP_PROT = "8001"\n', 1)
+    rep = report(make_app(tmp_path / "app", {"deploy.toml": text}), environ=SECRETS)
+    assert rep.ok and levels(rep, "production")["compose variables"] == "warning"
+    assert detail(rep, "compose variables", "production").startswith(
+        "env sets what docker-compose.yml never reads: APP_PROT; did you mean APP_PORT?")
