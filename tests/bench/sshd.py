@@ -17,7 +17,8 @@ socket, whose ``~/.ssh/authorized_keys`` holds the bench key: deploying as a nor
 docker-group user, as production does.
 
 ``silent`` (function scope) accepts TCP connections on 127.0.0.1 and never says a word (a
-hung sshd, a tarpit): what a client must time out on, clearly.
+hung sshd, a tarpit): what a client must time out on, clearly. ``SilentServer(greeting)``
+says one thing first and then nothing.
 
 Note: the OpenSSH ``ssh`` binary reads the *passwd* home, not ``$HOME``; paramiko uses
 ``$HOME``. Tests that shell out to ``ssh`` should pass ``-F`` and the key explicitly.
@@ -155,9 +156,11 @@ def free_port() -> int:
 
 
 class SilentServer:
-    """Accepts TCP connections on 127.0.0.1 and never says a word (a hung sshd, a tarpit)."""
+    """Accepts TCP connections on 127.0.0.1 and never says a word (a hung sshd, a tarpit) —
+    or only ``greeting`` (another service's line, an SSH banner with no key exchange after it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
         self.sock = socket.create_server((LOOPBACK, 0))
         self.port: int = self.sock.getsockname()[1]
         self._held: list[socket.socket] = []
@@ -167,6 +170,8 @@ class SilentServer:
         while True:
             try:
                 conn, _ = self.sock.accept()
+                if self.greeting:
+                    conn.sendall(self.greeting)
             except OSError:
                 return
             self._held.append(conn)

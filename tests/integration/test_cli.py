@@ -292,6 +292,18 @@ def test_a_server_that_never_speaks_is_one_clear_error(tmp_path: Path, silent: S
         assert result.stderr.splitlines()[0] == (
             f"error: the server at 127.0.0.1:{silent.port} accepted the connection but sent no SSH banner within 1 s"), result.stderr
         assert "paramiko" not in result.stderr and "session" not in result.stderr, result.stderr
+    # an SSH banner, then nothing (a hung sshd): paramiko alone says "No existing session"
+    hung = SilentServer(b"SSH-2.0-OpenSSH_9.2\r\n")
+    try:
+        (home / ".ssh" / "config").write_text(
+            f"Host mute\n    HostName 127.0.0.1\n    Port {hung.port}\n    User deploy\n    ConnectTimeout 1\n")
+        result = deployer("status", "prod", cwd=tmp_path, env={"HOME": str(home)})
+    finally:
+        hung.close()
+    assert result.returncode == 3, result.stderr
+    assert (f"the server at 127.0.0.1:{hung.port} sent its SSH banner (SSH-2.0-OpenSSH_9.2) but did not finish "
+            "the key exchange within 1 s") in result.stdout + result.stderr
+    assert "No existing session" not in result.stdout + result.stderr
 
 
 def test_library_log_lines_only_with_verbose(tmp_path: Path, sshd: SSHBench) -> None:

@@ -264,6 +264,30 @@ def test_a_silent_server_fails_within_the_connect_timeout(
     assert captured.err == "" and captured.out == ""
 
 
+@pytest.mark.parametrize(("greeting", "said"), [
+    (b"220 mail.example.invalid ESMTP\r\n", "accepted the connection but sent no SSH banner within 1.5 s"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "sent its SSH banner (SSH-2.0-OpenSSH_9.2) but did not finish the key exchange within 1.5 s"),
+], ids=["another-service", "banner-then-nothing"])
+def test_a_server_that_stops_talking_fails_within_the_connect_timeout(
+    ssh_home: SSHHome, capfd: pytest.CaptureFixture[str], greeting: bytes, said: str
+) -> None:
+    """Something that speaks first and then stops (another service on the port, a hung sshd
+    after its banner): paramiko alone fails with "No existing session"."""
+    server = SilentServer(greeting)
+    capfd.readouterr()
+    try:
+        started = time.monotonic()
+        with pytest.raises(HostError) as caught:
+            connect(HostSpec("127.0.0.1", user="deploy", port=server.port), ssh_config_path=os.devnull, connect_timeout=1.5)
+        assert time.monotonic() - started < 8
+    finally:
+        server.close()
+    assert str(caught.value).splitlines()[0] == f"the server at 127.0.0.1:{server.port} {said}"
+    assert "No existing session" not in str(caught.value)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
 def test_a_silent_server_behind_a_jump(
     ssh_home: SSHHome, jumps: tuple[SSHBench, SSHBench], silent: SilentServer
 ) -> None:
