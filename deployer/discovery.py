@@ -16,10 +16,10 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 from deployer.commands import compose as composition
 from deployer.errors import ConfigError
@@ -35,8 +35,10 @@ _SKIPPED_DIRS = frozenset({".git", ".hg", "node_modules", ".venv", "venv", "env"
                            ".pytest_cache", "site-packages", "build", "dist"})
 _WEB_NAMES = frozenset({"web", "app", "api", "flask", "site", "server", "backend", "www", "frontend"})
 _WSGI = re.compile(r"\b(flask|gunicorn|uwsgi|waitress|hypercorn|uvicorn|wsgi)\b")
-_ENGINES = (("postgresql", re.compile(r"(^|/)(postgres|postgis|timescaledb|pgvector)[^/]*(:|$)|postgres")),
-            ("mariadb", re.compile(r"mariadb")), ("mysql", re.compile(r"(^|/)(mysql|percona)")))
+# By the image's name (its repository, any registry or tag): postgres:15, postgis/postgis,
+# timescale/timescaledb, bitnami/mariadb, mysql:8, percona/percona-server.
+_ENGINES = (("postgresql", re.compile(r"postgres|postgis|timescale")), ("mariadb", re.compile(r"mariadb")),
+            ("mysql", re.compile(r"mysql|percona")))
 _URL_SCHEMES = re.compile(r"^(postgres|postgresql|mysql|mariadb|sqlite)(\+\w+)?://", re.IGNORECASE)
 _HEALTH_WORDS = ("health", "healthz", "status", "ping", "ready", "alive", "up")
 _ROUTE = re.compile(r"""\.(?:route|get)\(\s*['"](/[\w\-./]*)['"]""")
@@ -130,7 +132,7 @@ def discover(root: Path, *, compose_file: str | None = None, web_service: str | 
         raise ConfigError(f"{chosen}: {error}", hint="fix the compose file (`docker compose config` shows where)") from None
     dotenv = read_dotenv(root / ".env")
     found: list[composition.Variable] = []
-    data: dict[str, Any] = composition.interpolate_tree(raw, {**dotenv, **(values or {})}, found)  # type: ignore[assignment]
+    data = cast(dict[str, Any], composition.interpolate_tree(raw, {**dotenv, **(values or {})}, found))
     services = {str(name): _service(root, str(name), body or {}) for name, body in data["services"].items()}
 
     web = _pick(services, web_service, "web service", "--web-service", choices, _web_candidates)
@@ -288,7 +290,7 @@ def _web_candidates(services: Mapping[str, Service]) -> list[Service]:
 
 
 def _pick(services: Mapping[str, Service], given: str | None, what: str, flag: str, choices: list[Choice],
-          candidates: Any) -> Service | None:
+          candidates: Callable[[Mapping[str, Service]], list[Service]]) -> Service | None:
     """The service ``given`` (checked), else the only candidate; several or none: a choice."""
     if given is not None:
         if given == "":

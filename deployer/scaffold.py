@@ -363,7 +363,8 @@ def _summary(found: Discovery, health: str | None, path: str, backup_dir: str | 
     assert web is not None and migrations is not None
     others = [f for f in found.compose_files if f != found.compose_file]
     rows = [("compose file", f"{found.compose_file}" + (f" (not {', '.join(others)})" if others else ""))]
-    command = f", runs {web.command[:60]}" if web.command else ""
+    shown = web.command if len(web.command) <= 60 else web.command[:59].rsplit(" ", 1)[0] + " …"
+    command = f", runs {shown}" if web.command else ""
     rows.append(("web service", f"{web.name} (built from {web.build_context}{command})" if web.build_context
                  else f"{web.name} (image {web.image}{command})"))
     engine = ENGINES.get(found.engine or "", "not found")
