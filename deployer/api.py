@@ -16,8 +16,11 @@ from deployer import config as configuration
 from deployer.errors import DeployerError
 
 if TYPE_CHECKING:
+    from deployer.discovery import Choice
     from deployer.engine import Outcome, Plan
     from deployer.hosts import Host
+    from deployer.readiness import Report as Readiness
+    from deployer.scaffold import Given, Scaffold
     from deployer.schema_history import MigrationsReport
     from deployer.server.lock import LockState
     from deployer.status import FleetHistory, FleetStatus, History, Status
@@ -27,6 +30,38 @@ if TYPE_CHECKING:
 def load(config_path: Path | None = None, *, cwd: Path | None = None) -> configuration.Config:
     """Load and validate deploy.toml (explicit path, or found from ``cwd`` upwards)."""
     return configuration.load_config(config_path, cwd=cwd)
+
+
+def check_config(env: str | None = None, *, config_path: Path | None = None) -> Readiness:
+    """What a release of ``env`` (of every environment when None) needs that can be checked
+    here, without the host: deploy.toml (a broken file raises its ConfigError), the compose
+    file and its services, the migrations, the playbook, the variables (see
+    :mod:`deployer.readiness`)."""
+    from deployer import readiness
+
+    cfg = load(config_path)
+    if env is not None and env not in cfg.unresolved:
+        cfg.environment(env)  # an unknown environment is a ConfigError listing the known ones
+    return scrub(cfg, readiness.check(cfg, (env,) if env is not None else cfg.environment_names))
+
+
+def init_questions(directory: Path, given: Given) -> list[Choice]:
+    """What ``deployer init`` cannot tell from the repository at ``directory`` and the
+    command line ``given``: each with its flag and the options found."""
+    from deployer import scaffold
+
+    scaffold.check_given(given)
+    return scaffold.questions(scaffold.discover_for(directory, given), given)
+
+
+def init(directory: Path, given: Given, *, force: bool = False) -> tuple[Scaffold, list[str]]:
+    """Write deploy.toml (and the .dockerignore entries deployer needs) for the app at
+    ``directory``; what was found and written. A ConfigError names every flag still needed."""
+    from deployer import scaffold
+
+    scaffold.refuse_overwrite(directory, force=force)
+    plan = scaffold.scaffold(directory, given)
+    return plan, scaffold.write(plan, force=force)
 
 
 def show_config(env: str, *, config_path: Path | None = None) -> dict[str, Any]:
@@ -70,9 +105,11 @@ def release(
     """Release the configured branch (or ``ref``) to ``env``; with ``dry_run``, only plan it.
     ``swap_mode`` (behind a proxy): auto, overlap or pause for this release. When the commit
     already runs as configured the outcome is ``unchanged`` (nothing journaled), unless ``force``."""
+    from deployer.source import check_ref
     from deployer.steps.context import Options
     from deployer.steps.playbook import load_playbook
 
+    check_ref(ref)
     cfg = load(config_path)
     book = load_playbook(playbook or cfg.environment(env).playbook, cfg.root)
     options = Options(ref=ref, yes=yes, dry_run=dry_run, verbose=verbose, confirm=confirm, swap_mode=swap_mode, force=force)
@@ -94,9 +131,11 @@ def rollback(
     host: Host | None = None,
 ) -> Outcome | Plan:
     """Roll ``env`` back to a release, an alembic revision, or ``previous``; schema, code and images together."""
+    from deployer.source import check_ref
     from deployer.steps import rollback as rollbacks
     from deployer.steps.context import Options
 
+    check_ref(target, what="the rollback target", hint="give a release id, a revision, or leave it out for `previous`")
     cfg = load(config_path)
     options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm,
                       swap_mode=swap_mode)
@@ -177,7 +216,7 @@ def _operate_fleet(cfg: configuration.Config, env: str, book: Playbook, options:
 
 def _library_logging() -> None:
     """--verbose: paramiko's own log lines too."""
-    from deployer.hosts.ssh import library_logging
+    from deployer.hosts.liblog import library_logging
 
     library_logging(True)
 

@@ -13,13 +13,27 @@ from pathlib import Path
 
 from deployer.commands import git as gitops
 from deployer.db.migrations import MigrationScripts, scripts_from_sources, version_files
-from deployer.errors import ConfigError, DeployerError
+from deployer.errors import ConfigError, DeployerError, ExitCode
 
 SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
 
 
 class SourceError(DeployerError):
     """The commit to ship cannot be resolved or read."""
+
+
+class RefError(SourceError):
+    """The ref the command line (or deploy.toml's branch) names is not on the remote, or not
+    one commit there: the command line is wrong (exit 2), nothing was tried."""
+
+    exit_code = ExitCode.CONFIG
+
+
+def check_ref(ref: str | None, *, what: str = "--ref",
+              hint: str = "give a branch, tag or commit, or leave --ref out for the configured branch") -> None:
+    """Refuse an empty ref (``--ref ''``) before anything connects: it never means the default."""
+    if ref is not None and not ref.strip():
+        raise ConfigError(f"{what} is empty", hint=hint)
 
 
 @dataclass(frozen=True)
@@ -82,9 +96,9 @@ def resolve(repo, url: str, ref: str) -> Commit:
             f"cannot list the refs of {url}: {error.stderr.strip() or error}",
             hint="check the remote URL and your access to it",
         ) from None
-    except ValueError as error:
-        raise SourceError(str(error)) from None
-    unknown = SourceError(
+    except ValueError as error:  # a branch and a tag of that name
+        raise RefError(str(error)) from None
+    unknown = RefError(
         f"{ref!r} is neither a branch, a tag nor a commit of {url}", hint=f"branches on the remote: {_branches(refs)}"
     )
     try:
@@ -95,7 +109,7 @@ def resolve(repo, url: str, ref: str) -> Commit:
             sha = repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
             tips = [tip for name, tip in refs.items() if name.startswith("refs/heads/")]
             if not any(repo.is_ancestor(sha, tip) for tip in tips):
-                raise SourceError(f"commit {ref} is not on any branch of {url}", hint="push it first")
+                raise RefError(f"commit {ref} is not on any branch of {url}", hint="push it first")
         else:
             raise unknown
     except git.GitCommandError:

@@ -18,12 +18,15 @@ from deployer.cli.common import (
     EnvArgument,
     JsonOption,
     SwapModeOption,
+    complete_environments,
     confirmer,
     emit,
     emit_failure,
     json_output,
     served_line,
+    verbose_everywhere,
 )
+from deployer.cli.common import verbose as verbose_wanted
 from deployer.errors import DeployerError, ExitCode
 
 app = typer.Typer(
@@ -34,11 +37,17 @@ app = typer.Typer(
         "Example:  deployer config show production"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion; environment names complete from deploy.toml.
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Inspect and validate deploy.toml.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Inspect and validate deploy.toml: what deployer makes of it, whether a release has what it needs, "
+         "its JSON Schema.\n\nExample:  deployer config check production",
+    no_args_is_help=True,
+)
 app.add_typer(config_app, name="config")
 
 
@@ -55,8 +64,15 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show more on stderr: the SSH library's own log lines (hidden otherwise) "
+                     "and every command's --verbose output."),
+    ] = False,
 ) -> None:
     """Root options."""
+    if verbose:
+        verbose_everywhere()
 
 
 @config_app.command("show")
@@ -78,20 +94,52 @@ def config_show(env: EnvArgument, config: ConfigOption = None, as_json: JsonOpti
 
 
 @config_app.command("check")
-def config_check(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Validate deploy.toml and list its environments; exit 2 when it is broken.
+def config_check(
+    env: Annotated[str | None, typer.Argument(metavar="ENV", help="Check this environment only (default: every one).",
+                                              autocompletion=complete_environments)] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check what a release of ENV (default: every environment) needs, without the host:
+    deploy.toml, the compose file and the services it names, the migrations, the playbook,
+    the variables from your shell and those the compose file requires. Says what it did not
+    check (the host, the database, the remote). Exit 2 on a problem.
 
-    Example:  deployer config check --config deploy.toml
+    Example:  deployer config check production
     """
     from deployer import api
+    from deployer.cli.checks import render_report, summary
+    from deployer.errors import ConfigError
 
     json_output(as_json)
-    cfg = api.load(config)
+    report = api.check_config(env, config_path=config)
+    failure = None if report.ok else ConfigError(summary(report), hint="each problem above says its fix")
     if as_json:
-        emit({"path": str(cfg.path), "valid": True, "app": cfg.app.name, "environments": list(cfg.environments)})
-        return
-    names = ", ".join(cfg.environments) or "none"
-    typer.echo(f"{cfg.path}: valid (app {cfg.app.name}; environments: {names})")
+        emit(report.to_dict(), exit_code=0 if report.ok else 2, error=failure)
+    else:
+        typer.echo(render_report(report))
+    if failure is not None:
+        if not as_json:
+            typer.echo(f"error: {failure.message}", err=True)
+        raise typer.Exit(2)
+
+
+@config_app.command("schema")
+def config_schema(as_json: JsonOption = False) -> None:
+    """Print the JSON Schema of deploy.toml, for editors to validate and complete the file
+    (Taplo / Even Better TOML: see docs/configuration.md).
+
+    Example:  deployer config schema > deploy.schema.json
+    """
+    import json
+
+    from deployer.config.schema import json_schema
+
+    json_output(as_json)
+    if as_json:
+        emit(json_schema())
+    else:
+        typer.echo(json.dumps(json_schema(), indent=2))
 
 
 @app.command("release")
@@ -130,7 +178,7 @@ def release_cmd(
         ref=ref,
         yes=yes,
         dry_run=dry_run,
-        verbose=verbose,
+        verbose=verbose_wanted(verbose),
         playbook=playbook,
         swap_mode=swap_mode.value if swap_mode else None,
         force=force,
@@ -151,7 +199,7 @@ def release_cmd(
 @app.command("rollback")
 def rollback_cmd(
     env: EnvArgument,
-    target: Annotated[str, typer.Argument(help="An alembic revision (id or unique prefix), a release id, or `previous`.")] = "previous",
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="An alembic revision (id or unique prefix), a release id, or `previous`.")] = "previous",
     config: ConfigOption = None,
     restore_backup: Annotated[
         bool, typer.Option("--restore-backup", help="Restore the dump taken when the target release was replaced, instead of downgrading.")
@@ -182,7 +230,7 @@ def rollback_cmd(
         yes=yes,
         dry_run=dry_run,
         restore_backup=restore_backup,
-        verbose=verbose,
+        verbose=verbose_wanted(verbose),
         swap_mode=swap_mode.value if swap_mode else None,
         confirm=confirmer(),
         log=progress_printer(),
@@ -196,16 +244,19 @@ def rollback_cmd(
                    + served_line(result))
 
 
-lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)
+lock_app = typer.Typer(help="Inspect an environment's deploy lock, or clear the record a vanished owner left."
+                             "\n\nExample:  deployer lock status production", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
 
 from deployer.cli.backups import backups_app  # noqa: E402 - these import only typer at start-up
+from deployer.cli.init import init_cmd  # noqa: E402
 from deployer.cli.status import history_cmd, migrations_cmd, status_cmd  # noqa: E402
 
 app.add_typer(backups_app, name="backups")
 app.command("status")(status_cmd)
 app.command("history")(history_cmd)
 app.command("migrations")(migrations_cmd)
+app.command("init")(init_cmd)
 
 
 @lock_app.command("status")
@@ -272,7 +323,7 @@ def recover_cmd(
 
     json_output(as_json)
     result = api.recover(env, config_path=config, forward=forward, restore_backup=restore_backup, dry_run=dry_run,
-                         verbose=verbose, log=progress_printer())
+                         verbose=verbose_wanted(verbose), log=progress_printer())
     if result is None:
         if as_json:
             emit({"environment": env, "interrupted": None})

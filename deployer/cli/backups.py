@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from deployer.server.backups import Backup
     from deployer.server.target import Target
 
-backups_app = typer.Typer(help="Database backups: create, list, verify, restore, prune.", no_args_is_help=True)
+backups_app = typer.Typer(help="Database backups: create, list, verify, restore, prune."
+                                "\n\nExample:  deployer backups list production", no_args_is_help=True)
 
 
 
@@ -102,7 +103,7 @@ def list_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption 
 @backups_app.command("verify")
 def verify_cmd(
     env: EnvArgument,
-    ids: Annotated[list[str] | None, typer.Argument(help="Backup ids (or 'latest'); default: all of ENV's backups.")] = None,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="ID", help="Backup ids (or 'latest'); default: all of ENV's backups.")] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:

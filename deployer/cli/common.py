@@ -25,7 +25,30 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
-EnvArgument = Annotated[str, typer.Argument(help="Environment name from deploy.toml, e.g. production.")]
+
+
+def complete_environments(incomplete: str) -> list[str]:
+    """Shell completion of ENV: the environments of the deploy.toml found from here (or
+    $DEPLOYER_CONFIG). Never fails: a missing or broken file completes nothing."""
+    import os
+    import tomllib
+
+    try:
+        path = Path(os.environ["DEPLOYER_CONFIG"]) if os.environ.get("DEPLOYER_CONFIG") else None
+        if path is None:
+            here = Path.cwd()
+            path = next((d / "deploy.toml" for d in (here, *here.parents) if (d / "deploy.toml").is_file()), None)
+        if path is None:
+            return []
+        environments = tomllib.loads(path.read_text(encoding="utf-8")).get("environments")
+    except (OSError, ValueError):
+        return []
+    names = environments if isinstance(environments, dict) else {}
+    return sorted(name for name in names if name.startswith(incomplete))
+
+
+EnvArgument = Annotated[str, typer.Argument(metavar="ENV", help="Environment name from deploy.toml, e.g. production.",
+                                            autocompletion=complete_environments)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 class SwapModeChoice(enum.StrEnum):
     auto = "auto"
@@ -60,10 +83,26 @@ ENVELOPE_SCHEMA = 1
 
 
 class _Output:
-    """Whether the running command was asked for --json, and whether it printed its document."""
+    """Whether the running command was asked for --json, and whether it printed its document;
+    whether ``deployer --verbose`` was given."""
 
     json = False
     emitted = False
+    verbose = False
+
+
+def verbose_everywhere() -> None:
+    """``deployer --verbose COMMAND``: the libraries' log lines on stderr (paramiko's), and
+    every command's own --verbose."""
+    from deployer.hosts.liblog import library_logging
+
+    _Output.verbose = True
+    library_logging(True)
+
+
+def verbose(flag: bool) -> bool:
+    """A command's --verbose, or the global one."""
+    return flag or _Output.verbose
 
 
 def json_output(enabled: bool) -> None:

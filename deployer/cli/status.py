@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, emit, json_output
+from deployer.cli.common import verbose as verbose_wanted
 
 
 def migrations_cmd(
@@ -34,7 +35,7 @@ def migrations_cmd(
     if as_json:
         emit(report.to_dict(), exit_code=code)
     else:
-        typer.echo(schema_history.render(report, verbose=verbose))
+        typer.echo(schema_history.render(report, verbose=verbose_wanted(verbose)))
     if code:
         raise typer.Exit(code)
 

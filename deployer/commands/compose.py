@@ -6,6 +6,7 @@ is probed once per connection (:func:`deployer.server.target.detect_compose`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,7 +250,7 @@ def parse_config(text: str, project: str) -> ComposeConfig:
             volumes=tuple(mounts),
             has_healthcheck=bool(raw.get("healthcheck")) and not (raw.get("healthcheck") or {}).get("disable"),
             publishes_ports=bool(raw.get("ports")),
-            ports=_ports(raw.get("ports") or ()),
+            ports=published_ports(raw.get("ports") or ()),
         )
     volumes = {}
     for key, raw in (data.get("volumes") or {}).items():
@@ -260,7 +261,7 @@ def parse_config(text: str, project: str) -> ComposeConfig:
     return ComposeConfig(services=services, volumes=volumes, raw=data)
 
 
-def _ports(raw: object) -> tuple[PublishedPort, ...]:
+def published_ports(raw: object) -> tuple[PublishedPort, ...]:
     """``ports`` as compose config prints them (long syntax; v1 may print short strings)."""
     ports = []
     for entry in raw if isinstance(raw, list) else ():
@@ -321,3 +322,130 @@ class SwarmProject(Compose):
 
     def up(self, services: Sequence[str] = (), **_: object) -> list[str]:
         raise NotImplementedError("on Swarm the stack is deployed (deployer.swarm), not brought up by compose")
+
+
+# --- a compose file as its author wrote it (before `compose config`) ---------------------
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One ``${NAME...}`` (or ``$NAME``) of a compose file, as compose reads it."""
+
+    name: str
+    default: str | None = None  # ${NAME:-default} / ${NAME-default}
+    required: bool = False  # ${NAME:?message} / ${NAME?message}: compose refuses to run without it
+    message: str = ""  # the required variable's message
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPERATORS = (":-", ":?", ":+", "-", "?", "+")
+
+
+def read_file(text: str) -> dict[str, Any]:
+    """A compose file's YAML (anchors and merge keys resolved); ValueError names what is wrong."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a compose file: its top level is not a mapping")
+    services = data.get("services")
+    if not isinstance(services, dict) or not services:
+        raise ValueError("not a compose file: it has no services")
+    return data
+
+
+def interpolate(text: str, values: Mapping[str, str], found: list[Variable] | None = None) -> str:
+    """``text`` with compose's variable syntax resolved from ``values``: ``$$`` is ``$``;
+    ``${NAME}`` / ``$NAME``; ``:-`` / ``-`` defaults (nested ones too), ``:?`` / ``?``
+    required, ``:+`` / ``+`` alternatives. An unset variable without a default is empty, as
+    compose makes it (and warns). Every variable met is appended to ``found``."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "$" or i + 1 == len(text):
+            out.append(char)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt == "$":
+            out.append("$")
+            i += 2
+            continue
+        if nxt != "{":
+            bare = _NAME.match(text, i + 1)
+            if bare is None:
+                out.append(char)
+                i += 1
+                continue
+            if found is not None:
+                found.append(Variable(bare.group()))
+            out.append(values.get(bare.group(), ""))
+            i = bare.end()
+            continue
+        name = _NAME.match(text, i + 2)
+        end = _closing(text, i + 2)
+        if name is None or end is None:  # not a variable compose would read: kept as written
+            out.append(char)
+            i += 1
+            continue
+        rest = text[name.end():end]
+        operator = next((op for op in _OPERATORS if rest.startswith(op)), "")
+        if rest and not operator:
+            out.append(char)
+            i += 1
+            continue
+        argument = interpolate(rest[len(operator):], values, found) if operator else ""
+        value = values.get(name.group())
+        set_, non_empty = value is not None, bool(value)
+        if found is not None:
+            found.append(Variable(name.group(), default=argument if operator in (":-", "-") else None,
+                                  required=operator in (":?", "?"), message=argument if "?" in operator else ""))
+        if operator in (":-", "-"):
+            use_default = not non_empty if operator == ":-" else not set_
+            out.append(argument if use_default else value or "")
+        elif operator in (":+", "+"):
+            out.append(argument if (non_empty if operator == ":+" else set_) else "")
+        else:
+            out.append(value or "")
+        i = end + 1
+    return "".join(out)
+
+
+def _closing(text: str, start: int) -> int | None:
+    """The index of the ``}`` that closes a ``${`` whose name starts at ``start``."""
+    depth = 0
+    i = start
+    while i < len(text):
+        if text.startswith("${", i):
+            depth += 1
+            i += 2
+            continue
+        if text[i] == "}":
+            if depth == 0:
+                return i
+            depth -= 1
+        i += 1
+    return None
+
+
+def interpolate_tree(node: object, values: Mapping[str, str], found: list[Variable] | None = None) -> object:
+    """Every string value of a compose file (as :func:`read_file` returns it) interpolated;
+    keys are not, as compose does not."""
+    if isinstance(node, dict):
+        return {key: interpolate_tree(value, values, found) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolate_tree(item, values, found) for item in node]
+    if isinstance(node, str):
+        return interpolate(node, values, found)
+    return node
+
+
+def variables(data: object) -> list[Variable]:
+    """Every variable a compose file (as :func:`read_file` returns it) reads, in order."""
+    found: list[Variable] = []
+    interpolate_tree(data, {}, found)
+    return found

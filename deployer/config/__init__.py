@@ -563,7 +563,11 @@ def _describe_error(error: Mapping[str, Any]) -> str:
     cause = (error.get("ctx") or {}).get("error")
     if kind == "extra_forbidden":
         noun = "table" if isinstance(given, dict) else "key"
-        return f"{where}: unknown {noun}{_suggest(loc[-1], _model(loc[:-1]).model_fields)}"
+        if len(loc) == 1 and isinstance(given, dict) and {"host", "hosts", "path"} & set(given):
+            # [production] with host and path: an environment without its "environments." prefix
+            return f"{where}: unknown table; did you mean [environments.{loc[0]}]?"
+        aliases = _TABLE_ALIASES if len(loc) == 1 else {}
+        return f"{where}: unknown {noun}{_suggest(loc[-1], _model(loc[:-1]).model_fields, aliases)}"
     if kind == "missing":
         if loc == ("app",):
             return "app: missing required table [app] (at least: name = \"...\")"
@@ -595,13 +599,21 @@ def _model(table: tuple[str, ...]) -> type[BaseModel]:
     return nested.get(table[2], _Environment) if len(table) >= 3 else _Environment
 
 
-def _suggest(word: str, known: Iterable[str]) -> str:
-    """``; did you mean X?`` for a close spelling or the only name ``word`` abbreviates."""
+# The long (or other) names people give the file's tables: `[aplication]` is close to
+# "application", which is what `[app]` holds.
+_TABLE_ALIASES = {"application": "app", "project": "app", "environment": "environments", "env": "environments",
+                  "envs": "environments", "targets": "environments", "stages": "environments"}
+
+
+def _suggest(word: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
+    """``; did you mean X?`` for a close spelling (of a name, or of another word for it,
+    ``aliases``: other word -> name) or the only name ``word`` abbreviates."""
     known = list(known)
-    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    aliases = {other: name for other, name in (aliases or {}).items() if name in known}
+    close = difflib.get_close_matches(word, [*known, *aliases], n=1, cutoff=0.6)
     prefixed = [name for name in known if name.startswith(word)] if word else []
     close = close or (prefixed if len(prefixed) == 1 else [])
-    return f"; did you mean {close[0]}?" if close else ""
+    return f"; did you mean {aliases.get(close[0], close[0])}?" if close else ""
 
 
 def _show(value: Any) -> str:

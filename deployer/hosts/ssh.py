@@ -12,7 +12,8 @@ its own channel, so several commands may run at once from different threads.
 * A connection that breaks raises :class:`~deployer.errors.ConnectionLost`; keepalives with
   a reply deadline notice a dead or hung server in seconds, not TCP's hours;
   :meth:`SSHHost.reconnect` opens a new connection to the same target.
-* paramiko logs nothing to the user unless :func:`library_logging` turns it on.
+* paramiko logs nothing to the user unless :func:`library_logging` (``--verbose``) turns it on
+  (:mod:`deployer.hosts.liblog`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ import codecs
 import contextlib
 import errno
 import io
-import logging
 import os
 import queue
 import select
 import shlex
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -54,6 +53,7 @@ from deployer.hosts.base import (
     timeout_error,
 )
 from deployer.hosts.dockerapi import DIAL_STDIO, Engine, stream_engine
+from deployer.hosts.liblog import library_logging
 from deployer.hosts.sshconnect import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER_ALIVE_COUNT_MAX,
@@ -85,36 +85,6 @@ _EXIT_POLL_SECONDS = 0.02
 _LOST_GRACE_SECONDS = 0.5
 _CHUNK = 256 * 1024
 _STDERR_TAIL_BYTES = 16 * 1024
-
-
-# -- paramiko's log lines ----------------------------------------------------------------
-
-_LIBRARY_LOGGER = logging.getLogger("paramiko")
-_QUIET = logging.NullHandler()
-_LOUD = logging.StreamHandler(sys.stderr)
-_LOUD.setFormatter(logging.Formatter("paramiko: %(message)s"))
-
-
-def library_logging(enabled: bool) -> None:
-    """Show paramiko's own log lines on stderr (``--verbose``), or hide them (the default).
-
-    Hidden, nothing paramiko logs ("Secsh channel 3 open FAILED", banner tracebacks) ever
-    reaches the user: deployer's own error says what happened.
-    """
-    _LIBRARY_LOGGER.propagate = False
-    for handler in (_QUIET, _LOUD):
-        _LIBRARY_LOGGER.removeHandler(handler)
-    if enabled:
-        _LOUD.stream = sys.stderr
-        _LIBRARY_LOGGER.addHandler(_LOUD)
-        _LIBRARY_LOGGER.setLevel(logging.DEBUG)
-    else:
-        # A handler that drops everything also keeps logging's last-resort stderr output away.
-        _LIBRARY_LOGGER.addHandler(_QUIET)
-        _LIBRARY_LOGGER.setLevel(logging.CRITICAL + 1)
-
-
-library_logging(False)
 
 
 # -- the host ----------------------------------------------------------------------------

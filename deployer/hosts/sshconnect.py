@@ -27,6 +27,8 @@ from typing import Any, NoReturn, cast
 
 import paramiko
 
+# Imported with paramiko: its log lines stay hidden unless --verbose asked for them.
+import deployer.hosts.liblog  # noqa: F401
 from deployer.errors import ConfigError, ConnectionLost, HostError, HostKeyError
 from deployer.hosts.spec import HostSpec
 from deployer.hosts.sshconfig import HostConfig, SSHConfig, parse_jump
@@ -720,12 +722,39 @@ def _open_client(
         client.close()
         raise
     except BaseException as exc:
+        transport = client.get_transport()  # before close() forgets it: how far the handshake got
         client.close()
-        error = _connect_error(target, exc, is_jump, proxy)
+        error = _negotiation_error(target, exc, transport, is_jump) or _connect_error(target, exc, is_jump, proxy)
         if error is None:
             raise
         raise error from exc
     return client
+
+
+def _negotiation_error(
+    target: SSHTarget, exc: BaseException, transport: paramiko.Transport | None, is_jump: bool
+) -> HostError | None:
+    """A server that spoke, but not (or not all of) SSH within the timeout: paramiko gives up
+    waiting without an error of its own, then fails with "No existing session"; say what
+    the server did instead."""
+    if not isinstance(exc, (paramiko.SSHException, EOFError, OSError)) or isinstance(exc, paramiko.AuthenticationException):
+        return None
+    if transport is None or transport.initial_kex_done:
+        return None
+    server = f"{'the jump host' if is_jump else 'the server'} at {target.address}{target.route}"
+    timeout = target.connect_timeout
+    if not transport.remote_version:
+        return HostError(
+            f"{server} accepted the connection but sent no SSH banner within {timeout:g} s",
+            hint="is an SSH server listening on that port (and not another service)? "
+            "a firewall or an overloaded sshd can also hold connections open silently",
+        )
+    return HostError(
+        f"{server} sent its SSH banner ({transport.remote_version}) but did not finish the key exchange "
+        f"within {timeout:g} s",
+        hint="the server may be overloaded, or something on the way drops its packets; "
+        "`ssh -vvv` shows how far the handshake gets",
+    )
 
 
 def _connect_error(

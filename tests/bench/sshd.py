@@ -15,6 +15,11 @@ and the key, so code that honours ``~/.ssh/config`` is tested as a user would ru
 ``bench_user`` (session scope) is a non-root Unix user in the group that owns the Docker
 socket, whose ``~/.ssh/authorized_keys`` holds the bench key: deploying as a normal
 docker-group user, as production does.
+
+``silent`` (function scope) accepts TCP connections on 127.0.0.1 and never says a word (a
+hung sshd, a tarpit): what a client must time out on, clearly. ``SilentServer(greeting)``
+says one thing first and then nothing.
+
 Note: the OpenSSH ``ssh`` binary reads the *passwd* home, not ``$HOME``; paramiko uses
 ``$HOME``. Tests that shell out to ``ssh`` should pass ``-F`` and the key explicitly.
 """
@@ -30,6 +35,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +153,42 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((LOOPBACK, 0))
         return int(probe.getsockname()[1])
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never says a word (a hung sshd, a tarpit) —
+    or only ``greeting`` (another service's line, an SSH banner with no key exchange after it)."""
+
+    def __init__(self, greeting: bytes = b"") -> None:
+        self.greeting = greeting
+        self.sock = socket.create_server((LOOPBACK, 0))
+        self.port: int = self.sock.getsockname()[1]
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+                if self.greeting:
+                    conn.sendall(self.greeting)
+            except OSError:
+                return
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def _sshd_config(

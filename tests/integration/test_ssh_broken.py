@@ -170,7 +170,7 @@ def test_library_logging_is_off_unless_asked(
             host.run(["true"])
     finally:
         library_logging(False)
-    assert "paramiko: Connected (version 2.0, client OpenSSH" in capfd.readouterr().err
+    assert "paramiko.transport: Connected (version 2.0, client OpenSSH" in capfd.readouterr().err
 
 
 def test_local_reconnect_is_a_no_op() -> None:

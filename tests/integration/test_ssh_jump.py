@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from deployer.errors import ConfigError, HostError, HostKeyError
 from deployer.hosts import connect
 from deployer.hosts.spec import HostSpec, parse_host
 from deployer.hosts.ssh import SSHHost
-from tests.bench.sshd import SSHBench, SSHDFactory, SSHHome, free_port
+from tests.bench.sshd import SilentServer, SSHBench, SSHDFactory, SSHHome, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -247,38 +244,6 @@ def test_a_jump_host_that_cannot_reach_the_target(
     assert "connect failed" in message
 
 
-class SilentServer:
-    """Accepts TCP connections on 127.0.0.1 and never says a word (a hung sshd, a tarpit)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._held.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self._held:
-            conn.close()
-
-
-@pytest.fixture
-def silent() -> Iterator[SilentServer]:
-    server = SilentServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def test_a_silent_server_fails_within_the_connect_timeout(
     ssh_home: SSHHome, silent: SilentServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -295,6 +260,30 @@ def test_a_silent_server_fails_within_the_connect_timeout(
     assert str(caught.value).splitlines()[0] == (
         f"the server at 127.0.0.1:{silent.port} accepted the connection but sent no SSH banner within 1.5 s"
     )
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+@pytest.mark.parametrize(("greeting", "said"), [
+    (b"220 mail.example.invalid ESMTP\r\n", "accepted the connection but sent no SSH banner within 1.5 s"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "sent its SSH banner (SSH-2.0-OpenSSH_9.2) but did not finish the key exchange within 1.5 s"),
+], ids=["another-service", "banner-then-nothing"])
+def test_a_server_that_stops_talking_fails_within_the_connect_timeout(
+    ssh_home: SSHHome, capfd: pytest.CaptureFixture[str], greeting: bytes, said: str
+) -> None:
+    """Something that speaks first and then stops (another service on the port, a hung sshd
+    after its banner): paramiko alone fails with "No existing session"."""
+    server = SilentServer(greeting)
+    capfd.readouterr()
+    try:
+        started = time.monotonic()
+        with pytest.raises(HostError) as caught:
+            connect(HostSpec("127.0.0.1", user="deploy", port=server.port), ssh_config_path=os.devnull, connect_timeout=1.5)
+        assert time.monotonic() - started < 8
+    finally:
+        server.close()
+    assert str(caught.value).splitlines()[0] == f"the server at 127.0.0.1:{server.port} {said}"
+    assert "No existing session" not in str(caught.value)
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
 

@@ -39,3 +39,45 @@ def test_argv(argv: list[str], expected: list[str]) -> None:
     assert argv == expected
 
 
+
+
+# --- a compose file as written: compose's variable syntax ---------------------------------
+
+VALUES = {"SET": "value", "EMPTY": ""}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("${SET}", "value"), ("$SET", "value"), ("$SET.txt", "value.txt"), ("${UNSET}", ""), ("$$SET", "$SET"),
+        ("${UNSET:-dflt}", "dflt"), ("${EMPTY:-dflt}", "dflt"), ("${EMPTY-dflt}", ""), ("${UNSET-dflt}", "dflt"),
+        ("${SET:-dflt}", "value"), ("${UNSET:?say}", ""), ("${SET:?say}", "value"),
+        ("${SET:+alt}", "alt"), ("${EMPTY:+alt}", ""), ("${EMPTY+alt}", "alt"), ("${UNSET+alt}", ""),
+        ("${UNSET:-${SET}}", "value"), ("${UNSET:-${ALSO:-x}y}", "xy"),
+        ("127.0.0.1:${PORT:-8000}:8000", "127.0.0.1:8000:8000"),
+        ("a $ b", "a $ b"), ("${not closed", "${not closed"), ("${1BAD}", "${1BAD}"), ("price: 5$", "price: 5$"),
+    ],
+)
+def test_interpolate_as_compose_does(text: str, expected: str) -> None:
+    assert compose.interpolate(text, VALUES) == expected
+
+
+def test_variables_of_a_compose_file() -> None:
+    data = compose.read_file(
+        "x-db: &db\n  URL: postgresql://app:${PW:?set PW}@db/app\n"
+        "services:\n  web:\n    environment: *db\n    ports: ['${PORT:-8000}:8000']\n"
+        "    command: echo $$HOME $NAME\n  # ${IN_A_COMMENT}\n"
+    )
+    found = compose.variables(data)
+    assert compose.Variable("PW", required=True, message="set PW") in found
+    assert compose.Variable("PORT", default="8000") in found and compose.Variable("NAME") in found
+    assert {v.name for v in found} == {"PW", "PORT", "NAME"}  # not HOME ($$), not a comment's
+    tree = compose.interpolate_tree(data, {"PW": "s3cret"})
+    assert tree["services"]["web"]["environment"]["URL"] == "postgresql://app:s3cret@db/app"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("text", "phrase"), [("services: [\n", "not valid YAML"), ("- a\n", "top level is not a mapping"),
+                                              ("version: '3'\n", "it has no services"), ("services: {}\n", "no services")])
+def test_a_file_that_is_not_a_compose_file(text: str, phrase: str) -> None:
+    with pytest.raises(ValueError, match=phrase):
+        compose.read_file(text)

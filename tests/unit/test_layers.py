@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployer"
 # Lower numbers are lower layers; a module may import its own layer and those below.
 LAYERS = {
     "errors": 0, "hosts": 1, "config": 1, "commands": 1, "actions": 1, "interrupts": 0,
-    "db": 2, "source": 2, "server": 3, "proxy": 3, "swarm": 3, "steps": 4, "status": 4, "engine": 5, "api": 6, "cli": 7,
+    "db": 2, "source": 2, "discovery": 2, "scaffold": 2, "server": 3, "proxy": 3, "swarm": 3, "steps": 4, "status": 4,
+    "readiness": 4, "engine": 5, "api": 6, "cli": 7,
 }
 
 
