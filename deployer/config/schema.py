@@ -69,6 +69,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "lock_retries": "How many times a migration that gave up waiting for a lock is tried again.",
         "migration_policy": "What the migration safety gate does about a migration that locks or rewrites a big table.",
         "lint_min_rows": "Rows from which a table counts as big for the migration safety gate.",
+        "engine": ("What runs the services: docker compose on each host, or Docker Swarm across the hosts "
+                   "(the nodes of one swarm, the primary a manager; see docs/swarm.md)."),
     },
     "HostEntry": {
         "host": "The host: \"[user@]host[:port]\" or an ~/.ssh/config alias.",
