@@ -165,6 +165,48 @@ def proxy_state(routes: Any, containers: Sequence[Container], web_service: str) 
 
 
 @dataclass(frozen=True)
+class SwarmService:
+    """One service of the stack on Swarm, as its manager reports it."""
+
+    service: str
+    image: str
+    desired: int | None  # None: global (a task per node)
+    running: int  # tasks running its spec's image
+    update: str  # its last update: "", updating, completed, paused, rollback_*
+    update_message: str
+    tasks: tuple[str, ...]  # "node: state" of each task Swarm wants running (errors included)
+
+
+@dataclass(frozen=True)
+class SwarmNodeState:
+    name: str
+    address: str
+    state: str  # ready, down, …
+    availability: str
+    role: str
+
+
+def swarm_problems(services: Sequence[SwarmService], nodes: Sequence[SwarmNodeState], expected: Sequence[str]) -> list[str]:
+    """Sentences for what is wrong with a stack on its swarm (pure)."""
+    problems = []
+    present = {s.service for s in services}
+    for name in expected:
+        if name not in present:
+            problems.append(f"the stack has no service {name}")
+    for s in services:
+        wanted = s.desired if s.desired is not None else sum(1 for n in nodes if n.state == "ready" and n.availability == "active")
+        if s.running < wanted:
+            problems.append(f"service {s.service}: {s.running} of {wanted} task(s) running"
+                            + (f" ({'; '.join(t for t in s.tasks if 'running' not in t)})" if s.tasks else ""))
+        if s.update in ("paused", "rollback_started", "rollback_paused", "rollback_completed"):
+            problems.append(f"the last update of {s.service} was {s.update.replace('_', ' ')}: {s.update_message or 'no message'}")
+    for n in nodes:
+        if n.state != "ready" and n.availability == "active":
+            problems.append(f"node {n.name} ({n.address}) is {n.state}")
+    return problems
+
+
+@dataclass(frozen=True)
 class LockState:
     held: bool
     holder: str | None = None
@@ -214,6 +256,8 @@ class Status:
     interrupted: str | None = None  # an interrupted run, described
     running: str | None = None  # the commit the running web container was built from
     proxy: ProxyState | None = None  # behind deployer's proxy: where it sends requests
+    swarm: tuple[SwarmService, ...] | None = None  # on Swarm: the stack's services and their tasks
+    nodes: tuple[SwarmNodeState, ...] = ()  # on Swarm: the swarm's nodes
 
     @property
     def in_sync(self) -> bool:
@@ -633,9 +677,13 @@ def read_status(
         journal_f = reads.submit(journal.read, host, state_dir)
         runlog_f = reads.submit(runlog.read, host, state_dir)
         backup_f = reads.submit(read_newest_backup, host, environment.backup_dir)
-        proxy_f = pool.submit(_read_proxy, host, cfg) if environment.proxy is not None else None
+        proxy_f = pool.submit(_read_proxy, host, cfg) if environment.proxy is not None and not environment.swarm else None
+        swarm_f = reads.submit(_read_swarm, host, cfg.app.name, cfg.app.web_service) if environment.swarm else None
 
         every = containers_f.result()
+        if swarm_f is not None:
+            # A task's container that stopped is history: Swarm replaced it.
+            every = [c for c in every if c.state == "running" or c.oneoff]
         containers = [c for c in every if not c.oneoff]
         db_error: str | None = None
         db_revisions: tuple[str, ...] | None = None
@@ -662,7 +710,9 @@ def read_status(
             # Journaled before it stopped: finished; the next command only removes its step log.
             # (A run whose recovery was incomplete is journaled too, and its step log kept on purpose.)
             interrupted_run = None
-        running_sha, running_problem = _running_commit(cfg, containers, records, interrupted_run, deployed_sha)
+        swarm_read = swarm_f.result() if swarm_f is not None else None
+        running_sha, running_problem = _running_commit(cfg, containers, records, interrupted_run, deployed_sha,
+                                                       web_image=swarm_read[2] if swarm_read is not None else None)
         judged_sha = running_sha or deployed_sha
         deployed_scripts, deployed_subject, ahead, behind = None, None, None, None
         if deployed_sha is not None:
@@ -685,7 +735,13 @@ def read_status(
         problems = code_problems(code)
         if running_problem:
             problems.append(running_problem)
-        if deployed_sha is not None:
+        swarm_services: tuple[SwarmService, ...] | None = None
+        swarm_nodes: tuple[SwarmNodeState, ...] = ()
+        if swarm_read is not None:
+            swarm_services, swarm_nodes = swarm_read[0], swarm_read[1]
+            if deployed_sha is not None:
+                problems += swarm_problems(swarm_services, swarm_nodes, [s for s in (cfg.app.db_service, cfg.app.web_service) if s])
+        elif deployed_sha is not None:
             expected = [s for s in target.services_here((cfg.app.db_service, cfg.app.web_service)) if s]
             problems += service_problems(services, expected)
         proxied: ProxyState | None = None
@@ -733,6 +789,8 @@ def read_status(
             interrupted=interrupted,
             running=running_sha,
             proxy=proxied,
+            swarm=swarm_services,
+            nodes=swarm_nodes,
         ), kept
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -749,8 +807,29 @@ def _read_proxy(host: Host, cfg: Config) -> Any:
     return read_routes(host, CONTAINER_PREFIX + cfg.app.name)
 
 
+def _read_swarm(host: Host, stack: str, web: str) -> tuple[tuple[SwarmService, ...], tuple[SwarmNodeState, ...], str | None]:
+    """The stack's services with their tasks, the swarm's nodes, and the image the web service runs."""
+    from deployer.swarm import runtime
+
+    nodes = runtime.nodes(host)
+    names = {n.id: n.hostname for n in nodes}
+    services = runtime.services(host, stack)
+    tasks = runtime.tasks(host, stack)
+    shown = []
+    for s in services:
+        mine = [t for t in tasks if t.service_id == s.id and t.desired == "running"]
+        lines = tuple(sorted(f"{names.get(t.node_id, t.node_id[:12] or 'unassigned')}: {t.state}"
+                             + (f" ({t.error})" if t.error else "") + ("" if t.image == s.image else " (another image)")
+                             for t in mine))
+        shown.append(SwarmService(service=s.short, image=s.image, desired=s.replicas,
+                                  running=sum(1 for t in mine if t.state == "running" and t.image == s.image),
+                                  update=s.update_state, update_message=s.update_message, tasks=lines))
+    return (tuple(shown), tuple(SwarmNodeState(n.hostname, n.address, n.state, n.availability, n.role) for n in nodes),
+            next((s.image for s in services if s.short == web), None))
+
+
 def _running_commit(cfg: Config, containers: Sequence[Container], records: Sequence[Record], run: Any,
-                    deployed: str | None) -> tuple[str | None, str | None]:
+                    deployed: str | None, *, web_image: str | None = None) -> tuple[str | None, str | None]:
     """The commit the running web container was built from, and a problem when that is not the checkout's.
 
     The journal records each release's image ids; an interrupted run's step log records what
@@ -758,16 +837,18 @@ def _running_commit(cfg: Config, containers: Sequence[Container], records: Seque
     """
     from deployer.server import journal
 
-    web = next((c for c in containers if c.service == cfg.app.web_service and c.state == "running"), None)
-    if web is None:
-        return None, None
-    released = journal.running_image_release(records, web.image_id)
+    if web_image is None:
+        web = next((c for c in containers if c.service == cfg.app.web_service and c.state == "running"), None)
+        if web is None:
+            return None, None
+        web_image = web.image_id
+    released = journal.running_image_release(records, web_image)
     sha = released.commit if released else None
-    if sha is None and run is not None and web.image_id in run.built.values():
+    if sha is None and run is not None and web_image in run.built.values():
         sha = run.goal.commit
     if sha is None:
         if any(r.image_ids for r in records):
-            return None, (f"the running {web.service} image {web.image_id[:19]} is from no recorded release: "
+            return None, (f"the running {cfg.app.web_service} image {web_image[:19]} is from no recorded release: "
                           "compared with the checkout")
         return None, None
     if deployed is not None and sha != deployed:
@@ -973,6 +1054,16 @@ def render_status(s: Status, now: datetime | None = None) -> str:
             lines.append(f"    {mark} {sv.service:<12} {state:<20} {since:<14} {sv.image}")
     else:
         lines.append("  services   no containers")
+    if s.swarm is not None:
+        lines.append("  swarm      " + ", ".join(f"{n.name} {n.state}{'' if n.availability == 'active' else ' ' + n.availability}"
+                                                  f"{' (manager)' if n.role == 'manager' else ''}" for n in s.nodes))
+        for sw in s.swarm:
+            wanted = "global" if sw.desired is None else str(sw.desired)
+            mark = "ok" if (sw.desired is None or sw.running >= sw.desired) and not sw.update.startswith(("rollback", "paused")) else "!!"
+            update = f", update {sw.update.replace('_', ' ')}" if sw.update else ""
+            lines.append(f"    {mark} {sw.service:<16} {sw.running}/{wanted} running{update}  {sw.image[:19]}")
+            for task in sw.tasks:
+                lines.append(f"         {task}")
     if s.proxy is not None:
         p = s.proxy
         where = f"routes to {', '.join(p.routes_to)}" if p.routes_to else "routes to nothing"

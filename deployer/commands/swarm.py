@@ -113,7 +113,8 @@ def scale_argv(service: str, replicas: int) -> list[str]:
 # A stack's services, inspected in one round trip; "[]" when the stack has none.
 _SERVICES_SCRIPT = (
     'ids=$(docker service ls --quiet --filter "label=com.docker.stack.namespace=$1") || exit $?; '
-    '[ -z "$ids" ] && echo "[]" && exit 0; exec docker service inspect $ids'
+    '[ -z "$ids" ] && echo "[]" && exit 0; '
+    'out=$(docker service inspect $ids 2>/dev/null); [ -n "$out" ] && printf "%s\\n" "$out" || echo "[]"'
 )
 
 
@@ -177,7 +178,9 @@ def parse_updates(stdout: str) -> dict[str, str]:
 # A stack's tasks (every state), inspected in one round trip; "[]" when there are none.
 _TASKS_SCRIPT = (
     'ids=$(docker stack ps --quiet --no-trunc "$1" 2>/dev/null) || { echo "[]"; exit 0; }; '
-    '[ -z "$ids" ] && echo "[]" && exit 0; exec docker inspect --type task $ids'
+    '[ -z "$ids" ] && echo "[]" && exit 0; '
+    # A task removed between the two commands is not an error: the others are still printed.
+    'out=$(docker inspect --type task $ids 2>/dev/null); [ -n "$out" ] && printf "%s\\n" "$out" || echo "[]"'
 )
 
 

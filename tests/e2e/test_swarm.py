@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -242,6 +243,18 @@ def test_a_first_release_runs_on_both_nodes(swarm: SwarmFleet) -> None:
     # The journal is on the primary; the checkout too (the worker needs none).
     assert swarm.journal(swarm.primary)[-1]["outcome"] == "succeeded"
     assert swarm.head(swarm.machines[1]) is None
+    # status reads the stack's services and tasks, and the nodes.
+    status = swarm.deployer("status", "production", "--json")
+    report = result_of(status.stdout)
+    assert status.returncode == 0, (report["problems"], status.stderr[-2000:])
+    services = {s["service"]: s for s in report["swarm"]}
+    assert services["web"]["running"] == services["web"]["desired"] == 2, services["web"]
+    assert services["db"]["running"] == 1 and services["deployer-proxy"]["desired"] is None, services
+    assert sorted(t.split(":")[0] for t in services["web"]["tasks"]) == ["m1", "m2"], services["web"]
+    assert sorted(n["name"] for n in report["nodes"]) == ["m1", "m2"], report["nodes"]
+    assert report["database"]["verdict"] == "up to date", report["database"]
+    text = swarm.deployer("status", "production")
+    assert "swarm      m1 ready (manager), m2 ready" in text.stdout and "web              2/2 running" in text.stdout, text.stdout
 
 
 def test_a_migrating_release_runs_the_migration_once_and_fails_no_request(swarm: SwarmFleet) -> None:
@@ -298,3 +311,45 @@ def test_a_failing_update_is_rolled_back_by_swarm_and_reported(swarm: SwarmFleet
         assert swarm.get(machine)[0] == 200
     record = swarm.journal(swarm.primary)[-1]
     assert record["outcome"] == "failed" and "rolled the update" in record["error"], record
+    status = swarm.deployer("status", "production", "--json")
+    report = result_of(status.stdout)
+    assert status.returncode == 15, report
+    # Recovery deployed the previous stack again: what runs is whole; the failed release is said.
+    assert any(p == f"the last release {record['id']} failed" for p in report["problems"]), report["problems"]
+    assert all(s["running"] == (s["desired"] or 2) for s in report["swarm"]), report["swarm"]
+
+
+def test_a_run_killed_while_the_stack_updates_is_converged_by_recover(swarm: SwarmFleet) -> None:
+    from tests.bench.faults import Background
+
+    swarm.commit({"deploy.toml": deploy_toml(swarm.machines, swarm.web_port)}, "health mended")
+    release(swarm)
+    good = swarm.service_images()
+    revision_before = swarm.revision()
+    files = add_migration("5a1e00000002", revision_before[0], "a column for the killed run",
+                          ['op.add_column("users", sa.Column("killed_run", sa.String(40)))'],
+                          ['op.drop_column("users", "killed_run")'])
+    swarm.commit(files, "a release killed while the stack updates")
+    run = Background(swarm, ("release", "production", "--yes"))  # type: ignore[arg-type]
+    run.wait_line(r"^> swap", timeout=600)  # migrated; the stack is being deployed
+    time.sleep(3)  # the deploy is under way: the new web tasks start
+    run.kill()
+    assert run.finish() == -signal.SIGKILL
+    assert swarm.revision() == ("5a1e00000002",)
+    shown = swarm.deployer("status", "production")
+    assert shown.returncode == 16, shown.stdout + shown.stderr  # interrupted, and it says how to converge
+    assert "deployer recover production" in shown.stdout
+
+    with Observer(swarm) as observer:
+        recovered = swarm.deployer("recover", "production", "--json")
+    assert recovered.returncode == 0, recovered.stdout[-2000:] + recovered.stderr[-5000:]
+    assert swarm.revision() == revision_before
+    assert swarm.service_images() == good
+    assert {image for _, image in swarm.web_tasks()} == {good["web"]}
+    for machine in swarm.machines:
+        status, body = swarm.get(machine)
+        assert status == 200 and json.loads(body)["revision"] == revision_before[0], (machine.name, body)
+    assert not (swarm.primary.srv / "app.deployer" / "run.json").exists()
+    assert observer.ok > 50, observer.ok
+    report = result_of(swarm.deployer("status", "production", "--json").stdout)
+    assert report["database"]["verdict"] == "up to date" and not report["interrupted"], report
