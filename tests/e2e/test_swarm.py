@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import secrets
-import signal
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
