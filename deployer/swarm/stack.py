@@ -11,8 +11,8 @@ here, and every change is listed in the notes the dry run prints:
   two web tasks can then overlap during an update (``order: start-first``), which a port
   published by the tasks themselves would forbid;
 * updates roll back on failure (``failure_action: rollback``; Swarm's default, ``pause``,
-  leaves half-updated services) and are watched at least as long as a task's healthcheck
-  takes to decide (a shorter ``monitor`` lets a broken update pass);
+  leaves half-updated services) and are watched at least as long as a running task's
+  healthcheck takes to fail it (a shorter ``monitor`` lets a broken update pass);
 * the db service stays on the primary node (its volume lives there), stops before it
   starts again (two servers on one data directory corrupt it) and never runs twice;
 * services that publish nothing resolve by DNS round robin (``endpoint_mode: dnsrr``): no
@@ -113,16 +113,20 @@ def seconds(value: object) -> float:
 
 
 def health_window(service: Mapping[str, Any]) -> float:
-    """How long a task's healthcheck may take to call it unhealthy: start period, then
-    ``retries`` failed checks ``interval`` apart (each up to ``timeout``). Docker's defaults:
-    interval 30 s, timeout 30 s, 3 retries."""
+    """How long a running task's healthcheck takes to call it unhealthy: ``retries`` failed
+    checks ``interval`` apart, the last up to ``timeout`` (Docker's defaults: 30 s, 30 s, 3).
+
+    Swarm calls a task with a healthcheck running only once it reported healthy (its start
+    period is over by then, and its address joins the service's DNS only then), and the
+    ``monitor`` of an update starts there: a monitor shorter than this window lets a task that
+    turns unhealthy right after it started pass."""
     check = service.get("healthcheck") or {}
     if not check or check.get("disable"):
         return 0.0
     interval = seconds(check.get("interval") or "30s")
     timeout = seconds(check.get("timeout") or "30s")
     retries = int(check.get("retries") or 3)
-    return seconds(check.get("start_period") or 0) + retries * interval + timeout
+    return retries * interval + timeout
 
 
 def _duration(value: float) -> str:
