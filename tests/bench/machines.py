@@ -141,6 +141,12 @@ class Machine:
         self.run("mount", "--bind", str(self.root / "etc-docker"), "/etc/docker")
         self.run("hostname", self.name)
         self.run("mount", "--bind", str(self.srv), "/srv")
+        # Name lookups go to this machine's end of the bridge, where nothing answers: a lookup
+        # of a name no container holds (the engine asking a registry for an image it has
+        # under a name) fails at once instead of leaving this box.
+        resolv = self.root / "resolv.conf"
+        resolv.write_text(f"nameserver {SUBNET}.1\n")
+        self.run("mount", "--bind", str(resolv), "/etc/resolv.conf")
         self._dockerd()
         if sshd_config is not None:
             self._sshd(sshd_config(self))
