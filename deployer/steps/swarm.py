@@ -265,6 +265,11 @@ def deploy_stack(ctx: Context, *, only: tuple[str, ...] | None = None, timeout: 
     compose = ctx.known.compose
     ids = yield from resolve_images(ctx, compose)
     text, notes, expected, proxy_text = rendering(ctx, compose, ids, only=only)
+    said = ctx.scratch.setdefault("stack_notes", set())
+    for note in notes:
+        if note not in said:  # once per run: the first deploy of a first release says them
+            said.add(note)
+            ctx.log(f"  stack: {note}")
     path = stack_file(ctx.state_dir, ctx.run_id if only is None else f"{ctx.run_id}.database")
     yield Command(("mkdir", "-p", posixpath.dirname(path)), what="the folder of the stack files")
     yield Write(proxy_file(ctx.state_dir), proxy_text, mode=0o644, what="the proxy's configuration (finds the web tasks by DNS)")
@@ -285,9 +290,7 @@ def database_up(ctx: Context, timeout: float):  # noqa: ANN201 - generator
     present = yield Read(f"the services of {ctx.app.name}", lambda c: runtime.services(c.host, c.app.name), plan=True)
     names = {s.short for s in present or ()}
     if db not in names:
-        _, notes = yield from deploy_stack(ctx, only=(db, PROXY_SERVICE), timeout=float(timeout) + 120)
-        for note in notes:
-            ctx.log(f"  stack: {note}")
+        yield from deploy_stack(ctx, only=(db, PROXY_SERVICE), timeout=float(timeout) + 120)
     detail = yield Wait(f"{db} accepts connections (at most {timeout:.0f}s)", lambda c: wait_for_database(c, timeout))
     return detail
 
@@ -347,7 +350,7 @@ def deploy(ctx: Context, step: Any):  # noqa: ANN201 - generator; swap and up on
     served = stop_probe(ctx)
     parts = [chosen.describe(), detail]
     if notes:
-        parts.append(f"{len(notes)} change(s) for Swarm (see the dry run)")
+        parts.append(f"{len(notes)} change(s) to the compose file for Swarm (listed by --dry-run)")
     if served is not None:
         parts.append(served.describe())
     return "; ".join(parts)

@@ -266,6 +266,14 @@ def test_a_migrating_release_runs_the_migration_once_and_fails_no_request(swarm:
                           ['op.drop_table("migration_runs")'])
     sha = swarm.commit(files, "a migration, released to the swarm")
     before = swarm.service_images()
+    # The dry run shows the stack deploy and what the stack changes of the compose file; it changes nothing.
+    plan = swarm.deployer("release", "production", "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    commands = {s["step"]: s["commands"] for s in result_of(plan.stdout)["steps"]}
+    assert any("docker stack deploy --resolve-image never" in c for c in commands["swap"]), commands["swap"]
+    assert any("fleetapp-web:latest to m2" in c or "copy " in c for c in commands["build"]), commands["build"]
+    assert "stack: web: build left out" in plan.stderr and "stack: web: depends_on left out" in plan.stderr, plan.stderr
+    assert swarm.service_images() == before and swarm.revision() == (EXAMPLE_HEAD,)
     with Observer(swarm) as observer:
         done = result_of(release(swarm).stdout)
     assert done["outcome"] == "succeeded" and done["commit"] == sha, done
