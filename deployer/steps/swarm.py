@@ -188,7 +188,7 @@ def distribute(ctx: Context, compose: ComposeConfig | None = None):  # noqa: ANN
     detail = yield Wait(f"copy {', '.join(sorted(set(names.values())))} to "
                         f"{', '.join(name for name, _ in nodes(ctx)) or 'no other node'} (the layers each lacks)",
                         lambda c: _send_all(c, names))
-    return detail
+    return detail or f"images to {len(nodes(ctx))} other node(s)"
 
 
 def resolve_images(ctx: Context, compose: ComposeConfig):  # noqa: ANN201 - generator -> dict[str, str]
@@ -256,7 +256,7 @@ def deploy_file(ctx: Context, path: str, expected: dict[str, str], what: str, ti
                         "an update Swarm rolls back fails the step)",
                         lambda c: runtime.watch(c.host, stack, expected=expected, before=before or runtime.Before({}),
                                                 timeout=timeout, log=c.log))
-    return detail
+    return detail or f"the stack {stack} deployed"
 
 
 def deploy_stack(ctx: Context, *, only: tuple[str, ...] | None = None, timeout: float = DEPLOY_TIMEOUT):  # noqa: ANN201
