@@ -485,11 +485,15 @@ def plan(ctx: Context, book: Playbook) -> Plan:
     ctx.scratch["steps"] = tuple((step.label, step.name) for step in book.steps)
     ctx.scratch["playbook"] = book.name
     planned: list[PlannedStep] = []
-    for step in book.steps:
-        planned.append(plan_step(ctx, step))
-        if ctx.scratch.get("unchanged") and ctx.record is None:
-            break  # what the run would do: stop here, with nothing to do
-    return plan_summary(ctx, book, planned)
+    try:
+        for step in book.steps:
+            planned.append(plan_step(ctx, step))
+            if ctx.scratch.get("unchanged") and ctx.record is None:
+                break  # what the run would do: stop here, with nothing to do
+        return plan_summary(ctx, book, planned)
+    finally:
+        for cleanup in ctx.scratch.pop("cleanups", []):  # connections a read opened (Swarm's other nodes)
+            cleanup()
 
 
 def plan_step(ctx: Context, step: Step, preflight: Callable[[], str] | None = None) -> PlannedStep:
