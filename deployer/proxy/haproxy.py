@@ -58,18 +58,9 @@ class Slot:
         return (self.address, self.port) == NOWHERE or self.address in ("", "0.0.0.0")
 
 
-def render_config(settings: ProxySettings, servers: dict[str, tuple[str, int, str]] | None = None) -> str:
-    """haproxy.cfg. ``servers`` maps a slot to (address, port, state) as they should start
-    after a restart of the proxy: deployer rewrites the file after each switch, so a proxy
-    that restarts routes as the last completed switch left it."""
-    servers = servers or {}
-    lines = [
-        "# Written by deployer: the proxy in front of the web service. Edits are overwritten",
-        "# at the next release; routing changes at run time through the runtime API.",
-        "global",
-        f"    stats socket ipv4@127.0.0.1:{ADMIN_PORT} level admin",
-        "    stats timeout 10s",
-        "",
+def _defaults_and_frontend(settings: ProxySettings, *extra_defaults: str) -> list[str]:
+    """The defaults, the frontend and the backend's head, the same behind both kinds of proxy."""
+    return [
         "defaults",
         "    mode http",
         f"    timeout connect {CONNECT_TIMEOUT_SECONDS}s",
@@ -77,7 +68,8 @@ def render_config(settings: ProxySettings, servers: dict[str, tuple[str, int, st
         f"    timeout server {settings.server_timeout}s",
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
-        # A request whose connection to a backend fails is tried again (and on the other slot
+        *extra_defaults,
+        # A request whose connection to a backend fails is tried again (and on another server
         # at the last try): a container that just went away costs a retry, not an error.
         f"    retries {settings.retries}",
         "    option redispatch 1",
@@ -93,6 +85,22 @@ def render_config(settings: ProxySettings, servers: dict[str, tuple[str, int, st
         "",
         f"backend {BACKEND}",
         "    balance roundrobin",
+    ]
+
+
+def render_config(settings: ProxySettings, servers: dict[str, tuple[str, int, str]] | None = None) -> str:
+    """haproxy.cfg. ``servers`` maps a slot to (address, port, state) as they should start
+    after a restart of the proxy: deployer rewrites the file after each switch, so a proxy
+    that restarts routes as the last completed switch left it."""
+    servers = servers or {}
+    lines = [
+        "# Written by deployer: the proxy in front of the web service. Edits are overwritten",
+        "# at the next release; routing changes at run time through the runtime API.",
+        "global",
+        f"    stats socket ipv4@127.0.0.1:{ADMIN_PORT} level admin",
+        "    stats timeout 10s",
+        "",
+        *_defaults_and_frontend(settings),
     ]
     for slot in SLOTS:
         address, port, state = servers.get(slot, (*NOWHERE, "maint"))
@@ -137,25 +145,7 @@ def render_swarm_config(settings: ProxySettings, service: str, web_port: int, *,
         "    hold obsolete 1s",
         "    accepted_payload_size 8192",
         "",
-        "defaults",
-        "    mode http",
-        f"    timeout connect {CONNECT_TIMEOUT_SECONDS}s",
-        f"    timeout client {settings.client_timeout}s",
-        f"    timeout server {settings.server_timeout}s",
-        "    timeout http-request 10s",
-        "    timeout http-keep-alive 10s",
-        "    timeout check 2s",
-        f"    retries {settings.retries}",
-        "    option redispatch 1",
-        "    retry-on conn-failure empty-response",
-        "",
-        "frontend web",
-        f"    bind :{settings.listen_port}",
-        "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS",
-        f"    default_backend {BACKEND}",
-        "",
-        f"backend {BACKEND}",
-        "    balance roundrobin",
+        *_defaults_and_frontend(settings, "    timeout check 2s"),
     ]
     if health_path:
         lines.append("    option httpchk")

@@ -122,19 +122,12 @@ def make_compose(config: Config, env: Environment, program: tuple[str, ...] = co
                  *, partial: bool = False) -> compose_cmds.Compose:
     """The compose project of an environment (pure: nothing is probed); ``partial``: on a
     host that runs only some of its services."""
-    if env.swarm:
-        # On Swarm the stack publishes the ports and runs the services: compose only builds,
-        # resolves and runs one-off containers on the stack's networks.
-        return compose_cmds.SwarmProject(
-            program=program,
-            project=config.app.name,
-            project_dir=posixpath.dirname(posixpath.join(env.path, config.app.compose_file)),
-            files=(posixpath.join(env.path, config.app.compose_file),),
-            env_file=posixpath.join(env.state_dir, ENV_FILE) if env.env else None,
-            overrides=(posixpath.join(env.state_dir, SWARM_OVERRIDE_FILE),),
-        )
-    overrides = (PROXY_OVERRIDE_FILE,) * bool(env.proxy) + (HOST_OVERRIDE_FILE,) * partial
-    return compose_cmds.Compose(
+    # On Swarm the stack publishes the ports and runs the services: compose only builds,
+    # resolves and runs one-off containers on the stack's networks.
+    kind = compose_cmds.SwarmProject if env.swarm else compose_cmds.Compose
+    overrides = ((SWARM_OVERRIDE_FILE,) if env.swarm
+                 else (PROXY_OVERRIDE_FILE,) * bool(env.proxy) + (HOST_OVERRIDE_FILE,) * partial)
+    return kind(
         program=program,
         project=config.app.name,
         # As compose itself: relative paths in the file are relative to the file's folder.

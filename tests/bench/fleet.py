@@ -74,6 +74,27 @@ volumes:
   dbdata:
 """
 
+# The example's WSGI entry point with a /health that fails where HEALTH_BROKEN is set (and
+# nowhere else): one host's, or every task's, health check failing.
+HEALTH_BROKEN_WSGI = '''"""WSGI entry point; /health fails where HEALTH_BROKEN is set."""
+import os
+
+from flask import request
+
+from recipes import create_app
+
+app = create_app()
+
+
+@app.before_request
+def _broken_here():
+    if request.path == "/health" and os.environ.get("HEALTH_BROKEN"):
+        return "broken on this host", 503
+    return None
+'''
+
+
+
 @dataclass
 class Fleet:
     machines: list[Machine]

@@ -27,30 +27,11 @@ from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, add_migration
 from tests.bench.docker import POSTGRES_IMAGE, PYTHON_IMAGE, free_port
 from tests.bench.faults import Background
-from tests.bench.fleet import COMPOSE, Fleet, deploy_toml, ssh_home
+from tests.bench.fleet import COMPOSE, HEALTH_BROKEN_WSGI, Fleet, deploy_toml, ssh_home
 from tests.bench.gitrepos import git, make_origin
 from tests.bench.sshd import SSHBench
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("many-hosts")]
-
-# A release whose /health fails on the host that sets HEALTH_BROKEN (and nowhere else).
-HEALTH_BROKEN_WSGI = '''"""WSGI entry point; /health fails where HEALTH_BROKEN is set."""
-import os
-
-from flask import request
-
-from recipes import create_app
-
-app = create_app()
-
-
-@app.before_request
-def _broken_here():
-    if request.path == "/health" and os.environ.get("HEALTH_BROKEN"):
-        return "broken on this host", 503
-    return None
-'''
-
 
 @pytest.fixture(scope="module")
 def fleet(machine_factory, sshd: SSHBench) -> Iterator[Fleet]:  # noqa: ANN001

@@ -32,7 +32,7 @@ import pytest
 from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, add_migration, app_table
 from tests.bench.docker import HAPROXY_IMAGE, POSTGRES_IMAGE, PYTHON_IMAGE, free_port
-from tests.bench.fleet import APP, PATH, Fleet, ssh_home
+from tests.bench.fleet import APP, HEALTH_BROKEN_WSGI, PATH, Fleet, ssh_home
 from tests.bench.gitrepos import make_origin
 from tests.bench.machines import Machine
 from tests.bench.sshd import SSHBench
@@ -89,25 +89,6 @@ services:
 volumes:
   dbdata:
 """
-
-# /health fails where HEALTH_BROKEN is set (the image's own healthcheck with it).
-HEALTH_BROKEN_WSGI = '''"""WSGI entry point; /health fails where HEALTH_BROKEN is set."""
-import os
-
-from flask import request
-
-from recipes import create_app
-
-app = create_app()
-
-
-@app.before_request
-def _broken_here():
-    if request.path == "/health" and os.environ.get("HEALTH_BROKEN"):
-        return "broken here", 503
-    return None
-'''
-
 
 def deploy_toml(machines: list[Machine], web_port: int, *, broken: bool = False) -> str:
     hosts = ", ".join(f'"{m.name}"' for m in machines)
