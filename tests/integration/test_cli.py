@@ -79,11 +79,14 @@ def test_every_group_and_command_has_help_with_an_example(words: tuple[str, ...]
 def test_shell_completion(tmp_path: Path) -> None:
     """The script for a shell, installed into its start-up file; commands and the
     environments of the deploy.toml found from the current directory complete."""
-    script = deployer("--show-completion", "bash")
+    # Named, not detected: typer finds the shell among this process's ancestors, and a test
+    # run need not have one (typer's own switch for tests names it on the command line).
+    named = {"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    script = deployer("--show-completion", "bash", env=named)
     assert script.returncode == 0 and "_DEPLOYER_COMPLETE=complete_bash" in script.stdout, script.stdout
     home = tmp_path / "home"
     home.mkdir()
-    installed = deployer("--install-completion", "bash", env={"HOME": str(home)})
+    installed = deployer("--install-completion", "bash", env={"HOME": str(home), **named})
     assert installed.returncode == 0, installed.stderr
     assert "deployer" in (home / ".bashrc").read_text()
 

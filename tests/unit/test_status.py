@@ -191,6 +191,7 @@ def test_json_document_has_stable_fields() -> None:
     assert set(doc) == {
         "schema", "environment", "host", "path", "checked_at", "seconds", "code", "database", "services", "lock",
         "last_release", "last_backup", "problems", "exit_code", "in_sync", "verdict", "interrupted", "running", "proxy",
+        "swarm", "nodes",
     }
     assert doc["verdict"] == "up to date" and doc["in_sync"] is True and doc["schema"] == 1
     assert set(doc["code"]) == {"branch", "deployed", "deployed_subject", "tip", "tip_subject", "ahead", "behind", "error"}
