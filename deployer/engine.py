@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from deployer import interrupts
+from deployer import interrupts, progress
 from deployer.actions import Command, Lease, Probe, Read, Wait, Write, resolve, shown
 from deployer.errors import ConnectionLost, DeployerError, LockHeldError, RecoveryFailed, RefusedError
 from deployer.hosts.base import Result
@@ -339,7 +339,7 @@ def _run_step(ctx: Context, step: Step) -> tuple[str, str]:
     from deployer.actions import Skip
 
     ctx.scratch["step_started"] = time.monotonic()
-    ctx.log(f"> {step.label}")
+    ctx.log(progress.started(step.label))
     if ctx.record is not None:
         ctx.note(progress=ctx.record.with_progress(step.label, step.name, runlog.STARTED).progress)
     try:
@@ -355,7 +355,7 @@ def _run_step(ctx: Context, step: Step) -> tuple[str, str]:
     if step.name in ("migrate", "schema") and status == "ok":
         ctx.scratch.setdefault("schema_changed_at", time.monotonic())
     seconds = time.monotonic() - _step_started(ctx)
-    ctx.log(f"{'✓' if status == 'ok' else '-'} {step.label} {seconds:.1f}s  {detail}")
+    ctx.log(progress.finished(step.label, status, seconds, detail))
     return detail, status
 
 
@@ -443,8 +443,9 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
             started_at: str, clock: float) -> Outcome:
     label = current.label if current else "?"
     message = _message(failure)
-    lines = message.splitlines() or [""]
-    ctx.log(f"x {label} failed: {lines[0]}" + (" (below)" if len(lines) > 1 else ""))  # the error says it all once
+    # The error printed at the end says why, in full: when recovery comes first, this line
+    # says it briefly now; when nothing changed (a refusal), the error follows at once.
+    ctx.log(progress.failed(label, progress.shorten(message) if _changed(ctx.record) else ""))
     try:
         recovered = recover_after(ctx, failure, current, timings, started_at)
     except interrupts.Abandoned as abandoned:

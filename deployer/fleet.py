@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from deployer import engine, interrupts
+from deployer import engine, interrupts, progress
 from deployer.errors import DeployerError, RecoveryFailed
 from deployer.server import journal
 from deployer.steps import PRIMARY
@@ -115,10 +115,10 @@ def _member_preflight(part: Part, step: Step, primary: Context) -> None:
     part.current = step
     ctx = part.ctx
     ctx.scratch["step_started"] = time.monotonic()
-    ctx.log(f"> {step.label}")
+    ctx.log(progress.started(step.label))
     detail = member_preflight(ctx, primary)
     seconds = time.monotonic() - engine._step_started(ctx)
-    ctx.log(f"✓ {step.label} {seconds:.1f}s  {detail}")
+    ctx.log(progress.finished(step.label, "ok", seconds, detail))
     part.timings.append(journal.StepTiming(step.label, "ok", round(seconds, 3), detail))
     part.current = None
 
@@ -183,12 +183,14 @@ def _failed(parts: Sequence[Part], failure: BaseException, started_at: str) -> e
     failed = {id(part) for part in parts if part.error is not None}  # where a step failed (or was interrupted)
     message = engine._message(failure)
     label = next((p.current.label for p in parts if p.current is not None), "?")
-    for part in parts:  # each host's failure on its own lines
+    # Each host's failure on its own line; its reason too when recovery comes before the error.
+    recovering = any(engine._changed(p.ctx.record) for p in parts)
+    for part in parts:
         if part.error is not None:
-            lines = engine._message(part.error).splitlines() or [""]
-            part.ctx.log(f"x {part.current.label if part.current else label} failed: {lines[0]}")
+            reason = progress.shorten(engine._message(part.error)) if recovering else ""
+            part.ctx.log(progress.failed(part.current.label if part.current else label, reason))
     if not failed:
-        primary.ctx.log(f"x stopped: {message}")
+        primary.ctx.log(f"{progress.FAILED} stopped" + (f": {progress.shorten(message)}" if recovering else ""))
     changed = [p for p in parts if p.ctx.record is not None]
     results: dict[int, engine.Recovered] = {}
 
