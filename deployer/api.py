@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from deployer.engine import Outcome, Plan
     from deployer.hosts import Host
     from deployer.schema_history import MigrationsReport
+    from deployer.server.images import Pruning
     from deployer.server.lock import LockState
     from deployer.status import FleetHistory, FleetStatus, History, Status
     from deployer.steps.playbook import Playbook
@@ -349,3 +350,21 @@ def lock_release(env: str, *, config_path: Path | None = None) -> LockState:
     cfg = load(config_path)
     with redacted(cfg), open_target(cfg, env, probe_compose=False) as target:
         return scrub(cfg, break_lock(target.host, target.state_dir))
+
+
+def prune_images(env: str, *, config_path: Path | None = None, keep: int | None = None,
+                 dry_run: bool = False) -> list[Pruning]:
+    """Remove the environment's release image tags no retained release needs (the newest
+    ``keep`` — default ``keep_releases`` — and the running one stay, and every image a
+    container uses), on every host, each under its deploy lock; ``dry_run``: only say which."""
+    from deployer.server.images import prune_environment
+    from deployer.server.target import open_target, open_targets
+
+    cfg = load(config_path)
+    with redacted(cfg):
+        targets = open_targets(cfg, env) if cfg.environment(env).many_hosts else [open_target(cfg, env)]
+        try:
+            return scrub(cfg, [prune_environment(target, keep=keep, dry_run=dry_run) for target in targets])
+        finally:
+            for target in targets:
+                target.host.close()

@@ -306,15 +306,39 @@ def execute(ctx: Context, book: Playbook) -> Outcome:
                 return _outcome(ctx, UNCHANGED, timings, clock, unchanged=ctx.scratch["unchanged"])
         current = None
         _finish(ctx, journal.SUCCEEDED, timings, started_at)
-        return _outcome(ctx, journal.SUCCEEDED, timings, clock)
+        outcome = _outcome(ctx, journal.SUCCEEDED, timings, clock)
     except (Exception, KeyboardInterrupt) as failure:
         return _failed(ctx, failure, current, timings, started_at, clock)
+    else:
+        if ctx.kind == "release":
+            prune_images(ctx)  # journaled: nothing from here on can fail the release
+        return outcome
     finally:
         for cleanup in ctx.scratch.pop("cleanups", []):  # a prober's tunnel, if a step failed
             cleanup()
         if ctx.lease is not None:
             ctx.lease.release()
             ctx.lease = None
+
+
+PRUNE_LABEL = "prune images"
+
+
+def prune_images(ctx: Context) -> None:
+    """After a release is journaled, its lease still held: the image tags no retained release
+    needs go (``keep_releases``; see :mod:`deployer.server.images`). Never fails the release:
+    what goes wrong is a warning, and ``deployer images prune`` tries again."""
+    from deployer.server import images
+
+    started = time.monotonic()
+    ctx.log(progress.started(PRUNE_LABEL))
+    try:
+        pruning = drive(ctx, PRUNE_LABEL, images.prune_steps(ctx.target))
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the release is done whatever happens here
+        ctx.log(progress.failed(PRUNE_LABEL, f"{_message(error)}; the release is done; `deployer images prune "
+                                             f"{ctx.env.name}` tries again"))
+        return
+    ctx.log(progress.finished(PRUNE_LABEL, "ok", time.monotonic() - started, images.describe(pruning)))
 
 
 def _step_started(ctx: Context) -> float:
@@ -542,6 +566,8 @@ def plan_summary(ctx: Context, book: Playbook, planned: list[PlannedStep]) -> Pl
         footer=(
             f"the step log {runlog.run_path(ctx.state_dir)} records the intent, then each step's start and end",
             f"the journal {journal.journal_path(ctx.state_dir)} gets the outcome; on failure, recovery undoes in reverse",
+            *((f"then the image tags no retained release needs are removed (keep_releases = {ctx.env.keep_releases}; "
+               f"`deployer images prune {ctx.env.name} --dry-run` lists them now)",) if ctx.kind == "release" else ()),
         ),
     )
 

@@ -153,9 +153,13 @@ def execute(ctxs: Sequence[Context], book: Playbook) -> engine.Outcome:
                     _side_by_side(where, lambda part, s=step: _step(part, s))  # type: ignore[misc]
                 interrupts.check()
         _side_by_side(parts, lambda part: engine._finish(part.ctx, journal.SUCCEEDED, part.timings, started_at))
-        return _outcome(parts, journal.SUCCEEDED, clock)
+        outcome = _outcome(parts, journal.SUCCEEDED, clock)
     except (Exception, KeyboardInterrupt) as failure:
         return _failed(parts, failure, started_at)
+    else:
+        if primary.ctx.kind == "release":  # journaled on every host: this never fails the release
+            _side_by_side(parts, lambda part: engine.prune_images(part.ctx))
+        return outcome
     finally:
         for part in parts:
             for cleanup in part.ctx.scratch.pop("cleanups", []):

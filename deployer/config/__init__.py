@@ -148,6 +148,9 @@ class Environment:
     # Every host, the primary first (``host`` is the primary's); one entry for ``host = ...``.
     hosts: tuple[HostEntry, ...] = ()
     rollout: Rollout = field(default_factory=Rollout)
+    # How many of the newest successful releases keep their images for a rollback (the one
+    # that runs is kept too); a release prunes the others' after it is journaled.
+    keep_releases: int = 5
 
     @property
     def many_hosts(self) -> bool:
@@ -477,6 +480,7 @@ class _Environment(BaseModel):
     healthcheck_body: Annotated[str, StringConstraints(min_length=1)] | None = Field(
         None, description="text the health page's body must contain")
     keep_backups: int = Field(10, ge=1, description="an integer >= 1")
+    keep_releases: int = Field(5, ge=1, description="an integer >= 1 (the newest releases whose images a rollback can use)")
     playbook: str = Field("release", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description=(
         'a playbook name: letters, digits, "_" and "-" (e.g. "release", "classic")'))
     health_timeout: float = Field(60.0, gt=0, description=_SECONDS)
