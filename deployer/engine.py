@@ -301,8 +301,8 @@ def execute(ctx: Context, book: Playbook) -> Outcome:
             detail, status = _run_step(ctx, step)
             timings.append(journal.StepTiming(step.label, status, round(time.monotonic() - _step_started(ctx), 3), detail))
             if ctx.scratch.get("unchanged") and ctx.record is None:
-                # Nothing changed and nothing would: no later step runs, nothing is journaled.
-                ctx.log(f"nothing to do: {ctx.scratch['unchanged']}")
+                # Nothing changed and nothing would: no later step runs, nothing is journaled
+                # (the outcome says why: the command prints it once).
                 return _outcome(ctx, UNCHANGED, timings, clock, unchanged=ctx.scratch["unchanged"])
         current = None
         _finish(ctx, journal.SUCCEEDED, timings, started_at)

@@ -145,7 +145,7 @@ def execute(ctxs: Sequence[Context], book: Playbook) -> engine.Outcome:
                     _side_by_side(parts[1:], lambda part, s=step: _member_preflight(part, s, primary.ctx))  # type: ignore[misc]
                     if all(p.ctx.scratch.get("unchanged") for p in parts):
                         why = primary.ctx.scratch["unchanged"]
-                        primary.ctx.log(f"nothing to do on any of the {len(parts)} hosts: {why}")
+                        primary.ctx.log(f"nothing to do on any of the {len(parts)} hosts")  # the outcome says why
                         return _outcome(parts, engine.UNCHANGED, clock, unchanged=why)
                     for part in parts:  # one host that would change: the release runs on all
                         part.ctx.scratch.pop("unchanged", None)

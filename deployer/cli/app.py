@@ -202,15 +202,16 @@ from deployer.cli.backups import backups_app  # noqa: E402 - these import only t
 from deployer.cli.status import history_cmd, migrations_cmd, status_cmd  # noqa: E402
 
 app.add_typer(backups_app, name="backups")
+app.command("status")(status_cmd)
+app.command("history")(history_cmd)
+app.command("migrations")(migrations_cmd)
+
 from deployer.cli.containers import exec_cmd, logs_cmd  # noqa: E402
 from deployer.cli.images import images_app  # noqa: E402
 
 app.add_typer(images_app, name="images")
 app.command("exec")(exec_cmd)
 app.command("logs")(logs_cmd)
-app.command("status")(status_cmd)
-app.command("history")(history_cmd)
-app.command("migrations")(migrations_cmd)
 
 
 @lock_app.command("status")
