@@ -467,9 +467,8 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
             started_at: str, clock: float) -> Outcome:
     label = current.label if current else "?"
     message = _message(failure)
-    # The error printed at the end says why, in full: when recovery comes first, this line
-    # says it briefly now; when nothing changed (a refusal), the error follows at once.
-    ctx.log(progress.failed(label, progress.shorten(message) if _changed(ctx.record) else ""))
+    # The error printed at the end says why, once (after recovery, when anything changed).
+    ctx.log(progress.failed(label, recovering=_changed(ctx.record)))
     try:
         recovered = recover_after(ctx, failure, current, timings, started_at)
     except interrupts.Abandoned as abandoned:

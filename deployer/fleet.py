@@ -187,14 +187,13 @@ def _failed(parts: Sequence[Part], failure: BaseException, started_at: str) -> e
     failed = {id(part) for part in parts if part.error is not None}  # where a step failed (or was interrupted)
     message = engine._message(failure)
     label = next((p.current.label for p in parts if p.current is not None), "?")
-    # Each host's failure on its own line; its reason too when recovery comes before the error.
+    # Each host's failure on its own line; the error at the end says why, once.
     recovering = any(engine._changed(p.ctx.record) for p in parts)
     for part in parts:
         if part.error is not None:
-            reason = progress.shorten(engine._message(part.error)) if recovering else ""
-            part.ctx.log(progress.failed(part.current.label if part.current else label, reason))
+            part.ctx.log(progress.failed(part.current.label if part.current else label, recovering=recovering))
     if not failed:
-        primary.ctx.log(f"{progress.FAILED} stopped" + (f": {progress.shorten(message)}" if recovering else ""))
+        primary.ctx.log(f"{progress.FAILED} stopped" + ("; recovering first" if recovering else ""))
     changed = [p for p in parts if p.ctx.record is not None]
     results: dict[int, engine.Recovered] = {}
 

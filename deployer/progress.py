@@ -37,9 +37,13 @@ def finished(label: str, status: str, seconds: float, detail: str = "") -> str:
     return f"{mark} {label} {seconds:.1f}s" + (f"  {detail}" if detail else "")
 
 
-def failed(label: str, reason: str = "") -> str:
-    """The line that says a step failed; without ``reason`` the error printed at the end says why."""
-    return f"{FAILED} {label} failed" + (f": {reason}" if reason else " (the error below says why)")
+def failed(label: str, reason: str = "", *, recovering: bool = False) -> str:
+    """The line that says a step failed: with its ``reason``, or (the run's own steps) pointing
+    at the error printed at the end — once, after recovery when there is one to do."""
+    if reason:
+        return f"{FAILED} {label} failed: {reason}"
+    return f"{FAILED} {label} failed" + (" (recovering first; the error at the end says why)" if recovering
+                                          else " (the error below says why)")
 
 
 @dataclass(frozen=True)
@@ -64,12 +68,3 @@ def parse(line: str) -> Event:
     if space and rest and mark in _MARKS:
         return Event(END, host, line, _MARKS[mark])
     return Event(LINE, host, line)
-
-
-def shorten(text: str, limit: int = 160) -> str:
-    """``text``'s first line, cut at ``limit`` characters (the whole of it is printed once elsewhere)."""
-    first = (text.splitlines() or [""])[0]
-    more = first != text.rstrip("\n")
-    if len(first) > limit:
-        return first[: limit - 1].rstrip() + "…"
-    return first + (" …" if more else "")

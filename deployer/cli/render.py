@@ -419,7 +419,8 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
         body = text.lstrip(" ")
         lead = len(text) - len(body)
         if hang is None or hang <= lead:
-            console.print(Padding(Text(body, style=style or "", overflow="fold"), (0, 0, 0, lead)))
+            # Not expanded: no trailing spaces (a pasted command line must end with its "\\").
+            console.print(Padding(Text(body, style=style or "", overflow="fold"), (0, 0, 0, lead), expand=False))
         else:
             console.print(_hanging(Text(text, style=style or ""), hang))
 

@@ -132,6 +132,9 @@ def check_tail(tail: str) -> str:
 def logs_argv(target: Target, services: Sequence[str], *, follow: bool, since: str | None, tail: str | None,
               color: bool) -> list[str]:
     """``docker compose logs`` of the named services (all without one), each checked to exist."""
+    if since and not target.compose.is_v2:
+        raise ConfigError(f"docker-compose (v1) on {target.host.name} cannot show logs --since a time",
+                          hint="use --tail N instead, or install the compose plugin (v2) on the host")
     if services:
         found = _services(target)
         for service in services:

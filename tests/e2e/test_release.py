@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -413,6 +414,21 @@ def test_live_output_in_a_terminal_plain_lines_elsewhere(deployment: Deployment,
     piped = d.deployer("status", d.env_name)
     assert piped.returncode == 0 and "\x1b" not in piped.stdout + piped.stderr
     assert "  verdict    up to date at " in piped.stdout and "up to date: up to date" not in piped.stdout
+
+    # a plan on a terminal: long commands cut at its width, pasted still one command
+    terminal.run(d, "release", d.env_name, "--dry-run", "--force")
+    assert terminal.exit_code() == 0
+    lines = terminal.screen().splitlines()  # lines the terminal itself wrapped are joined again
+    assert max(len(line.rstrip()) for line in lines) <= terminal.width, "\n".join(lines)
+    first = next(i for i, line in enumerate(lines) if line.startswith("      $ docker compose "))
+    assert lines[first].endswith(" \\"), lines[first:first + 6]  # nothing after the "\\": pasted, it joins
+    assert lines[first + 1].startswith(" " * 12) and lines[first + 1][12] != " ", lines[first:first + 6]
+    last = next(i for i in range(first, len(lines)) if not lines[i].endswith(" \\"))
+    pasted = "\n".join(lines[first:last + 1]).removeprefix("      $ ")
+    piped_plan = d.deployer("release", d.env_name, "--dry-run", "--force").stdout
+    one_line = next(line for line in piped_plan.splitlines() if line.startswith("      $ docker compose "))
+    # what a shell reads (a "\\" before a line break continues the line): the same words
+    assert shlex.split(pasted.replace("\\\n", " ")) == shlex.split(one_line.removeprefix("      $ "))
 
     # NO_COLOR on a terminal: plain lines, as in a pipe
     terminal.run(d, "release", d.env_name, "--dry-run", "--force", extra_env={"NO_COLOR": "1"})

@@ -35,11 +35,10 @@ def test_progress_lines_are_read_back_as_steps_starting_and_ending() -> None:
     assert progress.parse(">") == progress.Event("line", "", ">")
 
 
-def test_a_failure_line_is_short_and_says_where_the_whole_error_is() -> None:
+def test_a_failure_line_says_where_the_error_is_not_the_error_again() -> None:
     assert progress.failed("preflight") == "x preflight failed (the error below says why)"
-    long = "drop column " * 40
-    assert progress.shorten(long) == long[:159].rstrip() + "…" and len(progress.shorten(long)) <= 160
-    assert progress.shorten("first\nsecond") == "first …"
+    assert progress.failed("migrate", recovering=True) == "x migrate failed (recovering first; the error at the end says why)"
+    assert progress.failed("prune images", "no engine") == "x prune images failed: no engine"  # no error follows it
 
 
 def test_plain_progress_prints_each_line_as_it_is() -> None:

@@ -85,6 +85,14 @@ def test_logs_argv_and_its_bad_input(tmp_path: Path) -> None:
         running.check_tail("lots")
     with pytest.raises(ConfigError, match="named 'wbe'"):
         running.logs_argv(t, ["wbe"], follow=False, since=None, tail=None, color=False)
+    from dataclasses import replace
+
+    from deployer.commands.compose import V1
+
+    v1 = replace(t, compose=replace(t.compose, program=V1))
+    assert running.logs_argv(v1, [], follow=True, since=None, tail="5", color=False)[:1] == ["docker-compose"]
+    with pytest.raises(ConfigError, match=r"v1.*cannot show logs --since"):  # its logs have no --since
+        running.logs_argv(v1, [], follow=False, since="10m", tail=None, color=False)
 
 
 def test_exec_and_logs_act_on_the_primary_unless_host_names_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
