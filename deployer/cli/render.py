@@ -461,7 +461,9 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
             if console is None:
                 out("      $ " + command)
                 continue
-            for index, piece in enumerate(wrap_command(command, max(width - 8, 40), indent=4)):
+            # One column to spare: a line that fills the width leaves some terminals wrapping
+            # what follows it (and tmux marks it as wrapped).
+            for index, piece in enumerate(wrap_command(command, max(width - 9, 40), indent=4)):
                 out(("      $ " if index == 0 else "        ") + piece)
     if plan.unchanged:
         out("")

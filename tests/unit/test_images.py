@@ -176,3 +176,19 @@ def test_keep_releases_defaults_to_five_and_is_at_least_one(tmp_path) -> None:  
     (tmp_path / "deploy.toml").write_text(base + "keep_releases = 0\n")
     with pytest.raises(ConfigError, match="keep_releases"):
         load_config(tmp_path / "deploy.toml")
+
+
+def test_a_ctrl_c_while_pruning_after_a_release_leaves_the_release_done(release_context) -> None:  # noqa: ANN001
+    import signal
+
+    from deployer import engine, interrupts
+
+    def interrupted(argv: list[str]) -> bool:
+        if argv[:3] == ["docker", "image", "ls"]:
+            raise interrupts.Interrupted(signal.SIGINT)
+        return False
+
+    ctx, logged, host = release_context([(interrupted, 0, "")])
+    engine.prune_images(ctx)  # raises nothing: the release is journaled
+    assert logged[-1].startswith("x prune images failed: interrupted (SIGINT); the release is done"), logged
+    assert not host.commands("rm")
