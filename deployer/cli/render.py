@@ -407,11 +407,15 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
     console = _console(stderr=False) if live else None
     width = console.width if console is not None else 0
 
-    def out(text: str = "", style: str | None = None, hang: int | None = None) -> None:
+    def out(text: str = "", style: str | None = None, hang: int | None = None, *, wrapped: bool = False) -> None:
         """One line; on a terminal wrapped to its width, the wrapped lines indented by
-        ``hang`` (default: as far as the line itself is)."""
+        ``hang`` (default: as far as the line itself is). ``wrapped``: cut already (a
+        command's line, whose ending "\\" must stay where it is): printed as it is."""
         if console is None:
             sys.stdout.write(text + "\n")
+            return
+        if wrapped:
+            console.print(text, style=style or "", markup=False, soft_wrap=True)
             return
         from rich.padding import Padding
         from rich.text import Text
@@ -464,7 +468,7 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
             # One column to spare: a line that fills the width leaves some terminals wrapping
             # what follows it (and tmux marks it as wrapped).
             for index, piece in enumerate(wrap_command(command, max(width - 9, 40), indent=4)):
-                out(("      $ " if index == 0 else "        ") + piece)
+                out(("      $ " if index == 0 else "        ") + piece, wrapped=True)
     if plan.unchanged:
         out("")
         out(f"nothing to do: {plan.unchanged}", "bold green")

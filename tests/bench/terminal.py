@@ -46,7 +46,9 @@ class Terminal:
         self.close_session()
         self.socket = f"deployer-test-{secrets.token_hex(4)}"  # a server of its own: the last one may still be ending
         script = self._dir / "run.sh"
-        exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items() if k not in ("TERM", "TMUX"))
+        # The terminal says what it is and how big: nothing inherited may say otherwise.
+        exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()
+                             if k not in ("TERM", "TMUX", "COLUMNS", "LINES"))
         script.write_text(f"{exports}\ncd {shlex.quote(str(cwd))}\n{shlex.join(argv)}\n"
                           'echo "deployer-exited=$?"\nexec sleep 3600\n')
         self._tmux("new-session", "-d", "-s", "t", "-x", str(self.width), "-y", str(self.height), f"bash {shlex.quote(str(script))}")

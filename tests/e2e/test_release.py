@@ -428,7 +428,7 @@ def test_live_output_in_a_terminal_plain_lines_elsewhere(deployment: Deployment,
     piped_plan = d.deployer("release", d.env_name, "--dry-run", "--force").stdout
     one_line = next(line for line in piped_plan.splitlines() if line.startswith("      $ docker compose "))
     # what a shell reads (a "\\" before a line break continues the line): the same words
-    assert shlex.split(pasted.replace("\\\n", " ")) == shlex.split(one_line.removeprefix("      $ "))
+    assert shlex.split(pasted.replace("\\\n", " ")) == shlex.split(one_line.removeprefix("      $ ")), (pasted, one_line)
 
     # NO_COLOR on a terminal: plain lines, as in a pipe
     terminal.run(d, "release", d.env_name, "--dry-run", "--force", extra_env={"NO_COLOR": "1"})
