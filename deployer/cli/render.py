@@ -346,27 +346,27 @@ def render_status(text: str, tones: Sequence[str]) -> None:
 # --------------------------------------------------------------------------- plans
 
 
-def wrap_command(command: str, width: int, indent: int = 8) -> list[str]:
-    """A shell command cut into lines of at most ``width`` characters (where it can be) with
-    ``\\`` continuations, so that the lines pasted into a shell are still the one command.
+def wrap_command(command: str, width: int, *, first: str = "", indent: str = "    ") -> list[str]:
+    """A shell command as lines of at most ``width`` characters where it can be, cut with
+    ``\\`` continuations, so that the lines pasted into a shell are still the one command:
+    the first line starts with ``first``, each cut one with ``indent``.
 
-    Cuts only at spaces outside quotes; a word longer than a line stays whole; a command
-    that spans lines already (a script in quotes) is left as it is.
+    Cuts only at spaces outside quotes. A word longer than a line stays whole; a script in
+    quotes keeps its own lines as they are (only the words around it are cut).
     """
-    if len(command) <= width or "\n" in command:
-        return [command]
-    words = _shell_words(command)
-    lines: list[str] = []
-    current = ""
-    room = width - 2  # the " \" at the end of every line but the last
-    for word in words:
-        if current and len(current) + 1 + len(word) > room:
-            lines.append(current + " \\")
-            current = " " * indent + word
+    if max(len(line) for line in (first + command).split("\n")) <= width:
+        return (first + command).split("\n")
+    text = first
+    fresh = True  # nothing on this line yet: the word goes here, however long
+    room = width - 2  # the " \\" at the end of a cut line
+    for word in _shell_words(command):
+        column = len(text.rsplit("\n", 1)[-1])
+        if not fresh and column + 1 + len(word.split("\n", 1)[0]) > room:
+            text += " \\\n" + indent + word
         else:
-            current = f"{current} {word}" if current else word
-    lines.append(current)
-    return lines
+            text += ("" if fresh else " ") + word
+        fresh = False
+    return text.split("\n")
 
 
 def _shell_words(command: str) -> list[str]:
@@ -467,8 +467,8 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
                 continue
             # One column to spare: a line that fills the width leaves some terminals wrapping
             # what follows it (and tmux marks it as wrapped).
-            for index, piece in enumerate(wrap_command(command, max(width - 9, 40), indent=4)):
-                out(("      $ " if index == 0 else "        ") + piece, wrapped=True)
+            for line in wrap_command(command, max(width - 1, 40), first="      $ ", indent=" " * 12):
+                out(line, wrapped=True)
     if plan.unchanged:
         out("")
         out(f"nothing to do: {plan.unchanged}", "bold green")

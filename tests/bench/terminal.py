@@ -49,7 +49,8 @@ class Terminal:
         # The terminal says what it is and how big: nothing inherited may say otherwise.
         exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()
                              if k not in ("TERM", "TMUX", "COLUMNS", "LINES"))
-        script.write_text(f"{exports}\ncd {shlex.quote(str(cwd))}\n{shlex.join(argv)}\n"
+        # tmux gives the window the server's own environment too: no COLUMNS or LINES from it.
+        script.write_text(f"unset COLUMNS LINES\n{exports}\ncd {shlex.quote(str(cwd))}\n{shlex.join(argv)}\n"
                           'echo "deployer-exited=$?"\nexec sleep 3600\n')
         self._tmux("new-session", "-d", "-s", "t", "-x", str(self.width), "-y", str(self.height), f"bash {shlex.quote(str(script))}")
         self._started = True

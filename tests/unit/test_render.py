@@ -109,7 +109,7 @@ def test_styled_lines_colour_the_mark_and_the_label() -> None:
     "--label deployer.run={release_id} " + "word " * 30,
 ])
 def test_wrapped_commands_paste_as_the_same_command(command: str) -> None:
-    lines = render.wrap_command(command, 60, indent=4)
+    lines = render.wrap_command(command, 60, indent="    ")
     assert len(lines) > 1
     assert all(line.endswith(" \\") for line in lines[:-1]) and all(line.startswith("    ") for line in lines[1:])
     # a line runs longer only when it holds one word that is longer itself
@@ -119,10 +119,16 @@ def test_wrapped_commands_paste_as_the_same_command(command: str) -> None:
     assert shlex.split(pasted.replace("\\\n", " ")) == shlex.split(command)
 
 
-def test_short_and_multi_line_commands_are_left_as_they_are() -> None:
-    assert render.wrap_command("git fetch", 60) == ["git fetch"]
+def test_short_commands_and_scripts_keep_their_lines() -> None:
+    assert render.wrap_command("git fetch", 60, first="$ ") == ["$ git fetch"]
     script = "sh -c '\nset -u\n" + "echo x; " * 20 + "'"
-    assert render.wrap_command(script, 40) == [script]
+    assert render.wrap_command(script, 40) == script.split("\n")  # a line of the script is the script's
+    # the words after a script are cut as any others, and the whole still pastes as one command
+    command = script + " sh " + " ".join(f"/srv/app{n}/.deployer" for n in range(8))
+    lines = render.wrap_command(command, 40, first="$ ", indent="  ")
+    assert lines[:3] == ("$ " + script).split("\n")[:2] + [lines[2]] and lines[2].startswith("echo x; ")
+    assert lines[3].startswith("  sh /srv/app0") and all(line.endswith(" \\") for line in lines[2:-1])
+    assert shlex.split("\n".join(lines).removeprefix("$ ").replace("\\\n", " ")) == shlex.split(command)
 
 
 def test_confirmation_says_what_is_at_stake_once(monkeypatch: pytest.MonkeyPatch) -> None:
