@@ -480,6 +480,18 @@ def test_exec_logs_and_images_prune(deployment: Deployment, terminal: Terminal) 
     left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert not [line for line in left.splitlines() if d.name in line and " logs " in line], left
 
+    # exec and logs take no deploy lock; prune does
+    holder = subprocess.Popen(["flock", "--close", str(d.state_path / "lock"), "sleep", "60"], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        assert d.deployer("exec", d.env_name, "--", "true").returncode == 0
+        assert d.deployer("logs", d.env_name, "--tail", "1").returncode == 0
+        locked = d.deployer("images", "prune", d.env_name)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+    assert locked.returncode == 4 and "locked" in locked.stderr, locked.stderr
+
     # prune: every release pruned after itself, keeping exactly what a rollback within the
     # newest five needs
     succeeded = [r["id"] for r in d.journal() if r["kind"] == "release" and r["outcome"] == "succeeded"]
