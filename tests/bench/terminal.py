@@ -9,6 +9,7 @@ escape codes of colours, ``capture-pane -e``) and type into it (``send-keys``).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shlex
@@ -92,6 +93,9 @@ class Terminal:
         if self._started:
             self._tmux("kill-server", check=False)
             self._started = False
+            # tmux may leave its socket file behind
+            socket = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / self.socket
+            socket.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.close_session()
