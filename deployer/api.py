@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployer import config as configuration
-from deployer.errors import DeployerError
+from deployer.errors import ConfigError, DeployerError
 
 if TYPE_CHECKING:
     from deployer.discovery import Choice
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from deployer.readiness import Report as Readiness
     from deployer.scaffold import Given, Scaffold
     from deployer.schema_history import MigrationsReport
+    from deployer.server.images import Pruning
     from deployer.server.lock import LockState
     from deployer.status import FleetHistory, FleetStatus, History, Status
     from deployer.steps.playbook import Playbook
@@ -388,3 +389,69 @@ def lock_release(env: str, *, config_path: Path | None = None) -> LockState:
     cfg = load(config_path)
     with redacted(cfg), open_target(cfg, env, probe_compose=False) as target:
         return scrub(cfg, break_lock(target.host, target.state_dir))
+
+
+def prune_images(env: str, *, config_path: Path | None = None, keep: int | None = None,
+                 dry_run: bool = False) -> list[Pruning]:
+    """Remove the environment's release image tags no retained release needs (the newest
+    ``keep`` — default ``keep_releases`` — and the running one stay, and every image a
+    container uses), on every host, each under its deploy lock; ``dry_run``: only say which."""
+    from deployer.server.images import prune_environment
+    from deployer.server.target import open_target, open_targets
+
+    cfg = load(config_path)
+    with redacted(cfg):
+        targets = open_targets(cfg, env) if cfg.environment(env).many_hosts else [open_target(cfg, env)]
+        try:
+            return scrub(cfg, [prune_environment(target, keep=keep, dry_run=dry_run) for target in targets])
+        finally:
+            for target in targets:
+                target.host.close()
+
+
+def _one_host(cfg: configuration.Config, env: str, host: str | None) -> Any:
+    """The target ``exec`` and ``logs`` act on: the primary of several hosts, or the one
+    ``host`` names (its ``user@host`` as written in deploy.toml, or its host name or alias)."""
+    from deployer.server.target import open_target
+
+    environment = cfg.environment(env)
+    if host is None:
+        return open_target(cfg, env)
+    entries = environment.hosts or ()
+    for entry in entries:
+        if host in (str(entry.spec), entry.spec.hostname):
+            return open_target(cfg, env, entry=entry if environment.many_hosts else None)
+    listed = ", ".join(str(entry.spec) for entry in entries) or str(environment.host)
+    raise ConfigError(f"{env} has no host {host!r} (its hosts: {listed})", hint="name one of them with --host")
+
+
+def exec_command(env: str, command: list[str], *, service: str | None = None, host: str | None = None,
+                 config_path: Path | None = None, tty: bool = False, capture: bool = False) -> Any:
+    """Run ``command`` in a one-off container of the image ``service`` (default: the web
+    service) runs now, on the primary or ``host``: attached to this terminal (its exit
+    status), or with ``capture`` what it printed and its exit status, scrubbed."""
+    from deployer.server import running
+
+    cfg = load(config_path)
+    with redacted(cfg), _one_host(cfg, env, host) as target:
+        plan = running.one_off(target, service or cfg.app.web_service, command, tty=tty)
+        outcome = running.run_one_off(target, plan, tty=tty, capture=capture)
+        if isinstance(outcome, int):
+            return outcome
+        return scrub(cfg, {"service": plan.service, "container": plan.container, "image": plan.image,
+                           "image_id": plan.image_id, "pinned": plan.pin is not None, "host": target.host.name,
+                           "exit_code": outcome.exit_code, "stdout": outcome.stdout, "stderr": outcome.stderr})
+
+
+def logs(env: str, services: list[str], *, follow: bool = False, since: str | None = None, tail: str | None = None,
+         host: str | None = None, config_path: Path | None = None, color: bool = False, capture: bool = False) -> Any:
+    """``docker compose logs`` of the services (all without one), on the primary or ``host``:
+    streamed to this terminal (its exit status), or with ``capture`` the Result, scrubbed."""
+    from deployer.server import running
+
+    cfg = load(config_path)
+    with redacted(cfg), _one_host(cfg, env, host) as target:
+        argv = running.logs_argv(target, services, follow=follow, since=since, tail=tail, color=color)
+        if capture:
+            return scrub(cfg, target.host.run(argv, timeout=300))
+        return target.host.attach(argv, stdin=False)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from deployer import interrupts
+from deployer import interrupts, progress
 from deployer.actions import Command, Lease, Probe, Read, Wait, Write, resolve, shown
 from deployer.errors import ConnectionLost, DeployerError, LockHeldError, RecoveryFailed, RefusedError
 from deployer.hosts.base import Result
@@ -301,20 +301,44 @@ def execute(ctx: Context, book: Playbook) -> Outcome:
             detail, status = _run_step(ctx, step)
             timings.append(journal.StepTiming(step.label, status, round(time.monotonic() - _step_started(ctx), 3), detail))
             if ctx.scratch.get("unchanged") and ctx.record is None:
-                # Nothing changed and nothing would: no later step runs, nothing is journaled.
-                ctx.log(f"nothing to do: {ctx.scratch['unchanged']}")
+                # Nothing changed and nothing would: no later step runs, nothing is journaled
+                # (the outcome says why: the command prints it once).
                 return _outcome(ctx, UNCHANGED, timings, clock, unchanged=ctx.scratch["unchanged"])
         current = None
         _finish(ctx, journal.SUCCEEDED, timings, started_at)
-        return _outcome(ctx, journal.SUCCEEDED, timings, clock)
+        outcome = _outcome(ctx, journal.SUCCEEDED, timings, clock)
     except (Exception, KeyboardInterrupt) as failure:
         return _failed(ctx, failure, current, timings, started_at, clock)
+    else:
+        if ctx.kind == "release":
+            prune_images(ctx)  # journaled: nothing from here on can fail the release
+        return outcome
     finally:
         for cleanup in ctx.scratch.pop("cleanups", []):  # a prober's tunnel, if a step failed
             cleanup()
         if ctx.lease is not None:
             ctx.lease.release()
             ctx.lease = None
+
+
+PRUNE_LABEL = "prune images"
+
+
+def prune_images(ctx: Context) -> None:
+    """After a release is journaled, its lease still held: the image tags no retained release
+    needs go (``keep_releases``; see :mod:`deployer.server.images`). Never fails the release:
+    what goes wrong is a warning, and ``deployer images prune`` tries again."""
+    from deployer.server import images
+
+    started = time.monotonic()
+    ctx.log(progress.started(PRUNE_LABEL))
+    try:
+        pruning = drive(ctx, PRUNE_LABEL, images.prune_steps(ctx.target))
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the release is done whatever happens here
+        ctx.log(progress.failed(PRUNE_LABEL, f"{_message(error)}; the release is done; `deployer images prune "
+                                             f"{ctx.env.name}` tries again"))
+        return
+    ctx.log(progress.finished(PRUNE_LABEL, "ok", time.monotonic() - started, images.describe(pruning)))
 
 
 def _step_started(ctx: Context) -> float:
@@ -339,7 +363,7 @@ def _run_step(ctx: Context, step: Step) -> tuple[str, str]:
     from deployer.actions import Skip
 
     ctx.scratch["step_started"] = time.monotonic()
-    ctx.log(f"> {step.label}")
+    ctx.log(progress.started(step.label))
     if ctx.record is not None:
         ctx.note(progress=ctx.record.with_progress(step.label, step.name, runlog.STARTED).progress)
     try:
@@ -355,7 +379,7 @@ def _run_step(ctx: Context, step: Step) -> tuple[str, str]:
     if step.name in ("migrate", "schema") and status == "ok":
         ctx.scratch.setdefault("schema_changed_at", time.monotonic())
     seconds = time.monotonic() - _step_started(ctx)
-    ctx.log(f"{'✓' if status == 'ok' else '-'} {step.label} {seconds:.1f}s  {detail}")
+    ctx.log(progress.finished(step.label, status, seconds, detail))
     return detail, status
 
 
@@ -443,8 +467,8 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
             started_at: str, clock: float) -> Outcome:
     label = current.label if current else "?"
     message = _message(failure)
-    lines = message.splitlines() or [""]
-    ctx.log(f"x {label} failed: {lines[0]}" + (" (below)" if len(lines) > 1 else ""))  # the error says it all once
+    # The error printed at the end says why, once (after recovery, when anything changed).
+    ctx.log(progress.failed(label, recovering=_changed(ctx.record)))
     try:
         recovered = recover_after(ctx, failure, current, timings, started_at)
     except interrupts.Abandoned as abandoned:
@@ -545,6 +569,8 @@ def plan_summary(ctx: Context, book: Playbook, planned: list[PlannedStep]) -> Pl
         footer=(
             f"the step log {runlog.run_path(ctx.state_dir)} records the intent, then each step's start and end",
             f"the journal {journal.journal_path(ctx.state_dir)} gets the outcome; on failure, recovery undoes in reverse",
+            *((f"then the image tags no retained release needs are removed (keep_releases = {ctx.env.keep_releases}; "
+               f"`deployer images prune {ctx.env.name} --dry-run` lists them now)",) if ctx.kind == "release" else ()),
         ),
     )
 

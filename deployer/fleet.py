@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from deployer import engine, interrupts
+from deployer import engine, interrupts, progress
 from deployer.errors import DeployerError, RecoveryFailed
 from deployer.server import journal
 from deployer.steps import PRIMARY
@@ -115,10 +115,10 @@ def _member_preflight(part: Part, step: Step, primary: Context) -> None:
     part.current = step
     ctx = part.ctx
     ctx.scratch["step_started"] = time.monotonic()
-    ctx.log(f"> {step.label}")
+    ctx.log(progress.started(step.label))
     detail = member_preflight(ctx, primary)
     seconds = time.monotonic() - engine._step_started(ctx)
-    ctx.log(f"✓ {step.label} {seconds:.1f}s  {detail}")
+    ctx.log(progress.finished(step.label, "ok", seconds, detail))
     part.timings.append(journal.StepTiming(step.label, "ok", round(seconds, 3), detail))
     part.current = None
 
@@ -145,7 +145,7 @@ def execute(ctxs: Sequence[Context], book: Playbook) -> engine.Outcome:
                     _side_by_side(parts[1:], lambda part, s=step: _member_preflight(part, s, primary.ctx))  # type: ignore[misc]
                     if all(p.ctx.scratch.get("unchanged") for p in parts):
                         why = primary.ctx.scratch["unchanged"]
-                        primary.ctx.log(f"nothing to do on any of the {len(parts)} hosts: {why}")
+                        primary.ctx.log(f"nothing to do on any of the {len(parts)} hosts")  # the outcome says why
                         return _outcome(parts, engine.UNCHANGED, clock, unchanged=why)
                     for part in parts:  # one host that would change: the release runs on all
                         part.ctx.scratch.pop("unchanged", None)
@@ -153,9 +153,13 @@ def execute(ctxs: Sequence[Context], book: Playbook) -> engine.Outcome:
                     _side_by_side(where, lambda part, s=step: _step(part, s))  # type: ignore[misc]
                 interrupts.check()
         _side_by_side(parts, lambda part: engine._finish(part.ctx, journal.SUCCEEDED, part.timings, started_at))
-        return _outcome(parts, journal.SUCCEEDED, clock)
+        outcome = _outcome(parts, journal.SUCCEEDED, clock)
     except (Exception, KeyboardInterrupt) as failure:
         return _failed(parts, failure, started_at)
+    else:
+        if primary.ctx.kind == "release":  # journaled on every host: this never fails the release
+            _side_by_side(parts, lambda part: engine.prune_images(part.ctx))
+        return outcome
     finally:
         for part in parts:
             for cleanup in part.ctx.scratch.pop("cleanups", []):
@@ -183,12 +187,13 @@ def _failed(parts: Sequence[Part], failure: BaseException, started_at: str) -> e
     failed = {id(part) for part in parts if part.error is not None}  # where a step failed (or was interrupted)
     message = engine._message(failure)
     label = next((p.current.label for p in parts if p.current is not None), "?")
-    for part in parts:  # each host's failure on its own lines
+    # Each host's failure on its own line; the error at the end says why, once.
+    recovering = any(engine._changed(p.ctx.record) for p in parts)
+    for part in parts:
         if part.error is not None:
-            lines = engine._message(part.error).splitlines() or [""]
-            part.ctx.log(f"x {part.current.label if part.current else label} failed: {lines[0]}")
+            part.ctx.log(progress.failed(part.current.label if part.current else label, recovering=recovering))
     if not failed:
-        primary.ctx.log(f"x stopped: {message}")
+        primary.ctx.log(f"{progress.FAILED} stopped" + ("; recovering first" if recovering else ""))
     changed = [p for p in parts if p.ctx.record is not None]
     results: dict[int, engine.Recovered] = {}
 

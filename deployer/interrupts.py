@@ -116,6 +116,15 @@ def pending() -> bool:
     return _state.pending is not None
 
 
+def take() -> int | None:
+    """The signal that arrived, if any, forgotten as it is returned: for code that passes it
+    on itself (a command attached to the terminal: :meth:`deployer.hosts.base.Host.attach`)."""
+    with _state.lock:
+        signum, _state.pending = _state.pending, None
+        _state.abandon = False
+    return signum
+
+
 @contextlib.contextmanager
 def recovering(what_is_left: str) -> Iterator[None]:
     """Defer signals while recovering (see the module docstring)."""

@@ -1013,6 +1013,26 @@ def _short(sha: str | None) -> str:
     return sha[:12] if sha else "none"
 
 
+def verdict_text(d: DatabaseState) -> str:
+    """The verdict line: the verdict first, said once ("up to date at 56b6…", not "up to date:
+    up to date at 56b6…")."""
+    if d.verdict == PENDING and d.revisions is not None:
+        return f"{len(d.pending)} pending: {', '.join(d.revisions) or 'no revision'} -> {', '.join(d.deployed_heads)}"
+    if d.verdict.lower() in d.summary.lower():
+        return d.summary
+    return f"{d.verdict}: {d.summary}"
+
+
+def verdict_tone(verdict: str) -> str:
+    """How a verdict reads at a glance (a terminal colours it): ``good`` (in sync), ``warn``
+    (a release or a first deploy fixes it) or ``bad`` (look before releasing)."""
+    if verdict == UP_TO_DATE:
+        return "good"
+    if verdict in (PENDING, NOT_INITIALISED, NOT_DEPLOYED):
+        return "warn"
+    return "bad"
+
+
 def render_status(s: Status, now: datetime | None = None) -> str:
     """The text report (pure)."""
     now = now or datetime.now(UTC)
@@ -1035,8 +1055,7 @@ def render_status(s: Status, now: datetime | None = None) -> str:
     revs = "unreadable" if d.revisions is None else (", ".join(d.revisions) or "no revision")
     lines.append(f"  database   {revs}  (deployed head {', '.join(d.deployed_heads) or 'none'}; "
                  f"tip head {', '.join(d.tip_heads) or 'none'})")
-    label = f"{len(d.pending)} pending" if d.verdict == PENDING else d.verdict
-    lines.append(f"  verdict    {label}: {d.summary}")
+    lines.append(f"  verdict    {verdict_text(d)}")
     for m in d.pending:
         lines.append(f"               to run  {m.revision}  {m.message}")
     for m in d.ahead:

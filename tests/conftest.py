@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.bench.deployment",
     "tests.bench.apps",
     "tests.bench.machines",
+    "tests.bench.terminal",
 ]
 
 

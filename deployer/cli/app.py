@@ -6,7 +6,6 @@ No deployment logic lives here. Heavy modules are imported inside the commands s
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from typing import Annotated
 
@@ -19,7 +18,6 @@ from deployer.cli.common import (
     JsonOption,
     SwapModeOption,
     complete_environments,
-    confirmer,
     emit,
     emit_failure,
     json_output,
@@ -168,32 +166,32 @@ def release_cmd(
     Example:  deployer release production --ref v1.4.0 --dry-run
     """
     from deployer import api
-    from deployer.cli.render import progress_printer, render_plan
+    from deployer.cli.render import confirmer, echo, progress_printer, render_plan
 
     json_output(as_json)
-    log = progress_printer()
-    result = api.release(
-        env,
-        config_path=config,
-        ref=ref,
-        yes=yes,
-        dry_run=dry_run,
-        verbose=verbose_wanted(verbose),
-        playbook=playbook,
-        swap_mode=swap_mode.value if swap_mode else None,
-        force=force,
-        confirm=confirmer(),
-        log=log,
-    )
+    with progress_printer(f"{'planning the release' if dry_run else 'release'} of {env}") as log:
+        result = api.release(
+            env,
+            config_path=config,
+            ref=ref,
+            yes=yes,
+            dry_run=dry_run,
+            verbose=verbose_wanted(verbose),
+            playbook=playbook,
+            swap_mode=swap_mode.value if swap_mode else None,
+            force=force,
+            confirm=confirmer(log),
+            log=log,
+        )
     if as_json:
         emit(result.to_dict())
     elif dry_run:
         render_plan(result)
     elif getattr(result, "unchanged", None):
-        typer.echo(f"nothing to do: {result.unchanged} (--force releases anyway)")
+        echo(f"nothing to do: {result.unchanged} (--force releases anyway)", style="green")
     else:
-        typer.echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
-                   + served_line(result))
+        echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
+             + served_line(result), style="bold green")
 
 
 @app.command("rollback")
@@ -220,28 +218,29 @@ def rollback_cmd(
     Example:  deployer rollback production 56b67 --dry-run
     """
     from deployer import api
-    from deployer.cli.render import progress_printer, render_plan
+    from deployer.cli.render import confirmer, echo, progress_printer, render_plan
 
     json_output(as_json)
-    result = api.rollback(
-        env,
-        target,
-        config_path=config,
-        yes=yes,
-        dry_run=dry_run,
-        restore_backup=restore_backup,
-        verbose=verbose_wanted(verbose),
-        swap_mode=swap_mode.value if swap_mode else None,
-        confirm=confirmer(),
-        log=progress_printer(),
-    )
+    with progress_printer(f"{'planning the rollback' if dry_run else 'rollback'} of {env}") as log:
+        result = api.rollback(
+            env,
+            target,
+            config_path=config,
+            yes=yes,
+            dry_run=dry_run,
+            restore_backup=restore_backup,
+            verbose=verbose_wanted(verbose),
+            swap_mode=swap_mode.value if swap_mode else None,
+            confirm=confirmer(log),
+            log=log,
+        )
     if as_json:
         emit(result.to_dict())
     elif dry_run:
         render_plan(result)
     else:
-        typer.echo(f"rolled {env} back to commit {result.commit} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
-                   + served_line(result))
+        echo(f"rolled {env} back to commit {result.commit} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
+             + served_line(result), style="bold green")
 
 
 lock_app = typer.Typer(help="Inspect an environment's deploy lock, or clear the record a vanished owner left."
@@ -257,6 +256,13 @@ app.command("status")(status_cmd)
 app.command("history")(history_cmd)
 app.command("migrations")(migrations_cmd)
 app.command("init")(init_cmd)
+
+from deployer.cli.containers import exec_cmd, logs_cmd  # noqa: E402
+from deployer.cli.images import images_app  # noqa: E402
+
+app.add_typer(images_app, name="images")
+app.command("exec")(exec_cmd)
+app.command("logs")(logs_cmd)
 
 
 @lock_app.command("status")
@@ -319,23 +325,24 @@ def recover_cmd(
     Example:  deployer recover production --dry-run
     """
     from deployer import api
-    from deployer.cli.render import progress_printer, render_plan
+    from deployer.cli.render import echo, progress_printer, render_plan
 
     json_output(as_json)
-    result = api.recover(env, config_path=config, forward=forward, restore_backup=restore_backup, dry_run=dry_run,
-                         verbose=verbose_wanted(verbose), log=progress_printer())
+    with progress_printer(f"{'planning the recovery' if dry_run else 'recovery'} of {env}") as log:
+        result = api.recover(env, config_path=config, forward=forward, restore_backup=restore_backup, dry_run=dry_run,
+                             verbose=verbose_wanted(verbose), log=log)
     if result is None:
         if as_json:
             emit({"environment": env, "interrupted": None})
         else:
-            typer.echo(f"{env}: no interrupted run: nothing to recover")
+            echo(f"{env}: no interrupted run: nothing to recover", style="green")
         return
     if as_json:
         emit(result.to_dict())
     elif dry_run:
         render_plan(result)
     else:
-        typer.echo(f"{env}: {result.converged}; {result.recovery}")  # type: ignore[union-attr]
+        echo(f"{env}: {result.converged}; {result.recovery}", style="bold")  # type: ignore[union-attr]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -361,5 +368,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _say(text: str) -> None:
     """An error line on stderr; a closed terminal (SIGHUP) must not turn it into a traceback."""
-    with contextlib.suppress(OSError, ValueError):
-        typer.echo(text, err=True)
+    from deployer.cli.render import echo_error
+
+    echo_error(text)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, confirmer, emit, json_output
+from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, emit, json_output
 
 if TYPE_CHECKING:
     from deployer.server.backups import Backup
@@ -31,10 +31,6 @@ def _target(env: str, config: Path | None) -> Iterator[Target]:
 
     with api.environment(env, config_path=config) as target:
         yield target
-
-
-def _log(line: str) -> None:
-    typer.echo(line, err=True)
 
 
 def _size(size: int) -> str:
@@ -64,11 +60,12 @@ def create_cmd(
 
     Example:  deployer backups create production --download ./backups
     """
+    from deployer.cli.render import progress_printer
     from deployer.server.backups import create_environment
 
     json_output(as_json)
-    with _target(env, config) as target:
-        backup, local = create_environment(target, download_to=download, log=_log)
+    with progress_printer(f"backup of {env}") as log, _target(env, config) as target:
+        backup, local = create_environment(target, download_to=download, log=log)
     if as_json:
         emit({**backup.to_dict(), "local_path": str(local) if local else None})
         return
@@ -83,10 +80,11 @@ def list_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOption 
 
     Example:  deployer backups list production --json
     """
+    from deployer.cli.render import progress_printer
     from deployer.server.backups import list_backups
 
     json_output(as_json)
-    with _target(env, config) as target:
+    with progress_printer(f"reading the backups of {env}"), _target(env, config) as target:
         backups = list_backups(target)
         where = target.env.backup_dir
     if as_json:
@@ -113,11 +111,12 @@ def verify_cmd(
 
     Example:  deployer backups verify production latest
     """
+    from deployer.cli.render import progress_printer
     from deployer.server.backups import BackupError, check, find, list_backups
 
     json_output(as_json)
     results = []
-    with _target(env, config) as target:
+    with progress_printer(f"verifying the backups of {env}"), _target(env, config) as target:
         chosen = [find(target, backup_id) for backup_id in ids] if ids else list_backups(target)
         for backup in chosen:
             results.append((backup, check(target, backup)))
@@ -151,12 +150,13 @@ def restore_cmd(
 
     Example:  deployer backups restore production 20250101T120000123456Z --yes
     """
+    from deployer.cli.render import confirmer, progress_printer
     from deployer.server.backups import restore_environment
 
     json_output(as_json)
-    confirm = confirmer()
-    with _target(env, config) as target:
-        outcome = restore_environment(target, backup_id, yes=yes, confirm=confirm, safety_backup=not no_safety_backup, log=_log)
+    with progress_printer(f"restore into {env}") as log, _target(env, config) as target:
+        outcome = restore_environment(target, backup_id, yes=yes, confirm=confirmer(log), safety_backup=not no_safety_backup,
+                                      log=log)
     if as_json:
         emit(outcome.to_dict())
         return
@@ -179,10 +179,11 @@ def prune_cmd(
 
     Example:  deployer backups prune production --dry-run
     """
+    from deployer.cli.render import progress_printer
     from deployer.server.backups import prune
 
     json_output(as_json)
-    with _target(env, config) as target:
+    with progress_printer(f"pruning the backups of {env}"), _target(env, config) as target:
         decision = prune(target, keep=keep, dry_run=dry_run)
     if as_json:
         emit({"dry_run": dry_run, **decision.to_dict()})

@@ -28,9 +28,11 @@ def migrations_cmd(
     Example:  deployer migrations production --verbose
     """
     from deployer import api, schema_history
+    from deployer.cli.render import progress_printer
 
     json_output(as_json)
-    report = api.migrations(env, config_path=config, everything=everything)
+    with progress_printer(f"reading the migrations of {env}"):
+        report = api.migrations(env, config_path=config, everything=everything)
     code = 0 if report.revisions is not None else 3
     if as_json:
         emit(report.to_dict(), exit_code=code)
@@ -52,15 +54,19 @@ def status_cmd(env: EnvArgument, config: ConfigOption = None, as_json: JsonOptio
     """
     from deployer import api
     from deployer import status as status_mod
+    from deployer.cli.render import progress_printer, render_status
 
     json_output(as_json)  # an error (host unreachable, …) still prints one envelope, same exit code
-    report = api.status(env, config_path=config)
+    with progress_printer(f"reading the status of {env}"):
+        report = api.status(env, config_path=config)
     if as_json:
         emit(report.to_dict(), exit_code=report.exit_code)
-    elif isinstance(report, status_mod.FleetStatus):
-        typer.echo(status_mod.render_fleet(report))
     else:
-        typer.echo(status_mod.render_status(report))
+        if isinstance(report, status_mod.FleetStatus):
+            text, hosts = status_mod.render_fleet(report), report.hosts
+        else:
+            text, hosts = status_mod.render_status(report), (report,)
+        render_status(text, [status_mod.verdict_tone(host.database.verdict) for host in hosts])
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 
@@ -78,9 +84,11 @@ def history_cmd(
     """
     from deployer import api
     from deployer import status as status_mod
+    from deployer.cli.render import progress_printer
 
     json_output(as_json)
-    journal = api.history(env, config_path=config, limit=limit)
+    with progress_printer(f"reading the history of {env}"):
+        journal = api.history(env, config_path=config, limit=limit)
     if as_json:
         emit(journal.to_dict())
     elif isinstance(journal, status_mod.FleetHistory):

@@ -92,13 +92,15 @@ class Compose:
         no_deps: bool = True,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
+        tty: bool = False,
     ) -> list[str]:
         """A one-off container of ``service`` running ``command``, removed afterwards.
 
         A ``name`` lets the caller remove the container if the compose client is killed
-        (a timed-out migration must not go on running behind our back).
+        (a timed-out migration must not go on running behind our back). ``tty``: on a
+        pseudo-terminal (compose's default when its stdin is one); else ``-T``.
         """
-        argv = [*self.base(), "run", "--rm", "-T"]
+        argv = [*self.base(), "run", "--rm"] + ([] if tty else ["-T"])
         if name:
             argv += ["--name", name]
         if no_deps:
@@ -115,6 +117,21 @@ class Compose:
         for key, value in (env or {}).items():
             argv += ["-e", f"{key}={value}"]
         return [*argv, service, *command]
+
+    def logs(self, services: Sequence[str] = (), *, follow: bool = False, since: str | None = None,
+             tail: str | None = None, color: bool = False) -> list[str]:
+        """The services' container logs (all services when none is named), each line prefixed
+        with its container; ``tail``: lines per container (a number or ``all``)."""
+        argv = [*self.base(), "logs"]
+        if follow:
+            argv.append("--follow")
+        if since:
+            argv += ["--since", since]
+        if tail is not None:
+            argv += ["--tail", tail]
+        if not color:
+            argv.append("--no-color")
+        return [*argv, *services]
 
     def stop(self, services: Sequence[str] = (), *, timeout: int | None = None) -> list[str]:
         argv = [*self.base(), "stop"]

@@ -1,4 +1,5 @@
-"""Facts about a compose project's containers, read with ``docker inspect`` (pure parsing)."""
+"""Facts about a compose project's containers, read with ``docker inspect`` (pure parsing), and the
+argv that list and remove image tags."""
 
 from __future__ import annotations
 
@@ -98,3 +99,36 @@ def parse_rows(rows: Sequence[Mapping[str, Any]]) -> list[Container]:
             )
         )
     return containers
+
+
+# --------------------------------------------------------------------------- images
+
+_TAG_FORMAT = "{{.Repository}}:{{.Tag}} {{.ID}}"
+
+
+def image_tags_argv(repositories: Sequence[str], tag_prefix: str) -> list[str]:
+    """argv listing the tags ``REPOSITORY:PREFIX*`` of the given repositories with their
+    image ids (one ``name id`` per line: :func:`parse_image_tags`). At least one repository:
+    without a filter the engine would list every image it has."""
+    if not repositories:
+        raise ValueError("no repository to list the tags of")
+    argv = ["docker", "image", "ls", "--no-trunc", "--format", _TAG_FORMAT]
+    for repository in repositories:
+        argv += ["--filter", f"reference={repository}:{tag_prefix}*"]
+    return argv
+
+
+def parse_image_tags(stdout: str) -> dict[str, str]:
+    """tag name -> image id, from :func:`image_tags_argv`'s output."""
+    found = {}
+    for line in stdout.splitlines():
+        name, _, image_id = line.strip().partition(" ")
+        if name and image_id and not name.endswith(":<none>"):
+            found[name] = image_id
+    return found
+
+
+def remove_tags_argv(names: Sequence[str]) -> list[str]:
+    """argv removing image tags. Never forced: the engine refuses to remove the last tag of an
+    image a container uses (and only untags an image that keeps other tags)."""
+    return ["docker", "image", "rm", *names]

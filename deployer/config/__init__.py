@@ -151,6 +151,9 @@ class Environment:
     # What runs the services: docker compose on each host, or Docker Swarm across the hosts
     # (the nodes of one swarm; the primary a manager). See docs/swarm.md.
     engine: Literal["compose", "swarm"] = "compose"
+    # How many of the newest successful releases keep their images for a rollback (the one
+    # that runs is kept too); a release prunes the others' after it is journaled.
+    keep_releases: int = 5
 
     @property
     def many_hosts(self) -> bool:
@@ -491,6 +494,7 @@ class _Environment(BaseModel):
     healthcheck_body: Annotated[str, StringConstraints(min_length=1)] | None = Field(
         None, description="text the health page's body must contain")
     keep_backups: int = Field(10, ge=1, description="an integer >= 1")
+    keep_releases: int = Field(5, ge=1, description="an integer >= 1 (the newest releases whose images a rollback can use)")
     playbook: str = Field("release", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description=(
         'a playbook name: letters, digits, "_" and "-" (e.g. "release", "classic")'))
     health_timeout: float = Field(60.0, gt=0, description=_SECONDS)

@@ -157,6 +157,26 @@ class Host(Protocol):
         for data too big to hold (an image on its way from one host to another)."""
         ...
 
+    def attach(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        tty: bool = False,
+        stdin: bool = True,
+    ) -> int:
+        """Run ``argv`` with this process's stdin, stdout and stderr as its own, streamed as
+        they come (nothing is kept in memory), and return its exit status.
+
+        ``tty``: on a pseudo-terminal, for an interactive program (``flask shell``): over SSH
+        a PTY channel sized like the local terminal, which is put in raw mode meanwhile (Ctrl-C
+        goes to the program). ``stdin`` False: the program reads nothing (``logs``). A signal
+        deployer receives is passed on to the program; once it has ended,
+        :class:`~deployer.interrupts.Interrupted` is raised.
+        """
+        ...
+
     def reconnect(self) -> None:
         """Open a fresh connection to the same machine after :class:`~deployer.errors.ConnectionLost`
         (nothing to do on this machine)."""

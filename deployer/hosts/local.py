@@ -263,6 +263,49 @@ class LocalHost:
             ) from exc
         return LocalProcess(words, process, self.name)
 
+    def attach(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        tty: bool = False,
+        stdin: bool = True,
+    ) -> int:
+        """Run ``argv`` on this terminal (its stdin, stdout and stderr); see :class:`Host`.
+
+        It stays in deployer's process group: the terminal's Ctrl-C reaches it directly (and a
+        program that owns the terminal, like ``docker compose run`` with a TTY, reads it as a
+        key). Any other signal deployer receives is passed on to it.
+        """
+        words = check_argv(argv)
+        variables = check_env(env)
+        try:
+            process = subprocess.Popen(words, cwd=cwd, env={**os.environ, **variables},
+                                       stdin=None if stdin else subprocess.DEVNULL)
+        except OSError as exc:
+            raise CommandError(f"cannot run {shlex.join(words)}: {exc.strerror or exc}",
+                               exit_status=127 if isinstance(exc, FileNotFoundError) else 126) from exc
+        signalled: int | None = None
+        since = 0.0
+        while True:
+            try:
+                returncode = process.wait(timeout=_POLL)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            signum = interrupts.take()
+            if signum is not None:
+                signalled, since = signalled or signum, time.monotonic()
+                if signum != signal.SIGINT:
+                    process.send_signal(signum)
+            elif signalled == signal.SIGINT and since and time.monotonic() - since > 1.0:
+                process.send_signal(signal.SIGINT)  # sent to deployer alone (kill -INT), not from the terminal
+                since = 0.0
+        if signalled is not None:
+            raise interrupts.Interrupted(signalled)
+        return _exit_code(returncode)
+
     def reconnect(self) -> None:
         """Nothing to reconnect on this machine."""
 

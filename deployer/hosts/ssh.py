@@ -26,6 +26,8 @@ import os
 import queue
 import select
 import shlex
+import shutil
+import signal as signal_module
 import socket
 import tempfile
 import threading
@@ -545,6 +547,51 @@ class SSHHost:
             raise
         return SSHProcess(self, words, channel, connection, report, self._sessions.release)
 
+    # -- a command on the user's terminal ------------------------------------------------
+
+    def attach(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        tty: bool = False,
+        stdin: bool = True,
+    ) -> int:
+        """Run ``argv`` on the server with this process's stdin, stdout and stderr; see
+        :class:`~deployer.hosts.base.Host`. With ``tty`` the channel gets a PTY the size of the
+        local terminal (resized with it) and the local terminal is in raw mode meanwhile: keys,
+        Ctrl-C included, go to the program. Without, a signal deployer receives is sent to the
+        command's process group on the server, which then ends as it chooses."""
+        words = check_argv(argv)
+        report = None if tty else _PidReport(f"deployer-pid-{uuid.uuid4().hex[:16]}:")
+        command = remote_command(words, cwd=cwd, env=env)
+        if report is not None:  # the prefix is a constant plus a hex token, as in _execute
+            command = f"echo {report.token}$$ >&2; " + command
+        self._take_slot()
+        try:
+            channel, connection = self._open_session()
+            try:
+                if tty:
+                    size = shutil.get_terminal_size()
+                    channel.get_pty(term=os.environ.get("TERM") or "xterm", width=size.columns, height=size.lines)
+                channel.exec_command(command)
+                signalled = _Attached(self, channel, report, tty=tty, stdin=stdin).pump()
+                if self._ended_by_lost_connection(channel, connection) and signalled is None:
+                    raise self._lost(connection=connection)
+                status = channel.exit_status if channel.exit_status_ready() else -1
+            except ConnectionLost:
+                raise
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise self._lost(exc, connection) from exc
+            finally:
+                channel.close()
+        finally:
+            self._sessions.release()
+        if signalled is not None:
+            raise interrupts.Interrupted(signalled)
+        return status
+
     # -- files --------------------------------------------------------------------------
 
     def _file_command(
@@ -953,6 +1000,130 @@ class SSHProcess:
         finally:
             self._channel.close()
             self._finished.wait(_KILL_GRACE_SECONDS)
+
+
+class _Attached:
+    """The loop of :meth:`SSHHost.attach`: the channel's output to our stdout and stderr, our
+    stdin to the channel (until its end), the terminal in raw mode and its size followed
+    with a PTY; a signal deployer receives passed on."""
+
+    def __init__(self, host: SSHHost, channel: paramiko.Channel, report: _PidReport | None, *, tty: bool,
+                 stdin: bool) -> None:
+        self._host = host
+        self._channel = channel
+        self._report = report
+        self._tty = tty
+        self._in = _fileno(sys.stdin) if stdin else None
+        self._out = _binary(sys.stdout)
+        self._err = _binary(sys.stderr)
+
+    def pump(self) -> int | None:
+        """Until the command ends; returns the signal that was passed on to it, if one was."""
+        channel = self._channel
+        raw = self._in if self._tty and self._in is not None and os.isatty(self._in) else None
+        saved = _raw_terminal(raw) if raw is not None else None
+        previous = _follow_size(channel) if self._tty else None
+        if self._in is None:
+            channel.shutdown_write()
+        signalled: int | None = None
+        try:
+            while True:
+                signum = interrupts.take()
+                if signum is not None and signalled is None:
+                    signalled = signum
+                    self._pass_on(signum)
+                watched: list[Any] = [channel] + ([self._in] if self._in is not None else [])
+                ready = select.select(watched, [], [], _POLL_SECONDS)[0]
+                self._drain()
+                if self._in is not None and self._in in ready:
+                    data = os.read(self._in, _CHUNK)
+                    if data:
+                        channel.sendall(data)
+                    else:
+                        channel.shutdown_write()
+                        self._in = None
+                finished = channel.closed or (channel.eof_received and channel.exit_status_ready())
+                if finished and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+        finally:
+            if raw is not None and saved is not None:
+                _restore_terminal(raw, saved)
+            if previous is not None:
+                signal_module.signal(signal_module.SIGWINCH, previous)
+        if self._report is not None:
+            tail = self._report.flush()
+            if tail:
+                self._write(self._err, tail)
+        return signalled
+
+    def _drain(self) -> None:
+        channel = self._channel
+        while channel.recv_ready():
+            self._write(self._out, channel.recv(_CHUNK))
+        while channel.recv_stderr_ready():
+            data = channel.recv_stderr(_CHUNK)
+            if self._report is not None:
+                data = self._report.filter(data)
+            if data:
+                self._write(self._err, data)
+
+    @staticmethod
+    def _write(stream: IO[bytes], data: bytes) -> None:
+        with contextlib.suppress(OSError, ValueError):  # our terminal went away: the command goes on to its end
+            stream.write(data)
+            stream.flush()
+
+    def _pass_on(self, signum: int) -> None:
+        """The command's process group on the server gets the signal; on a PTY (no pid known)
+        the channel is closed, and sshd hangs the session up."""
+        pid = self._report.pid if self._report is not None else None
+        if pid is None:
+            self._channel.close()
+            return
+        name = signal_module.Signals(signum).name.removeprefix("SIG")
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            self._host._signal_group(pid, name)
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno()) if stream is not None else None
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _binary(stream: Any) -> IO[bytes]:
+    return getattr(stream, "buffer", stream)
+
+
+def _raw_terminal(fd: int) -> list[Any]:
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    return saved
+
+
+def _restore_terminal(fd: int, saved: list[Any]) -> None:
+    import termios
+
+    with contextlib.suppress(termios.error, OSError):
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _follow_size(channel: paramiko.Channel) -> Any:
+    """Resize the PTY with the local terminal (SIGWINCH); returns the handler it replaced
+    (None: not the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def resized(signum: int, frame: object) -> None:
+        size = shutil.get_terminal_size()
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            channel.resize_pty(width=size.columns, height=size.lines)
+
+    return signal_module.signal(signal_module.SIGWINCH, resized)
 
 
 class _PidReport:

@@ -178,10 +178,14 @@ def wait_healthy(
     deadline = time.monotonic() + timeout
     env = target.env
     proven: list[str] = []
+    # Each check that passes is said as it passes, with what comes next (the step's own line
+    # gives the summary once they all passed).
     if env.healthcheck_url:
-        proven.append(_wait_url(target, env.healthcheck_url, deadline, timeout, interval, log))
+        proven.append(_wait_url(target, env.healthcheck_url, deadline, timeout, interval))
+        log(proven[-1] + ("; now the health command" if env.healthcheck_command else "; now the containers"))
     if env.healthcheck_command:
-        proven.append(_wait_command(target, env.healthcheck_command, deadline, timeout, interval, log))
+        proven.append(_wait_command(target, env.healthcheck_command, deadline, timeout, interval))
+        log(proven[-1] + "; now the containers")
     # The web service's own check just passed: a Docker healthcheck of its containers that
     # has not run yet (its first run comes one interval after the start, 30 s by default)
     # is not waited for; one that failed, or containers of other services, are.
@@ -189,7 +193,7 @@ def wait_healthy(
     return "healthy: " + "; ".join(proven)
 
 
-def _wait_url(target: Target, url: str, deadline: float, timeout: float, interval: float, log: Callable[[str], None]) -> str:
+def _wait_url(target: Target, url: str, deadline: float, timeout: float, interval: float) -> str:
     env = target.env
     with reachable_url(target, url) as (here, host_header):
         while True:
@@ -210,12 +214,11 @@ def _wait_url(target: Target, url: str, deadline: float, timeout: float, interva
                     hint=f"check the web service's logs: `docker compose logs {target.config.app.web_service}` on the host",
                 )
             time.sleep(interval)
-    log(f"{url} answered {result.detail}")
     return f"{url} answered {result.detail}"
 
 
 def _wait_command(
-    target: Target, command: Sequence[str], deadline: float, timeout: float, interval: float, log: Callable[[str], None]
+    target: Target, command: Sequence[str], deadline: float, timeout: float, interval: float
 ) -> str:
     web = target.config.app.web_service
     argv = target.compose.exec(web, list(command))
@@ -242,7 +245,6 @@ def _wait_command(
                 hint=f"run it on the host to see why: docker compose exec {web} {shown}",
             )
         time.sleep(interval)
-    log(f"`{_clip(shown)}` succeeded in {web}")
     return f"`{_clip(shown)}` exited 0 in {web}"
 
 

@@ -86,15 +86,25 @@ def downgrade_argv(migrate_command: Sequence[str], revision: str) -> list[str]:
     return migration_argv(migrate_command, "downgrade", revision)
 
 
-def confirm(ctx: Context, question: str, refusal: str) -> None:
-    """Ask, or take --yes; refuse without a terminal. A dry run only shows the question."""
-    if ctx.options.yes:
-        return
+def confirm(ctx: Context, question: str, refusal: str, *, warning: str | None = None) -> None:
+    """Ask, or take --yes; refuse without a terminal. A dry run only shows the question.
+
+    What is at stake is said once: ``warning`` (the details: what is dropped, what is lost)
+    is logged before the question is asked and when --yes answers it; a refusal carries it
+    in ``refusal``; a dry run's plan lists it, so the dry run shows the short ``question``.
+    """
     if ctx.options.dry_run:
-        ctx.log(f"(would ask: {question})")
+        if not ctx.options.yes:
+            ctx.log(f"(would ask: {question})")
+        return
+    if ctx.options.yes:
+        if warning:
+            ctx.log(f"warning: {warning}")
         return
     if ctx.options.confirm is None:
         raise RefusedError(refusal, hint="rerun with --yes to confirm (no terminal to ask on)")
+    if warning:
+        ctx.log(f"warning: {warning}")
     if not ctx.options.confirm(question):
         raise RefusedError(refusal + ": not confirmed")
 

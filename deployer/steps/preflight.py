@@ -142,8 +142,8 @@ def _preflight(ctx: Context, host_state: Future[dict[str, object]]) -> str:
     destructive = [(m, op) for m in pending for op in m.destructive_ops]
     if destructive:
         listed = "; ".join(f"{m.revision} ({m.message}): {op}" for m, op in destructive)
-        ctx.log(f"warning: destructive migration operations: {listed}")
-        confirm(ctx, f"Run migrations that destroy data ({listed})?", f"the release would run destructive migrations ({listed})")
+        confirm(ctx, "Run these migrations that destroy data?", f"the release would run destructive migrations ({listed})",
+                warning=f"destructive migration operations: {listed}")
     records = state["records"]
     db = cfg.app.db_service
     ctx.facts = Facts(

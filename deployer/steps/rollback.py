@@ -167,12 +167,9 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
             )
         later = [r.id for r in journal_records[journal_records.index(chosen) + 1 :]
                  if r.kind == "release" and r.outcome == journal.SUCCEEDED]
-        ctx.log(
-            f"warning: restoring backup {backup.id} (taken {backup.created_at}) loses every change to the database "
-            f"since then, across {len(later)} later release(s): {', '.join(later) or 'none'}"
-        )
-        confirm(ctx, f"Restore backup {backup.id} from {backup.created_at}, losing all data written since?",
-                f"restoring backup {backup.id} would lose the data written since {backup.created_at}")
+        loses = (f"restoring backup {backup.id} (taken {backup.created_at}) loses every change to the database "
+                 f"since then, across {len(later)} later release(s): {', '.join(later) or 'none'}")
+        confirm(ctx, f"Restore backup {backup.id}, losing all data written since?", loses, warning=loses)
     else:
         if impossible:
             listed = "; ".join(f"{m.revision} ({m.message})" for m in impossible)
@@ -183,9 +180,9 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
             )
         if destructive:
             listed = "; ".join(f"{m.revision} ({m.message}): {op}" for m, op in destructive)
-            ctx.log(f"warning: the downgrade drops data: {listed}")
-            confirm(ctx, f"Downgrade, dropping {listed}?",
-                    f"the downgrade would drop data ({listed}); --restore-backup brings the pre-upgrade data back instead")
+            confirm(ctx, "Downgrade, dropping this data?",
+                    f"the downgrade would drop data ({listed}); --restore-backup brings the pre-upgrade data back instead",
+                    warning=f"the downgrade drops data: {listed}")
     commit = source.Commit(sha=chosen.commit, ref=chosen.id, subject=_subject(repo, chosen.commit), author="")
     db = cfg.app.db_service
     ctx.facts = Facts(

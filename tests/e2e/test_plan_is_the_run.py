@@ -5,8 +5,8 @@ step by step (values only known at run time by name); and the host received exac
 commands the run listed, nothing that changes anything besides them. For the default, the
 classic and the rollback playbooks, on the real engine with a recording host.
 
-Read-only commands (status, history, lock status, backups list/verify, config show, every
-dry run) leave every file under the checkout, the state directory and the backups as it was.
+Read-only commands (status, history, lock status, backups list/verify, config show, logs,
+every dry run) leave every file under the checkout, the state directory and the backups as it was.
 """
 
 from __future__ import annotations
@@ -151,6 +151,7 @@ def tree_hash(*roots: Path) -> dict[str, str]:
 @pytest.mark.parametrize("command", [
     ("status",), ("history",), ("lock", "status"), ("backups", "list"), ("backups", "verify"),
     ("config", "show"), ("release", "--dry-run"), ("rollback", "--dry-run"), ("recover", "--dry-run"),
+    ("logs",), ("images", "prune", "--dry-run"),
 ])
 def test_read_only_commands_write_nothing(deployment: Deployment, command: tuple[str, ...]) -> None:
     d = deployment

@@ -97,6 +97,13 @@ def test_no_command_prints_a_secret(d: Deployment) -> None:
     out.both("backups", "prune", env, "--dry-run")
     out.both("recover", env)
     out.both("recover", env, "--dry-run")
+    out.both("images", "prune", env, "--dry-run")
+    out.both("logs", env, "web", "--tail", "5")
+    out.run("exec", env, "--", "true")
+    quoted = out.run("exec", env, "--json", "--", "sh", "-c", "echo $DATABASE_URL").stdout  # --json: scrubbed like any result
+    assert "postgresql://recipes:***@db:5432/recipes" in quoted, quoted
+    assert "wbe" in out.run("exec", env, "--service", "wbe", "--", "true", expect=2).stderr
+    out.run("exec", env, "--json", "--service", "wbe", "--", "true", expect=2)  # before --: the rest is the command's
 
     # A migration that fails quoting the DATABASE_URL (the password in it) it was given.
     d.commit(add_migration(LEAKY, EXAMPLE_HEAD, "Leaks its url", [

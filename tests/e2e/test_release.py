@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -19,6 +21,7 @@ import pytest
 from tests.bench.cli import result as result_of
 from tests.bench.deployment import BROKEN_HEALTH_WSGI, EXAMPLE_HEAD, Deployment, add_migration
 from tests.bench.gitrepos import REPO_ROOT
+from tests.bench.terminal import ESCAPE, Terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -380,3 +383,129 @@ def test_custom_playbook_with_run_steps(deployment: Deployment) -> None:
     d.commit({"playbooks/custom.toml": CUSTOM_PLAYBOOK.replace('step = "health"', 'step = "helth"')}, "typo")
     result = d.deployer("release", d.env_name, "--playbook", "custom", "--yes")
     assert result.returncode == 2 and "unknown step 'helth' (did you mean 'health'?)" in result.stderr
+
+
+SPINNER = re.compile(r"^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] (\S[^\n]*?)  \d+\.\ds$", re.MULTILINE)
+
+
+def test_live_output_in_a_terminal_plain_lines_elsewhere(deployment: Deployment, terminal: Terminal) -> None:
+    d = deployment
+    d.commit({"example/CHANGES.txt": "a release watched in a terminal\n"}, "a change to watch")
+    terminal.run(d, "release", d.env_name, "--yes")
+    running: set[str] = set()  # the steps the spinner showed, with their elapsed time
+    deadline = time.monotonic() + 600
+    while "deployer-exited=" not in (screen := terminal.screen()) and time.monotonic() < deadline:
+        running.update(SPINNER.findall(screen))
+        time.sleep(0.05)
+    assert terminal.exit_code() == 0, screen
+    assert running & {"build", "swap", "health"}, f"no spinner seen; last screen:\n{screen}"
+    coloured = terminal.screen(escapes=True)
+    assert re.search(r"\x1b\[[0-9;]*32m✓", coloured), coloured  # a green ✓
+    assert re.search(r"\x1b\[[0-9;]*32mreleased ", coloured), coloured  # the outcome, green
+    lines = screen.splitlines()
+    assert lines.count(next(line for line in lines if line.startswith("✓ build "))) == 1  # each message once
+    assert not [line for line in lines if line.startswith("> ")]  # a start is the spinner, not a line
+
+    # status on the terminal: the verdict in colour; piped: the same words, no escape code
+    terminal.run(d, "status", d.env_name)
+    assert terminal.exit_code() == 0
+    verdict = next(line for line in terminal.screen(escapes=True).splitlines() if "verdict" in line)
+    assert re.search(r"\x1b\[[0-9;]*32mup to date at ", verdict), verdict
+    piped = d.deployer("status", d.env_name)
+    assert piped.returncode == 0 and "\x1b" not in piped.stdout + piped.stderr
+    assert "  verdict    up to date at " in piped.stdout and "up to date: up to date" not in piped.stdout
+
+    # a plan on a terminal: long commands cut at its width, pasted still one command
+    terminal.run(d, "release", d.env_name, "--dry-run", "--force")
+    assert terminal.exit_code() == 0
+    lines = terminal.screen().splitlines()  # lines the terminal itself wrapped are joined again
+    assert max(len(line.rstrip()) for line in lines) <= terminal.width, "\n".join(lines)
+    first = next(i for i, line in enumerate(lines) if line.startswith("      $ docker compose "))
+    assert lines[first].endswith(" \\"), lines[first:first + 6]  # nothing after the "\\": pasted, it joins
+    assert lines[first + 1].startswith(" " * 12) and lines[first + 1][12] != " ", lines[first:first + 6]
+    last = next(i for i in range(first, len(lines)) if not lines[i].endswith(" \\"))
+    pasted = "\n".join(lines[first:last + 1]).removeprefix("      $ ")
+    piped_plan = d.deployer("release", d.env_name, "--dry-run", "--force").stdout
+    one_line = next(line for line in piped_plan.splitlines() if line.startswith("      $ docker compose "))
+    # what a shell reads (a "\\" before a line break continues the line): the same words
+    assert shlex.split(pasted.replace("\\\n", " ")) == shlex.split(one_line.removeprefix("      $ ")), (pasted, one_line)
+
+    # NO_COLOR on a terminal: plain lines, as in a pipe
+    terminal.run(d, "release", d.env_name, "--dry-run", "--force", extra_env={"NO_COLOR": "1"})
+    assert terminal.exit_code() == 0
+    plain = terminal.screen(escapes=True)
+    assert "release plan for" in plain and not ESCAPE.search(plain), plain[:2000]
+
+
+READ_ROW = ("from recipes import create_app; from recipes.models import db; app = create_app(); app.app_context().push(); "
+            "print(db.session.execute(db.text(\"SELECT email, name FROM users WHERE email = 'ana@example.com'\")).one())")
+
+
+def deployer_tags(d: Deployment) -> set[str]:
+    return {line.split()[0] for line in project_images(d) if ":deployer-" in line}
+
+
+def test_exec_logs_and_images_prune(deployment: Deployment, terminal: Terminal) -> None:
+    d = deployment
+    # exec: a one-off container of the running image reads the database
+    read = d.deployer("exec", d.env_name, "--", "python3", "-c", READ_ROW)
+    assert read.returncode == 0, read.stderr
+    assert "('ana@example.com', 'Ana')" in read.stdout
+    assert d.deployer("exec", d.env_name, "--", "sh", "-c", "exit 7").returncode == 7  # its exit status
+    piped = subprocess.run(d.deployer_argv("exec", d.env_name, "--", "python3", "-"), cwd=d.laptop, env=d.environ(),
+                           input="print(6 * 7)\n", capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and piped.stdout.strip() == "42", piped.stderr
+    # flask shell, interactively, on a terminal
+    terminal.run(d, "exec", d.env_name, "--", "flask", "shell")
+    terminal.wait_for(">>> ")
+    terminal.send('print(db.session.execute(db.text("SELECT name FROM users ORDER BY id")).first())', "Enter")
+    terminal.wait_for("('Ana',)")
+    terminal.send("exit(3)", "Enter")
+    assert terminal.exit_code() == 3
+    oneoff = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={d.name}",
+                             "--filter", "label=com.docker.compose.oneoff=True"], capture_output=True, text=True, check=True)
+    assert oneoff.stdout.strip() == ""  # every one-off container was removed
+
+    # logs: the web service's lines; a follow ends cleanly with Ctrl-C
+    logs = d.deployer("logs", d.env_name, "web", "--since", "1h")
+    assert logs.returncode == 0 and "web-1  | " in logs.stdout and "GET /health" in logs.stdout, logs.stderr
+    follow = subprocess.Popen(d.deployer_argv("logs", d.env_name, "web", "--follow", "--tail", "1"), cwd=d.laptop,
+                              env=d.environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    assert follow.stdout is not None and "web-1  | " in follow.stdout.readline()
+    follow.send_signal(signal.SIGINT)
+    out, err = follow.communicate(timeout=60)
+    assert follow.returncode == 0 and "Traceback" not in err, err
+    time.sleep(1)
+    left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert not [line for line in left.splitlines() if d.name in line and " logs " in line], left
+
+    # exec and logs take no deploy lock; prune does
+    holder = subprocess.Popen(["flock", "--close", str(d.state_path / "lock"), "sleep", "60"], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        assert d.deployer("exec", d.env_name, "--", "true").returncode == 0
+        assert d.deployer("logs", d.env_name, "--tail", "1").returncode == 0
+        locked = d.deployer("images", "prune", d.env_name)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+    assert locked.returncode == 4 and "locked" in locked.stderr, locked.stderr
+
+    # prune: every release pruned after itself, keeping exactly what a rollback within the
+    # newest five needs
+    succeeded = [r["id"] for r in d.journal() if r["kind"] == "release" and r["outcome"] == "succeeded"]
+    assert len(succeeded) > 5
+    assert deployer_tags(d) == {f"{d.name}-web:deployer-{rid}" for rid in succeeded[-5:]}
+    planned = d.deployer("images", "prune", d.env_name, "--keep", "2", "--dry-run")
+    assert planned.returncode == 0 and planned.stdout.count("would remove") == 3, planned.stdout
+    assert deployer_tags(d) == {f"{d.name}-web:deployer-{rid}" for rid in succeeded[-5:]}  # a dry run removes nothing
+    pruned = result_of(d.deployer("images", "prune", d.env_name, "--keep", "2", "--json").stdout)
+    assert len(pruned["hosts"][0]["removed"]) == 3
+    assert deployer_tags(d) == {f"{d.name}-web:deployer-{rid}" for rid in succeeded[-2:]}
+    # and a rollback afterwards puts the kept images back (no rebuild)
+    back = result_of(d.deployer("rollback", d.env_name, "previous", "--yes", "--json").stdout)
+    assert back["outcome"] == "succeeded"
+    switch = next(s for s in back["steps"] if s["name"] == "switch")
+    assert f"saved images {d.name}-web:deployer-{succeeded[-2]}" in switch["detail"] and "rebuilt" not in switch["detail"]
+    assert d.wait_answer("/health")[0] == 200

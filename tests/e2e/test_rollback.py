@@ -112,6 +112,21 @@ def test_unknown_and_ambiguous_targets_are_refused(d: Deployment, releases: dict
     assert "ambiguous" in stderr and M_COMMENTS in stderr and M_RATING in stderr
 
 
+def test_what_a_refused_downgrade_drops_is_said_once(d: Deployment, releases: dict) -> None:
+    """The drop list was printed three times (a warning, the step's failure, the error), and
+    twice more with --dry-run."""
+    drop = f"{M_RATING} (Add rating): drop column recipes.rating"
+    stderr = refused(d, releases["second"]["id"])
+    assert stderr.count(drop) == 1, stderr
+    assert "--yes" in stderr and "x preflight failed (the error below says why)" in stderr
+    plan = d.deployer("rollback", d.env_name, releases["second"]["id"], "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    shown = plan.stdout + plan.stderr
+    assert shown.count("drop column recipes.rating") == 1, shown  # the plan's downgrade line
+    assert f"{M_RATING}  Add rating  [drops data: drop column recipes.rating]" in plan.stdout
+    assert "(would ask: Downgrade, dropping this data?)" in plan.stderr
+
+
 def test_irreversible_downgrade_refused_then_restored_from_backup(d: Deployment, releases: dict) -> None:
     d.sql("INSERT INTO users (email, name) VALUES ('before@example.com', 'Before')")
     snapshot = rows(d)

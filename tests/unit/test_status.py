@@ -240,3 +240,26 @@ def test_every_verdict_has_a_code(verdict: str) -> None:
     from deployer.status import _VERDICT_CODES
 
     assert verdict in _VERDICT_CODES
+
+
+def test_the_verdict_is_said_once() -> None:
+    cases = {
+        "up to date at bbb": assess(("bbb",), OLD, OLD),
+        "2 pending: aaa -> ccc": assess(("aaa",), NEW, NEW),
+        "not initialised": assess((), OLD, OLD),
+        "not deployed: nothing deployed yet": assess(None, None, OLD),
+        "database unreachable: cannot read the database: refused": assess(None, OLD, OLD, error="refused"),
+    }
+    for start, state in cases.items():
+        line = next(line for line in render_status(report(database=state), now=NOW).splitlines() if "verdict" in line)
+        assert line.startswith(f"  verdict    {start}"), line
+        words = state.verdict if state.verdict != "pending" else "pending"
+        assert line.lower().count(words) == 1, line  # never "up to date: up to date at bbb"
+
+
+def test_verdicts_have_a_tone() -> None:
+    from deployer.status import verdict_tone
+
+    assert verdict_tone("up to date") == "good"
+    assert {verdict_tone(v) for v in ("pending", "not initialised", "not deployed")} == {"warn"}
+    assert {verdict_tone(v) for v in ("ahead", "unknown revision", "multiple heads", "database unreachable")} == {"bad"}
