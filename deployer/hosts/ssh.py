@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal as signal_module
 import socket
+import sys
 import tempfile
 import threading
 import time
