@@ -9,7 +9,8 @@ import typer
 
 from deployer.cli.common import ConfigOption, EnvArgument, JsonOption, emit, json_output
 
-images_app = typer.Typer(help="The release images deployer keeps for rollbacks.", no_args_is_help=True)
+images_app = typer.Typer(help="The release images deployer keeps for rollbacks."
+                               "\n\nExample:  deployer images prune production --dry-run", no_args_is_help=True)
 
 
 @images_app.command("prune")
