@@ -91,8 +91,10 @@ def _after_sql(snapshot: str) -> tuple[str, dict[str, Any]]:
 def pg_baseline(url: str) -> Iterator[dict[str, Any]]:
     """Open a repeatable-read transaction, export its snapshot and count every table in it.
 
-    Yields ``{"snapshot_id": ..., "snapshot": "xmin:xmax:xip", "tables": {table: rows}}``; the
-    transaction stays open until the block ends, so ``pg_dump --snapshot`` can use it.
+    Yields ``{"snapshot_id": ..., "snapshot": "xmin:xmax:xip", "tables": {table: rows},
+    "revision": [alembic revisions], "bytes": the database's size}``; the transaction stays
+    open until the block ends, so ``pg_dump --snapshot`` can use it. The revision and the
+    counts are what a restore of the dump must give back (:mod:`deployer.server.verification`).
     """
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
@@ -108,7 +110,10 @@ def pg_baseline(url: str) -> Iterator[dict[str, Any]]:
             tables = {}
             for (name,) in connection.execute(text(TABLES_SQL)):
                 tables[name] = int(connection.exec_driver_sql(f"SELECT count(*) FROM {name}").scalar_one())
-            yield {"snapshot_id": snapshot_id, "snapshot": snapshot, "tables": tables}
+            revision = sorted(str(r) for (r,) in connection.execute(text(
+                "SELECT version_num FROM alembic_version"))) if _has_version_table(connection) else []
+            size = int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+            yield {"snapshot_id": snapshot_id, "snapshot": snapshot, "tables": tables, "revision": revision, "bytes": size}
             connection.exec_driver_sql("COMMIT")
     except DeployerError:
         raise
@@ -163,7 +168,7 @@ def _has_version_table(connection: Any) -> bool:
 
 # The SQLite baseline: run with python3 against a database file (argv[1]); prints JSON.
 SQLITE_COUNTS = """\
-import json, sqlite3, sys
+import json, os, sqlite3, sys
 db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
 tables = {}
 for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> 'alembic_version'"):
@@ -174,7 +179,12 @@ for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' A
     except sqlite3.OperationalError:
         top = None
     tables[name] = [count, top]
-print(json.dumps({"tables": tables, "schema_version": db.execute("PRAGMA schema_version").fetchone()[0]}))
+try:
+    revision = sorted(row[0] for row in db.execute("SELECT version_num FROM alembic_version"))
+except sqlite3.OperationalError:
+    revision = []
+print(json.dumps({"tables": tables, "schema_version": db.execute("PRAGMA schema_version").fetchone()[0],
+                  "revision": revision, "bytes": os.path.getsize(sys.argv[1])}))
 """
 
 

@@ -168,7 +168,7 @@ def test_dump_argv_runs_pg_dump_in_the_db_service_with_a_lock_timeout(target: Ta
     argv = backups.dump_argv(target, lock_wait_timeout=2.5)
     assert argv[:2] == [str(Path(target.env.path).parent / "fake-compose"), "--project-name"]
     assert argv[-8:-3] == ["exec", "-T", "db", "sh", "-c"] and argv[-2:] == ["sh", "2500ms"]
-    assert "pg_dump --format=custom --lock-wait-timeout=\"$1\"" in argv[-3]
+    assert "pg_dump --format=custom --compress=1 --lock-wait-timeout=\"$1\"" in argv[-3]
     sqlite = replace(target, env=replace(target.env, database_url="sqlite:////data/app.db"))
     assert backups.engine_of(sqlite) == backups.SQLITE and backups.engine_of(target) == backups.POSTGRESQL
     argv = backups.dump_argv(sqlite)
@@ -242,3 +242,23 @@ def test_download_checks_the_copy(target: Target, tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="does not match its sha256"):
         backups.download(target, placed, tmp_path / "copies")
     assert os.listdir(tmp_path / "copies") == []
+
+
+def test_streamed_dump_reports_each_side_and_the_checksum_of_what_was_written(tmp_path: Path) -> None:
+    host = LocalHost()
+    out = tmp_path / "dump.partial"
+    result = host.run(list(backups.to_file(["printf", "some dump bytes"], str(out))))
+    streamed = backups.parse_streamed(result.stdout)
+    assert streamed == backups.Streamed(0, 0, hashlib.sha256(b"some dump bytes").hexdigest()) and streamed.ok
+    assert out.read_bytes() == b"some dump bytes" and stat.S_IMODE(out.stat().st_mode) == 0o600
+    # the dump fails midway: its own status, whatever the rest of the pipe did
+    failed = backups.parse_streamed(host.run(list(backups.to_file(["sh", "-c", "printf half; exit 3"], str(out)))).stdout)
+    assert failed.dump_exit == 3 and failed.write_exit == 0 and not failed.ok
+    # a full disk: the write fails while the dump itself succeeds
+    full = host.run(list(backups.to_file(["head", "-c", "100000", "/dev/zero"], "/dev/full")))
+    streamed = backups.parse_streamed(full.stdout)
+    assert streamed.dump_exit == 0 and streamed.write_exit != 0 and not streamed.ok
+    assert "No space left" in full.stderr
+    message = backups._stream_failure("postgresql", "h", full, streamed)
+    assert message.startswith("writing the postgresql dump on h failed") and "No space left" in message
+    assert backups.parse_streamed("") == backups.Streamed(None, None, None)
