@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from deployer.actions import Arg, Command, Read, Value, Write, drive
+from deployer.config import BackupCopy
 from deployer.db.url import DatabaseLocation, parse
 from deployer.db.writes import SQLITE_COUNTS
 from deployer.errors import CommandError, DeployerError, RefusedError
@@ -42,6 +43,7 @@ PARTIAL_SUFFIX = ".partial"
 
 POSTGRESQL = "postgresql"
 SQLITE = "sqlite"
+SERVER = "server"  # where a backup is: the server's backup_dir (else a backup_copy place)
 
 # Why a backup was taken.
 PRE_RELEASE = "pre-release"
@@ -122,6 +124,63 @@ class BackupError(DeployerError):
     """A backup could not be made, verified or restored."""
 
 
+# The restore verification's verdicts (deployer.server.verification).
+VERIFIED = "verified"  # restored into a scratch database: revision, tables and row counts as recorded
+FAILED = "failed"  # it did not restore, or what came back differs: never restored without --force
+INCONCLUSIVE = "inconclusive"  # the scratch restore could not run (not the dump's fault): say why
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of restoring a backup into a scratch database, kept in its description."""
+
+    state: str  # verified | failed | inconclusive
+    checked_at: str
+    seconds: float
+    method: str  # how it was restored (which image, which limits)
+    revision: tuple[str, ...] = ()  # what the restored copy holds
+    tables: dict[str, int] = field(default_factory=dict)  # rows per table in the restored copy
+    problems: tuple[str, ...] = ()  # what differs from the dump-time record, or why it could not run
+
+    @property
+    def ok(self) -> bool:
+        return self.state == VERIFIED
+
+    def summary(self) -> str:
+        """One line: the verdict and its evidence (or its first problems)."""
+        if self.state == VERIFIED:
+            rows = sum(self.tables.values())
+            return (f"restore-verified {self.checked_at}: revision {', '.join(self.revision) or 'none'}, "
+                    f"{len(self.tables)} tables, {rows} rows as recorded")
+        what = "FAILED its restore verification" if self.state == FAILED else "restore verification inconclusive"
+        return f"{what} {self.checked_at}: " + "; ".join(self.problems[:3])
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Verification | None:
+        if not isinstance(data, dict) or not data.get("state"):
+            return None
+        return cls(state=str(data["state"]), checked_at=str(data.get("checked_at", "")),
+                   seconds=float(data.get("seconds") or 0.0), method=str(data.get("method", "")),
+                   revision=tuple(data.get("revision") or ()),
+                   tables={str(k): int(v) for k, v in (data.get("tables") or {}).items()},
+                   problems=tuple(str(p) for p in data.get("problems") or ()))
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A copy of a backup kept somewhere else (``backup_copy``): where, the dump's path there, when."""
+
+    where: str  # as configured: "local:DIR" or "host:HOST:DIR"
+    path: str
+    copied_at: str
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Copy | None:
+        if not isinstance(data, dict) or not data.get("where"):
+            return None
+        return cls(str(data["where"]), str(data.get("path", "")), str(data.get("copied_at", "")))
+
+
 @dataclass(frozen=True)
 class Backup:
     """One verified dump on the host, described by the JSON file beside it.
@@ -143,6 +202,9 @@ class Backup:
     # What the dump holds (rows per table, the snapshot it was taken in): what restoring it
     # would throw away is measured against this (deployer.db.writes).
     baseline: dict[str, Any] | None = None
+    # Its restore verification (None: not restore-verified yet) and where copies of it were made.
+    verification: Verification | None = None
+    copies: tuple[Copy, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -159,7 +221,17 @@ class Backup:
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         values["revision"] = tuple(values.get("revision") or ())
+        values["verification"] = Verification.from_dict(values.get("verification"))
+        values["copies"] = tuple(c for c in (Copy.from_dict(item) for item in values.get("copies") or ()) if c)
         return cls(**values)
+
+    def refusal(self) -> str | None:
+        """Why a restore must not use this backup without ``--force`` (its restore verification
+        failed), or None."""
+        v = self.verification
+        if v is not None and v.state == FAILED:
+            return f"backup {self.id} failed its restore verification ({v.checked_at}): " + "; ".join(v.problems[:3])
+        return None
 
 
 def meta_path_for(dump_path: str) -> str:
@@ -510,16 +582,8 @@ def _drive_with_reads(target: Target, body, values: dict[str, str]):  # noqa: AN
     """:func:`deployer.actions.drive`, also answering Read actions (outside a release)."""
     from types import SimpleNamespace
 
-    from deployer.actions import perform
-
     run = SimpleNamespace(values=values, planning=False, target=target)
-    result = None
-    try:
-        while True:
-            action = body.send(result)
-            result = action.read(cast(Any, run)) if isinstance(action, Read) else perform(target.host, action, values)
-    except StopIteration as stop:
-        return stop.value
+    return drive(target.host, body, values, answer=lambda action: action.read(cast(Any, run)))
 
 
 def check(target: Target, backup: Backup) -> str | None:
@@ -690,18 +754,23 @@ def restore_environment(
     yes: bool = False,
     confirm: Callable[[str], bool] | None = None,
     safety_backup: bool = True,
+    force: bool = False,
+    source: str | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> RestoreOutcome:
     """Verify, confirm, lock, take a safety backup of the current state, restore, read back.
 
     ``confirm`` asks the user a yes/no question; ``None`` means there is no terminal, and
-    then only ``yes`` lets the restore go on (never a hang waiting for input).
+    then only ``yes`` lets the restore go on (never a hang waiting for input). A backup that
+    failed its restore verification is refused unless ``force``.
     """
-    from deployer.server import journal, lock
+    from deployer.server import copies, journal, lock
 
-    backup = find(target, backup_id)
-    log(f"verifying backup {backup.id} ...")
-    verify(target, backup)
+    backup, origin = choose(target, backup_id, source, log=log)
+    if origin is None:
+        log(f"verifying backup {backup.id} ...")
+        verify(target, backup)
+    refuse_unproven(backup, force=force, log=log)
     question = (
         f"Replace ALL data of {target.name} on {target.host.name} with backup {backup.id} "
         f"(taken {backup.created_at}, revision {', '.join(backup.revision) or 'none'})?"
@@ -714,6 +783,9 @@ def restore_environment(
             raise RefusedError(refusal + ": not confirmed")
     with lock.held(target.host, target.state_dir, f"backups restore {target.name} {backup.id}", env_name=target.name):
         refuse_interrupted_run(target)
+        if origin is not None:
+            backup = replace(copies.bring_back(target, backup, origin, log=log), verification=backup.verification)
+            verify(target, backup)
         where = locate(target)
         before = current_revision(target, where)
         safety = None
@@ -734,6 +806,50 @@ def restore_environment(
     return RestoreOutcome(backup=backup, safety_backup=safety, revision_before=before, revision_after=after)
 
 
+def choose(target: Target, backup_id: str, source: str | None = None, *,
+           log: Callable[[str], None] = lambda _: None) -> tuple[Backup, BackupCopy | None]:
+    """The backup a restore uses, and the copy place it comes from (None: the server's dump).
+
+    ``source``: ``server``, ``local``, a host, or a place as configured. Without one, the
+    server's dump when it is there and intact, else a copy (the local one first): a copy has
+    the recorded sha256, so it holds the same bytes.
+    """
+    from deployer.server import copies
+
+    if source in (None, SERVER):
+        try:
+            backup = find(target, backup_id)
+        except BackupError:
+            if source == SERVER or not target.env.backup_copies:
+                raise
+            return copies.find_copy(target, backup_id)
+        problem = check(target, backup) if source is None and target.env.backup_copies else None
+        if problem is None:
+            return backup, None
+        log(f"the server's dump of {backup.id} is unusable ({problem}): looking for a copy")
+        try:
+            return copies.find_copy(target, backup.id)
+        except BackupError as error:
+            raise BackupError(f"backup {backup.id} is invalid: {problem}; and {error.message}",
+                              hint="do not rely on it; take a new one with `deployer backups create`") from None
+    return copies.find_copy(target, backup_id, source)
+
+
+def refuse_unproven(backup: Backup, *, force: bool, log: Callable[[str], None] = lambda _: None) -> None:
+    """A backup that failed its restore verification is refused without ``force``; one that
+    was never restore-verified (or inconclusively) is used with a word of warning."""
+    refusal = backup.refusal()
+    if refusal is not None:
+        if not force:
+            raise RefusedError(refusal, hint="restore it anyway with --force (its size and sha256 are still the "
+                                             "recorded ones), or choose another backup")
+        log(f"warning: {refusal}; restoring it anyway (--force)")
+    elif backup.verification is None:
+        log(f"note: backup {backup.id} was never restore-verified (`deployer backups verify ENV {backup.id} --restore`)")
+    elif not backup.verification.ok:
+        log(f"note: backup {backup.id}: {backup.verification.summary()}")
+
+
 def refuse_interrupted_run(target: Target) -> None:
     """A restore over an interrupted release would mix two half-states: converge first."""
     from deployer.server import runlog
@@ -746,25 +862,46 @@ def refuse_interrupted_run(target: Target) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Created:
+    """What ``deployer backups create`` made: the backup (as described on the server), its
+    download, and the backup_copy places it could not be copied to."""
+
+    backup: Backup
+    local: Path | None = None
+    not_copied: tuple[str, ...] = ()
+
+
 def create_environment(
     target: Target,
     *,
     download_to: Path | None = None,
+    restore_verify: bool = False,
     log: Callable[[str], None] = lambda _: None,
-) -> tuple[Backup, Path | None]:
-    """A manual backup under the deploy lock, verified; optionally copied to this machine."""
-    from deployer.server import journal, lock
+) -> Created:
+    """A manual backup under the deploy lock; restore-verified when asked; copied to every
+    backup_copy place, and optionally downloaded to a directory here."""
+    from deployer.server import copies, journal, lock, verification
 
-    with lock.held(target.host, target.state_dir, f"backups create {target.name}", env_name=target.name):
+    label = f"{lock.RUN_LABEL}=backup-{new_id()}"
+    with lock.held(target.host, target.state_dir, f"backups create {target.name}", env_name=target.name, label=label):
         where = locate(target)
         revision = current_revision(target, where)
         current = journal.last_succeeded(journal.read(target.host, target.state_dir))
-        # create() read the dump back to its end and checksummed it before it counted
         backup = create(target, release=current.id if current else None, revision=revision, reason=MANUAL, location=where)
+        log(f"backup {backup.id}: {backup.size} bytes, sha256 {backup.sha256[:12]}…")
+        if restore_verify:
+            log(f"restoring {backup.id} into a scratch database ...")
+            checked = drive(target.host, verification.verify_steps(target, backup, run_label=label), {})
+            backup = drive(target.host, verification.record_steps(target, backup, checked), {})
+            log(f"{backup.id}: {checked.summary()}")
+        failed: list[str] = []
+        if target.env.backup_copies:
+            backup, failed = drive(target.host, copies.copy_steps(target, backup, log=log), {})
     local = download(target, backup, download_to) if download_to is not None else None
     if local is not None:
         log(f"downloaded to {local}")
-    return backup, local
+    return Created(backup, local, tuple(failed))
 
 
 # --------------------------------------------------------------------------- retention
@@ -777,12 +914,14 @@ class Retention:
     kept: tuple[tuple[Backup, str], ...]
     removed: tuple[Backup, ...]
     leftovers: tuple[str, ...] = field(default=())  # partial files and dumps without a description
+    copies: tuple[Any, ...] = ()  # each backup_copy place's own (deployer.server.copies.Pruned)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kept": [{"id": b.id, "why": why} for b, why in self.kept],
             "removed": [b.id for b in self.removed],
             "leftovers": list(self.leftovers),
+            "copies": [c.to_dict() for c in self.copies],
         }
 
 
@@ -840,24 +979,26 @@ def prune(target: Target, *, keep: int | None = None, dry_run: bool = False) -> 
     With ``dry_run`` nothing is removed and no lock is taken. Otherwise runs under the
     deploy lock, so a dump being written by a release is never mistaken for a leftover.
     """
-    from deployer.server import journal, lock
+    from deployer.server import copies, journal, lock
 
     keep = keep or target.env.keep_backups
 
-    def decide() -> Retention:
+    def decide() -> tuple[Retention, list[Any]]:
         records = journal.read(target.host, target.state_dir)
         backups = list_backups(target)
         decision = select_retention(backups, records, keep)
-        return Retention(decision.kept, decision.removed, tuple(_leftovers(target)))
+        return Retention(decision.kept, decision.removed, tuple(_leftovers(target))), records
 
     if dry_run:
-        return decide()
+        decision, records = decide()
+        return replace(decision, copies=tuple(copies.prune_copies(target, records, keep, dry_run=True)))
     with lock.held(target.host, target.state_dir, f"backups prune {target.name}", env_name=target.name):
-        decision = decide()
+        decision, records = decide()
         for backup in decision.removed:
             # The description first: a dump without one is never listed nor restored.
             target.host.run(["rm", "-f", backup.meta_path], check=True)
             target.host.run(["rm", "-f", backup.path], check=True)
         if decision.leftovers:
             target.host.run(["rm", "-f", *decision.leftovers], check=True)
-    return decision
+        # Every copy place on its own: the same rule over the backups it holds.
+        return replace(decision, copies=tuple(copies.prune_copies(target, records, keep, dry_run=False)))

@@ -361,6 +361,8 @@ def restore_or_stop(ctx: Context, recovery: Recovery, now: tuple[str, ...]):  # 
         )
         return
     problem = yield Read(f"verify backup {backup.id}", lambda c: backups_mod.check(c.target, backup), plan=True)
+    if problem is None and backup.refusal():
+        problem = f"{backup.refusal()}; if you trust it: `deployer backups restore {env} {backup.id} --force`"
     if problem:
         recovery.code_stays = True
         recovery.schema_back = False
