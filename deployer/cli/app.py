@@ -18,6 +18,7 @@ from deployer.cli.common import (
     EnvArgument,
     JsonOption,
     SwapModeOption,
+    backup_lines,
     confirmer,
     emit,
     emit_failure,
@@ -146,6 +147,8 @@ def release_cmd(
     else:
         typer.echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
                    + served_line(result))
+        for line in backup_lines(result):
+            typer.echo(line, err=line.lower().startswith("warning"))
 
 
 @app.command("rollback")
@@ -155,6 +158,9 @@ def rollback_cmd(
     config: ConfigOption = None,
     restore_backup: Annotated[
         bool, typer.Option("--restore-backup", help="Restore the dump taken when the target release was replaced, instead of downgrading.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --restore-backup: restore it even though it failed its restore verification.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (data-dropping downgrades, restores).")] = False,
@@ -182,6 +188,7 @@ def rollback_cmd(
         yes=yes,
         dry_run=dry_run,
         restore_backup=restore_backup,
+        force=force,
         verbose=verbose,
         swap_mode=swap_mode.value if swap_mode else None,
         confirm=confirmer(),
@@ -194,6 +201,8 @@ def rollback_cmd(
     else:
         typer.echo(f"rolled {env} back to commit {result.commit} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
                    + served_line(result))
+        for line in backup_lines(result):
+            typer.echo(line, err=line.lower().startswith("warning"))
 
 
 lock_app = typer.Typer(help="Inspect or break an environment's deploy lock.", no_args_is_help=True)
