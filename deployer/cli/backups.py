@@ -164,7 +164,7 @@ def copy_cmd(
     failures = [f"{b.id} -> {line}" for b, failed in results for line in failed]
     error = BackupError(f"{len(failures)} copy(ies) of {env}'s backups failed: {'; '.join(failures)}") if failures else None
     if as_json:
-        emit([{"id": b.id, "copies": [c.__dict__ for c in b.copies], "failed": failed} for b, failed in results],
+        emit([{"id": b.id, "copies": b.to_dict()["copies"], "failed": failed} for b, failed in results],
              exit_code=int(error.exit_code) if error else 0, error=error)
     else:
         for backup, _ in results:

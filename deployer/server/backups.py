@@ -892,7 +892,8 @@ def create_environment(
         log(f"backup {backup.id}: {backup.size} bytes, sha256 {backup.sha256[:12]}…")
         if restore_verify:
             log(f"restoring {backup.id} into a scratch database ...")
-            checked = drive(target.host, verification.verify_steps(target, backup, run_label=label), {})
+            checked = drive(target.host, verification.verify_steps(target, backup, run_label=label), {},
+                            answer=lambda action: action.read(None))
             backup = drive(target.host, verification.record_steps(target, backup, checked), {})
             log(f"{backup.id}: {checked.summary()}")
         failed: list[str] = []

@@ -230,22 +230,12 @@ def locate_all(target: Target, server: Sequence[Backup]) -> tuple[list[Located],
             with opened(copy) as place:
                 for backup in _read(place, target.name):
                     where.setdefault(backup.id, []).append((str(copy), backup.path))
+                    # The server's description when it has one: its verdict is about its file.
                     described.setdefault(backup.id, backup)
-                    described[backup.id] = _newer_verdict(described[backup.id], backup)
         except (DeployerError, OSError) as error:
             unreadable.append(f"{copy}: {error.message if isinstance(error, DeployerError) else error}")
     located = [Located(described[i], tuple(w for w, _ in where[i]), tuple(p for _, p in where[i])) for i in sorted(where)]
     return located, unreadable
-
-
-def _newer_verdict(kept: Backup, other: Backup) -> Backup:
-    """``kept``, with ``other``'s restore verification when that one is newer (the same bytes:
-    the sha256 is the same)."""
-    if other.sha256 != kept.sha256 or other.verification is None:
-        return kept
-    if kept.verification is None or other.verification.checked_at > kept.verification.checked_at:
-        return replace(kept, verification=other.verification)
-    return kept
 
 
 # --------------------------------------------------------------------------- restoring

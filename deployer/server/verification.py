@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from deployer.actions import Action, Command, Write
+from deployer.actions import Action, Arg, Command, Read, Value, Write
 from deployer.db.writes import TABLES_SQL
 from deployer.errors import DeployerError
 from deployer.server.backups import (
@@ -98,7 +98,7 @@ class Scratch:
     """The throwaway container one verification uses."""
 
     name: str
-    image: str
+    image: Arg  # a run-time value in a plan
     labels: Mapping[str, str]
 
     def limits(self) -> list[str]:
@@ -367,9 +367,21 @@ _SWEEP = 'docker ps -aq --filter "label=$1" | xargs -r docker rm -f -v >/dev/nul
 _FREE = 'df -Pk "$(docker info --format "{{.DockerRootDir}}")" | awk \'NR == 2 { print $4 * 1024 }\''
 
 
-def scratch_for(target: Target, backup: Backup, run_label: str, image: str) -> Scratch:
+SCRATCH_IMAGE = "scratch_image"  # the run-time value a plan shows for the scratch's image
+
+
+def _remember(ctx: Any, name: str, value: str) -> str:
+    """``value``, also named in the run's values (when there is a run) so that a plan and the
+    run's trace show it as ``{name}``."""
+    values = getattr(ctx, "values", None)
+    if isinstance(values, dict):
+        values[name] = value
+    return value
+
+
+def scratch_for(target: Target, backup: Backup, run_label: str, image: Arg) -> Scratch:
     """The scratch container of one verification: named after the environment and the backup."""
-    name = f"deployer-restore-check-{target.compose.project}-{backup.id.lower()}"
+    name = f"deployer-restore-check-{target.compose.project}-{backup.id}"
     key, _, value = run_label.partition("=")
     labels = {SCRATCH_LABEL: target.state_dir, **({key: value} if key else {})}
     return Scratch(name=name, image=image, labels=labels)
@@ -401,10 +413,10 @@ def verify_steps(target: Target, backup: Backup, *, run_label: str = "", plannin
     if not planning and digest.stdout[:64] != backup.sha256:
         return done(FAILED, [f"its sha256 {digest.stdout[:12]}… differs from the recorded {backup.sha256[:12]}… (corrupted)"])
     try:
-        image = "{image}" if planning else engine.image(target)
+        found = yield Read("the image the database runs on", lambda ctx: _remember(ctx, SCRATCH_IMAGE, engine.image(target)))
     except DeployerError as error:
         return done(INCONCLUSIVE, [error.message])
-    scratch = scratch_for(target, backup, run_label, image)
+    scratch = scratch_for(target, backup, run_label, found if found is not None else Value(SCRATCH_IMAGE))
     free = yield Command(("sh", "-c", _FREE), what="free space where Docker keeps containers", check=False, timeout=60)
     needed = (backup.baseline or {}).get("bytes")
     available = int(free.stdout.strip()) if free.ok and free.stdout.strip().isdigit() else None
@@ -446,6 +458,11 @@ def record_steps(target: Target, backup: Backup, verification: Verification) -> 
     return updated
 
 
+def _read_now(action: Any) -> Any:
+    """Outside a run, a :class:`~deployer.actions.Read` is made at once."""
+    return action.read(None)
+
+
 def verify_environment(target: Target, backup_ids: Sequence[str] = (), *,
                        log: Any = lambda _: None) -> list[Backup]:
     """``deployer backups verify ENV [ID ...] --restore``: restore-verify each backup (all of the
@@ -462,7 +479,7 @@ def verify_environment(target: Target, backup_ids: Sequence[str] = (), *,
         checked = []
         for backup in chosen:
             log(f"restoring {backup.id} into a scratch database ...")
-            verification = drive(target.host, verify_steps(target, backup, run_label=label), {})
+            verification = drive(target.host, verify_steps(target, backup, run_label=label), {}, answer=_read_now)
             checked.append(drive(target.host, record_steps(target, backup, verification), {}))
             log(f"{backup.id}: {verification.summary()}")
     return checked
