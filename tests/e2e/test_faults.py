@@ -459,7 +459,10 @@ def test_sigkill_inside_backup_verification_keeps_the_recorded_release(kind: str
             assert not any(volume_exists(name) for name in volumes), volumes
             assert left_run(stage) is None  # journaled, its step log gone: nothing to converge
             code, doc = stage.status()
-            assert code == 0 and doc["interrupted"] is None, doc
+            # in sync; only the lock's record says its owner went (the next command takes it over)
+            assert doc["interrupted"] is None and doc["database"]["verdict"] == "up to date", doc
+            assert all("the lock's owner" in problem for problem in doc["problems"]), doc["problems"]
+            assert code == (15 if doc["problems"] else 0), doc
             assert doc["last_backup"]["verification"] is None, doc["last_backup"]
             revision = assert_safe(stage, writer)
         assert revision == (stage.head,) and d.server_head() == d.origin.head()
