@@ -730,7 +730,9 @@ def _forward(ctx: Context, record: runlog.RunRecord, recovery: Recovery, started
 
     # ``contract`` is left to the revision check below: with no contract migration it has
     # nothing to do; with one not applied, the database is not at the heads and that refuses.
-    changing = [name for _, name in record.steps if step_kind(name).changes and name not in ("lock", "record", "contract")]
+    # The steps after `record` run once the run is journaled: never part of finishing it.
+    changing = [name for _, name in record.steps if step_kind(name).changes and not step_kind(name).after_record
+                and name not in ("lock", "record", "contract")]
     labels = {name: label for label, name in record.steps}
     # A skipped step had nothing to do: it is finished too.
     not_done = [name for name in changing if record.state_of(labels[name]) not in (runlog.DONE, runlog.SKIPPED)]
