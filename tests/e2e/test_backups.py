@@ -584,6 +584,7 @@ PYTHON_IMAGE = "{bench_images.python}"
 
 def test_sqlite_backup_restore_and_corruption(sqlite_target) -> None:  # noqa: ANN001
     from deployer.server import backups as api
+    from deployer.server import verification
 
     t = sqlite_target
 
@@ -601,6 +602,10 @@ def test_sqlite_backup_restore_and_corruption(sqlite_target) -> None:  # noqa: A
     assert made.engine == "sqlite" and made.revision == ("abc123",) and made.reason == "manual"
     assert Path(made.path).stat().st_mode & 0o777 == 0o600
     api.verify(t, made)
+    # restored into a scratch copy in a throwaway container of the web image: revision and rows as recorded
+    (checked,) = verification.verify_environment(t, [made.id])
+    assert checked.verification is not None and checked.verification.state == "verified", checked.verification
+    assert checked.verification.revision == ("abc123",) and checked.verification.tables == {"notes": 3}
 
     sql("UPDATE notes SET body = 'changed'; DELETE FROM notes WHERE id = 2; UPDATE alembic_version SET version_num = 'def456';")
     assert contents() != before
@@ -622,6 +627,9 @@ def test_sqlite_backup_restore_and_corruption(sqlite_target) -> None:  # noqa: A
     Path(made.meta_path).write_text(json.dumps(meta))
     problem = api.check(t, api.find(t, made.id))
     assert problem is not None and "not a readable dump" in problem, problem
+    (checked,) = verification.verify_environment(t, [made.id])
+    assert checked.verification is not None and checked.verification.state == "failed", checked.verification
+    assert "not a sound SQLite database" in checked.verification.problems[0], checked.verification
     with pytest.raises(api.BackupError, match="is invalid"):
         api.restore_environment(t, made.id, yes=True)
     assert contents() == before
