@@ -244,24 +244,23 @@ def test_download_checks_the_copy(target: Target, tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "copies") == []
 
 
-def test_streamed_dump_reports_each_side_and_the_checksum_of_what_was_written(tmp_path: Path) -> None:
+def test_a_written_dump_reports_its_exit_and_the_checksum_of_the_file(tmp_path: Path) -> None:
     host = LocalHost()
     out = tmp_path / "dump.partial"
     result = host.run(list(backups.to_file(["printf", "some dump bytes"], str(out))))
-    streamed = backups.parse_streamed(result.stdout)
-    assert streamed == backups.Streamed(0, 0, hashlib.sha256(b"some dump bytes").hexdigest()) and streamed.ok
+    written = backups.parse_written(result.stdout)
+    assert written == backups.Written(0, hashlib.sha256(b"some dump bytes").hexdigest()) and written.ok
     assert out.read_bytes() == b"some dump bytes" and stat.S_IMODE(out.stat().st_mode) == 0o600
-    # the dump fails midway: its own status, whatever the rest of the pipe did
-    failed = backups.parse_streamed(host.run(list(backups.to_file(["sh", "-c", "printf half; exit 3"], str(out)))).stdout)
-    assert failed.dump_exit == 3 and failed.write_exit == 0 and not failed.ok
-    # a full disk: the write fails while the dump itself succeeds
-    full = host.run(list(backups.to_file(["head", "-c", "100000", "/dev/zero"], "/dev/full")))
-    streamed = backups.parse_streamed(full.stdout)
-    assert streamed.dump_exit == 0 and streamed.write_exit != 0 and not streamed.ok
-    assert "No space left" in full.stderr
-    message = backups._stream_failure("postgresql", "h", full, streamed)
-    assert message.startswith("writing the postgresql dump on h failed") and "No space left" in message
-    assert backups.parse_streamed("") == backups.Streamed(None, None, None)
+    # the dump fails midway: its status, and no checksum of half a dump
+    failed = backups.parse_written(host.run(list(backups.to_file(["sh", "-c", "printf half; exit 3"], str(out)))).stdout)
+    assert failed == backups.Written(3, None) and not failed.ok
+    # a full disk: the write fails, so does the dump
+    full = host.run(list(backups.to_file(["sh", "-c", "head -c 100000 /dev/zero"], "/dev/full")))
+    written = backups.parse_written(full.stdout)
+    assert written.dump_exit not in (0, None) and not written.ok and "No space left" in full.stderr
+    message = backups._dump_failure("postgresql", "h", full, written)
+    assert message.startswith("the postgresql dump failed on h") and "No space left" in message
+    assert backups.parse_written("") == backups.Written(None, None)
 
 
 # --------------------------------------------------------------------------- copies (backup_copy), on this machine
