@@ -183,7 +183,7 @@ class Copy:
 
 @dataclass(frozen=True)
 class Backup:
-    """One verified dump on the host, described by the JSON file beside it.
+    """One dump on the host, described by the JSON file beside it.
 
     ``release`` is the release the backup was taken for (pre-release backups) or the one
     running when it was taken (manual and pre-restore backups).
@@ -475,7 +475,7 @@ def create_steps(
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             path=final.fill({BACKUP_ID: backup_id}), engine=engine, reason=reason, baseline=baseline,
         )
-        yield Command(("mv", "-f", partial, final), what="keep the verified dump")
+        yield Command(("mv", "-f", partial, final), what="keep the checked dump")
     except GeneratorExit:
         raise
     except BaseException:
