@@ -94,7 +94,7 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
     for number, step in enumerate(plan.steps, start=1):
         out(f"{number:2d}. {step.label}" + (f"  ({step.note})" if step.note else ""))
         for command in step.commands:
-            out(f"      {'' if command.startswith(('wait:', 'read:', 'write ', 'take the')) else '$ '}{command}")
+            out(f"      {'' if command.startswith(('wait:', 'read:', 'write ', 'take the', 'copy ')) else '$ '}{command}")
     if plan.unchanged:
         out("")
         out(f"nothing to do: {plan.unchanged}")
