@@ -445,8 +445,8 @@ def create_steps(
     baseline: dict[str, Any] | None = None
     try:
         if engine == POSTGRESQL:
-            holder = yield Read("open a snapshot for the dump and count every table in it",
-                                lambda ctx: _remember(ctx, _open_baseline(target, where)))
+            holder = yield Read("open a snapshot for the dump and count every table in it (beside the dump)",
+                                lambda ctx: _remember(ctx, _open_baseline(target, where, lock_wait_timeout)))
             try:
                 result = yield Command(to_file(dump_argv(target, lock_wait_timeout=lock_wait_timeout, location=where,
                                                          snapshot=Value("dump_snapshot") if planning or holder else None),
@@ -497,48 +497,46 @@ def _dump_failure(engine: str, host: str, result: Any, written: Written) -> str:
     return f"the {engine} dump on {host} did not finish (exit {result.exit_code}): {reason or 'no checksum was reported'}"
 
 
-class _Baseline:
-    """An open transaction whose exported snapshot ``pg_dump --snapshot`` uses."""
-
-    def __init__(self, context, baseline: dict[str, Any]) -> None:  # noqa: ANN001
-        self._context = context
-        self.baseline = {key: baseline[key] for key in ("snapshot", "tables", "revision", "bytes") if key in baseline}
-        self.snapshot_id = baseline["snapshot_id"]
-
-    def close(self) -> None:
-        import contextlib
-
-        with contextlib.suppress(Exception):
-            self._context.__exit__(None, None, None)
-
-
-def _open_baseline(target: Target, location: DatabaseLocation) -> _Baseline | None:
-    """Open the snapshot (through the SSH connection); None when the database is not reachable."""
-    from deployer.db.writes import pg_baseline
+def _open_baseline(target: Target, location: DatabaseLocation, lock_wait_timeout: float = 60.0) -> _Held | None:
+    """Export the dump's snapshot (through the SSH connection) and start counting in it;
+    None when deployer has no URL to connect with."""
+    from deployer.db.writes import Snapshot
     from deployer.server.facts import connectable_url
 
     if location.url == "postgresql://":
         return None  # nothing to connect with: the dump goes on, without a baseline
     urls = connectable_url(target, location)
     url = urls.__enter__()
-    baseline_cm = pg_baseline(url)
     try:
-        opened = baseline_cm.__enter__()
+        snapshot = Snapshot(url, lock_wait=lock_wait_timeout)
     except BaseException:
         urls.__exit__(None, None, None)
         raise
-
-    class _Both:
-        def __exit__(self, *exc: object) -> None:
-            try:
-                baseline_cm.__exit__(None, None, None)
-            finally:
-                urls.__exit__(None, None, None)
-
-    return _Baseline(_Both(), opened)
+    snapshot.count()  # beside the dump, in the same snapshot
+    return _Held(snapshot, urls)
 
 
-def _remember(ctx, holder: _Baseline | None) -> _Baseline | None:  # noqa: ANN001 - a Context, or None outside a run
+class _Held:
+    """The snapshot the dump is taken in, and the tunnel it is reached through."""
+
+    def __init__(self, snapshot: Any, urls: Any) -> None:
+        self._snapshot = snapshot
+        self._urls = urls
+        self.snapshot_id = snapshot.snapshot_id
+
+    @property
+    def baseline(self) -> dict[str, Any]:
+        return self._snapshot.baseline()
+
+    def close(self) -> None:
+        try:
+            self._snapshot.close()
+        finally:
+            with contextlib.suppress(Exception):
+                self._urls.__exit__(None, None, None)
+
+
+def _remember(ctx, holder: _Held | None) -> _Held | None:  # noqa: ANN001 - a Context, or None outside a run
     """Name the exported snapshot in the run's values, so the plan and the trace show it as {dump_snapshot}."""
     if ctx is not None and holder is not None:
         ctx.values["dump_snapshot"] = holder.snapshot_id
