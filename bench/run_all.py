@@ -27,7 +27,7 @@ SCRIPTS = (
     ("recreate_downtime", ["--rounds", "5"], ["--rounds", "1"]),
     ("release_overhead", ["--runs", "3"], ["--runs", "1"]),
     ("status_latency", [], []),  # its own defaults (it takes STATUS_BENCH_RUNS from the environment)
-    ("backup_throughput", [], ["--rows", "100000"]),
+    ("backup_throughput", ["--runs", "3"], ["--rows", "100000", "--runs", "1"]),
     ("many_hosts", ["--runs", "3"], ["--runs", "1"]),
 )
 

@@ -146,12 +146,29 @@ class Lease:
         return f"take the deploy lock: flock {self.state_dir}/lock, held by a process on the host until the run ends"
 
 
-Action = Command | Probe | Write | Wait | Read | Lease
+@dataclass(frozen=True)
+class Transfer:
+    """Copy a file between the host, this machine and another host, streamed by this
+    process: ``run(ctx)`` copies (checking what arrived) and returns what it made. A dry run
+    lists it and copies nothing. ``source`` and ``destination`` are shown, run-time values by
+    name."""
+
+    source: Arg
+    destination: Arg
+    run: Callable[[Any], Any] = field(repr=False, compare=False)
+    what: str = ""
+
+    @property
+    def shown(self) -> str:
+        return f"copy {self.source} -> {self.destination}" + (f": {self.what}" if self.what else "")
+
+
+Action = Command | Probe | Write | Wait | Read | Lease | Transfer
 
 
 def is_change(action: Action) -> bool:
-    """Commands, writes and the lease change the host; probes, reads and waits do not."""
-    return isinstance(action, (Write, Lease)) or (isinstance(action, Command) and not isinstance(action, Probe))
+    """Commands, writes, transfers and the lease change something; probes, reads and waits do not."""
+    return isinstance(action, (Write, Lease, Transfer)) or (isinstance(action, Command) and not isinstance(action, Probe))
 
 
 def perform(host, action: Action, values: Mapping[str, str], *, on_output=None):  # noqa: ANN001, ANN201
@@ -168,18 +185,32 @@ def perform(host, action: Action, values: Mapping[str, str], *, on_output=None):
     if isinstance(action, Write):
         host.write_text(resolve(action.path, values), action.text, mode=action.mode)
         return Result(("write", resolve(action.path, values)), 0, "", "", 0.0)
+    if isinstance(action, Transfer):
+        return action.run(None)
     raise TypeError(f"{type(action).__name__} cannot be performed without the engine")
 
 
-def drive(host, body, values: Mapping[str, str]):  # noqa: ANN001, ANN201
-    """Run a generator of host actions to its end and return its value (outside a release)."""
-    result = None
-    try:
-        while True:
-            action = body.send(result)
-            result = perform(host, action, values)
-    except StopIteration as stop:
-        return stop.value
+def drive(host, body, values: Mapping[str, str], *, answer=None):  # noqa: ANN001, ANN201
+    """Run a generator of host actions to its end and return its value (outside a release).
+
+    As the engine does, a failure while performing an action (Ctrl-C included) is thrown
+    into the generator at that point, so it can clean up (remove a half-written dump, a
+    scratch container) before the failure goes on. ``answer(action)``: how actions other
+    than commands and writes are answered (e.g. :class:`Read`).
+    """
+    send: Any = None
+    throw: BaseException | None = None
+    while True:
+        try:
+            action = body.throw(throw) if throw is not None else body.send(send)
+        except StopIteration as stop:
+            return stop.value
+        send, throw = None, None
+        try:
+            send = answer(action) if answer is not None and not isinstance(action, (Command, Write, Transfer)) else \
+                perform(host, action, values)
+        except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - handed to the generator first
+            throw = error
 
 
 def templated(argv: Sequence[Arg], values: Mapping[str, str]) -> tuple[Arg, ...]:
@@ -213,6 +244,9 @@ def shown(action: Action, values: Mapping[str, str]) -> str:
         path = templated([_display(action.path, values)], values)[0]  # a Value prints by name
         mode = f" (mode {action.mode:o})" if action.mode is not None else ""
         return f"write {path}{mode}" + (f": {action.what}" if action.what else "")
+    if isinstance(action, Transfer):
+        source, destination = templated([_display(action.source, values), _display(action.destination, values)], values)
+        return f"copy {source} -> {destination}" + (f": {action.what}" if action.what else "")
     return action.shown
 
 

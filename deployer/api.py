@@ -125,13 +125,15 @@ def rollback(
     yes: bool = False,
     dry_run: bool = False,
     restore_backup: bool = False,
+    force: bool = False,
     verbose: bool = False,
     swap_mode: str | None = None,
     confirm: Callable[[str], bool] | None = None,
     log: Callable[[str], None] = _noop,
     host: Host | None = None,
 ) -> Outcome | Plan:
-    """Roll ``env`` back to a release, an alembic revision, or ``previous``; schema, code and images together."""
+    """Roll ``env`` back to a release, an alembic revision, or ``previous``; schema, code and images together.
+    ``force``: with ``restore_backup``, restore a backup that failed its restore verification."""
     from deployer.source import check_ref
     from deployer.steps import rollback as rollbacks
     from deployer.steps.context import Options
@@ -139,7 +141,7 @@ def rollback(
     check_ref(target, what="the rollback target", hint="give a release id, a revision, or leave it out for `previous`")
     cfg = load(config_path)
     options = Options(ref=target, yes=yes, dry_run=dry_run, verbose=verbose, restore_backup=restore_backup, confirm=confirm,
-                      swap_mode=swap_mode)
+                      swap_mode=swap_mode, force=force)
     return _operate(cfg, env, rollbacks.playbook(), options, kind="rollback", log=log, host=host)
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from deployer import interrupts, progress
-from deployer.actions import Command, Lease, Probe, Read, Wait, Write, resolve, shown
+from deployer.actions import Command, Lease, Probe, Read, Transfer, Wait, Write, resolve, shown
 from deployer.errors import ConnectionLost, DeployerError, LockHeldError, RecoveryFailed, RefusedError
 from deployer.hosts.base import Result
 from deployer.server import journal, lock, runlog
@@ -71,6 +71,10 @@ class Outcome:
     served: dict[str, Any] | None = None  # what the prober saw through the proxy (journal.Record.served)
     unchanged: str | None = None  # outcome "unchanged": why the release had nothing to do
     hosts: tuple[dict[str, Any], ...] = ()  # several hosts: each one's part ({host, outcome, previous_commit, recovery})
+    # After the run was recorded: the restore verification of its backup (state, problems, …)
+    # and where copies of it were made (deployer.server.backups.Verification, Copy).
+    backup_verification: dict[str, Any] | None = None
+    backup_copies: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +163,8 @@ def _perform(ctx: Context, action: Any) -> Any:
         return None
     if isinstance(action, Wait):
         return action.until(ctx)
+    if isinstance(action, Transfer):
+        return action.run(ctx)
     if isinstance(action, Lease):
         ctx.lease = lock.acquire(
             ctx.host, action.state_dir, lock.new_info(action.command, ctx.run_id), env_name=ctx.env.name,
@@ -295,21 +301,25 @@ def execute(ctx: Context, book: Playbook) -> Outcome:
     ctx.scratch["playbook"] = book.name
     timings: list[journal.StepTiming] = []
     current: Step | None = None
+    steps, after = book.split()
     try:
-        for step in book.steps:
-            current = step
-            detail, status = _run_step(ctx, step)
-            timings.append(journal.StepTiming(step.label, status, round(time.monotonic() - _step_started(ctx), 3), detail))
-            if ctx.scratch.get("unchanged") and ctx.record is None:
-                # Nothing changed and nothing would: no later step runs, nothing is journaled
-                # (the outcome says why: the command prints it once).
-                return _outcome(ctx, UNCHANGED, timings, clock, unchanged=ctx.scratch["unchanged"])
-        current = None
-        _finish(ctx, journal.SUCCEEDED, timings, started_at)
+        try:
+            for step in steps:
+                current = step
+                detail, status = _run_step(ctx, step)
+                timings.append(journal.StepTiming(step.label, status, round(time.monotonic() - _step_started(ctx), 3), detail))
+                if ctx.scratch.get("unchanged") and ctx.record is None:
+                    # Nothing changed and nothing would: no later step runs, nothing is journaled
+                    # (the outcome says why: the command prints it once).
+                    return _outcome(ctx, UNCHANGED, timings, clock, unchanged=ctx.scratch["unchanged"])
+            current = None
+            _finish(ctx, journal.SUCCEEDED, timings, started_at)
+        except (Exception, KeyboardInterrupt) as failure:
+            return _failed(ctx, failure, current, timings, started_at, clock)
+        stopped = run_after_record(ctx, after, timings)
         outcome = _outcome(ctx, journal.SUCCEEDED, timings, clock)
-    except (Exception, KeyboardInterrupt) as failure:
-        return _failed(ctx, failure, current, timings, started_at, clock)
-    else:
+        if stopped is not None:
+            raise after_record_interrupted(ctx, stopped)
         if ctx.kind == "release":
             prune_images(ctx)  # journaled: nothing from here on can fail the release
         return outcome
@@ -339,6 +349,50 @@ def prune_images(ctx: Context) -> None:
                                              f"{ctx.env.name}` tries again"))
         return
     ctx.log(progress.finished(PRUNE_LABEL, "ok", time.monotonic() - started, images.describe(pruning)))
+
+
+def run_after_record(ctx: Context, steps: tuple[Step, ...], timings: list[journal.StepTiming]) -> interrupts.Interrupted | None:
+    """The steps that follow the journaled run (:attr:`deployer.steps.StepKind.after_record`),
+    still under the lease: a failure is reported in the outcome and never undoes the run. A
+    signal stops them (the step cleans up first) and is returned, for the caller to raise once
+    the outcome is made."""
+    from deployer.actions import Skip
+
+    ctx.journaled = True  # the step log is gone: nothing more is written to it
+    for step in steps:
+        ctx.scratch["step_started"] = time.monotonic()
+        ctx.log(progress.started(step.label))
+        try:
+            detail, status = _drive_step(ctx, step), "ok"
+        except Skip as skipped:
+            detail, status = str(skipped), "skipped"
+        except KeyboardInterrupt as stop:
+            name = stop.name if isinstance(stop, interrupts.Interrupted) else "SIGINT"
+            timings.append(journal.StepTiming(step.label, "interrupted", round(time.monotonic() - _step_started(ctx), 3),
+                                              f"interrupted ({name}); the {ctx.kind} stays, recorded"))
+            ctx.log(progress.failed(step.label, f"interrupted ({name}): the {ctx.kind} {ctx.run_id} stays in place, recorded"))
+            return stop if isinstance(stop, interrupts.Interrupted) else interrupts.Interrupted(2)
+        except Exception as error:  # noqa: BLE001 - reported; the recorded run stays
+            message = _message(error)
+            timings.append(journal.StepTiming(step.label, "failed", round(time.monotonic() - _step_started(ctx), 3), message[:500]))
+            ctx.log(progress.failed(step.label, f"{message.splitlines()[0] if message else ''}; "
+                                                f"the {ctx.kind} {ctx.run_id} stays in place, recorded"))
+            continue
+        seconds = time.monotonic() - _step_started(ctx)
+        timings.append(journal.StepTiming(step.label, status, round(seconds, 3), detail))
+        ctx.log(progress.finished(step.label, status, seconds, detail))
+    return None
+
+
+def after_record_interrupted(ctx: Context, stop: interrupts.Interrupted) -> RunInterrupted:
+    """The error for a signal after the run was recorded: the run succeeded and stays."""
+    return RunInterrupted(
+        f"{ctx.kind} {ctx.run_id} succeeded and was recorded; interrupted ({stop.name}) afterwards, while "
+        "checking its backup",
+        signum=stop.signum,
+        hint=f"the {ctx.kind} stays in place; its backup is not restore-verified: "
+        f"`deployer backups verify {ctx.env.name} latest --restore`",
+    )
 
 
 def _step_started(ctx: Context) -> float:
@@ -406,6 +460,8 @@ def _outcome(ctx: Context, outcome: str, timings: list[journal.StepTiming], cloc
         seconds=round(time.monotonic() - clock, 3),
         kind=ctx.kind,
         served=_served(ctx),
+        backup_verification=asdict(ctx.scratch["backup_verification"]) if ctx.scratch.get("backup_verification") else None,
+        backup_copies=tuple(asdict(c) for c in ctx.scratch.get("backup_copies") or ()),
         **extra,
     )
 
@@ -533,6 +589,8 @@ def plan_step(ctx: Context, step: Step, preflight: Callable[[], str] | None = No
         detail = preflight() if preflight is not None else drive(ctx, step.label, step_kind(step.name).run(ctx, step)) or ""
         if step.name in ("preflight", "rollback_preflight"):
             note = "read-only: " + detail
+        elif step_kind(step.name).after_record:
+            note = f"once the {ctx.kind} is recorded: a failure here leaves it in place"
     except Skip as skipped:
         note = f"skipped: {skipped}"
     if step.name == "lock" and ctx.record is None and ctx.facts is not None:
@@ -700,7 +758,9 @@ def _forward(ctx: Context, record: runlog.RunRecord, recovery: Recovery, started
 
     # ``contract`` is left to the revision check below: with no contract migration it has
     # nothing to do; with one not applied, the database is not at the heads and that refuses.
-    changing = [name for _, name in record.steps if step_kind(name).changes and name not in ("lock", "record", "contract")]
+    # The steps after `record` run once the run is journaled: never part of finishing it.
+    changing = [name for _, name in record.steps if step_kind(name).changes and not step_kind(name).after_record
+                and name not in ("lock", "record", "contract")]
     labels = {name: label for label, name in record.steps}
     # A skipped step had nothing to do: it is finished too.
     not_done = [name for name in changing if record.state_of(labels[name]) not in (runlog.DONE, runlog.SKIPPED)]

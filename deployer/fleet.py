@@ -133,6 +133,35 @@ def execute(ctxs: Sequence[Context], book: Playbook) -> engine.Outcome:
     for ctx in ctxs:
         ctx.scratch["steps"] = tuple((step.label, step.name) for step in book.steps)
         ctx.scratch["playbook"] = book.name
+    steps, after = book.split()
+    try:
+        outcome = _execute(parts, replace(book, steps=steps), started_at, clock)
+        if outcome.outcome != journal.SUCCEEDED:
+            return outcome
+        # Once every host recorded the run: the steps after `record`, where their scope says
+        # (the backup's on the primary); a failure there undoes nothing.
+        for part in parts:
+            here = tuple(step for step in after if step_kind(step.name).scope != PRIMARY or part is primary)
+            stopped = engine.run_after_record(part.ctx, here, part.timings)
+            if stopped is not None:
+                raise engine.after_record_interrupted(part.ctx, stopped)
+        outcome = _outcome(parts, journal.SUCCEEDED, clock)
+        if primary.ctx.kind == "release":  # journaled on every host: this never fails the release
+            _side_by_side(parts, lambda part: engine.prune_images(part.ctx))
+        return outcome
+    finally:
+        for part in parts:
+            for cleanup in part.ctx.scratch.pop("cleanups", []):
+                cleanup()
+            if part.ctx.lease is not None:
+                part.ctx.lease.release()
+                part.ctx.lease = None
+
+
+def _execute(parts: Sequence[Part], book: Playbook, started_at: str, clock: float) -> engine.Outcome:
+    """The run's steps on every host, then each host's journal; on a failure, every host back."""
+    primary = parts[0]
+    ctxs = [part.ctx for part in parts]
     try:
         for phase in phases(ctxs, book):
             if phase.pause:
@@ -156,17 +185,7 @@ def execute(ctxs: Sequence[Context], book: Playbook) -> engine.Outcome:
         outcome = _outcome(parts, journal.SUCCEEDED, clock)
     except (Exception, KeyboardInterrupt) as failure:
         return _failed(parts, failure, started_at)
-    else:
-        if primary.ctx.kind == "release":  # journaled on every host: this never fails the release
-            _side_by_side(parts, lambda part: engine.prune_images(part.ctx))
-        return outcome
-    finally:
-        for part in parts:
-            for cleanup in part.ctx.scratch.pop("cleanups", []):
-                cleanup()
-            if part.ctx.lease is not None:
-                part.ctx.lease.release()
-                part.ctx.lease = None
+    return outcome
 
 
 def _outcome(parts: Sequence[Part], outcome: str, clock: float, **extra: Any) -> engine.Outcome:

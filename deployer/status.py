@@ -234,6 +234,9 @@ class BackupSummary:
     revision: tuple[str, ...]
     release: str | None
     path: str
+    verification: str | None = None  # verified | failed | inconclusive; None: never restore-verified
+    verification_summary: str | None = None  # the verdict in one line, with its evidence or problems
+    copies: tuple[str, ...] = ()  # the backup_copy places a copy was made to ("local:DIR", "host:HOST:DIR")
 
 
 @dataclass(frozen=True)
@@ -425,7 +428,7 @@ def read_newest_backup(host: Host, backup_dir: str) -> BackupSummary | None:
     """The newest backup's description (ids sort by time), read alone rather than all of them."""
     import json
 
-    from deployer.server.backups import description_paths
+    from deployer.server.backups import Backup, description_paths
 
     for path in reversed(description_paths(host, backup_dir) or []):
         result = host.run(["cat", path], timeout=30)
@@ -433,9 +436,13 @@ def read_newest_backup(host: Host, backup_dir: str) -> BackupSummary | None:
             data = json.loads(result.stdout) if result.ok else None
             if not isinstance(data, dict):
                 continue
+            described = Backup.from_dict(data)
+            verdict = described.verification
             return BackupSummary(
                 id=str(data["id"]), created_at=str(data.get("created_at", "")), size=int(data.get("size", 0)),
                 revision=tuple(data.get("revision") or ()), release=data.get("release"), path=str(data.get("path", "")),
+                verification=verdict.state if verdict else None, verification_summary=verdict.summary() if verdict else None,
+                copies=tuple(c.where for c in described.copies),
             )
         except (ValueError, TypeError, KeyError):
             continue
@@ -762,6 +769,10 @@ def read_status(
                             + ": the next command takes it over")
         if last is not None and last.outcome != journal.SUCCEEDED and interrupted_run is None:
             problems.append(f"the last {last.kind} {last.id} {last.outcome}")
+        newest = backup_f.result()
+        if newest is not None and newest.verification == "failed":
+            problems.append(f"the newest backup {newest.id} {newest.verification_summary}: restores refuse it without "
+                            f"--force; take a new one: `deployer backups create {env} --verify`")
         info = state.info
         kept = keep(Readings(
             cfg=cfg, host=host, running_scripts=deployed_scripts, running_commit=judged_sha,
@@ -783,7 +794,7 @@ def read_status(
                 id=last.id, kind=last.kind, outcome=last.outcome, commit=last.commit,
                 finished_at=last.finished_at, user=last.user,
             ) if last else None,
-            last_backup=backup_f.result(),
+            last_backup=newest,
             problems=tuple(problems),
             exit_code=exit_code_for(database, problems, interrupted),
             interrupted=interrupted,
@@ -1106,6 +1117,9 @@ def render_status(s: Status, now: datetime | None = None) -> str:
         f"  backup     {b.id} ({b.size} bytes, revision {', '.join(b.revision) or 'none'}) {_age(b.created_at, now)} ago"
         if b else "  backup     none"
     )
+    if b:
+        lines.append(f"             {b.verification_summary or 'never restore-verified'}; "
+                     + (f"copies: {', '.join(b.copies)}" if b.copies else "no copy elsewhere"))
     if s.problems:
         for problem in s.problems:
             lines.append(f"  problem    {problem}")

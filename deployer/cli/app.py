@@ -17,6 +17,7 @@ from deployer.cli.common import (
     EnvArgument,
     JsonOption,
     SwapModeOption,
+    backup_lines,
     complete_environments,
     emit,
     emit_failure,
@@ -192,6 +193,9 @@ def release_cmd(
     else:
         echo(f"released {result.commit} to {env} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
              + served_line(result), style="bold green")
+        for line in backup_lines(result):
+            echo(line, style="bold yellow" if line.lower().startswith("warning") else None,
+                 err=line.lower().startswith("warning"))
 
 
 @app.command("rollback")
@@ -201,6 +205,9 @@ def rollback_cmd(
     config: ConfigOption = None,
     restore_backup: Annotated[
         bool, typer.Option("--restore-backup", help="Restore the dump taken when the target release was replaced, instead of downgrading.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --restore-backup: restore it even though it failed its restore verification.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (data-dropping downgrades, restores).")] = False,
@@ -229,6 +236,7 @@ def rollback_cmd(
             yes=yes,
             dry_run=dry_run,
             restore_backup=restore_backup,
+            force=force,
             verbose=verbose_wanted(verbose),
             swap_mode=swap_mode.value if swap_mode else None,
             confirm=confirmer(log),
@@ -241,6 +249,9 @@ def rollback_cmd(
     else:
         echo(f"rolled {env} back to commit {result.commit} as {result.id} in {result.seconds:.1f}s"  # type: ignore[union-attr]
              + served_line(result), style="bold green")
+        for line in backup_lines(result):
+            echo(line, style="bold yellow" if line.lower().startswith("warning") else None,
+                 err=line.lower().startswith("warning"))
 
 
 lock_app = typer.Typer(help="Inspect an environment's deploy lock, or clear the record a vanished owner left."

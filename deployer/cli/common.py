@@ -70,6 +70,27 @@ def served_line(result: Any) -> str:
     return f"; {describe_served(served)}" if served else ""
 
 
+def backup_lines(result: Any) -> list[str]:
+    """What happened to the run's backup once the run was recorded: its restore verification
+    (a failure loudly: the release stays, the backup is refused by restores) and its copies."""
+    from deployer.server.backups import FAILED, VERIFIED, Verification
+
+    lines = []
+    verdict = Verification.from_dict(getattr(result, "backup_verification", None))
+    if verdict is not None:
+        if verdict.state == FAILED:
+            lines.append(f"WARNING: backup {result.backup} {verdict.summary()}. The {result.kind} stays in place; "
+                         "restores refuse this backup without --force.")
+        elif verdict.state == VERIFIED:
+            lines.append(f"backup {result.backup} {verdict.summary()}")
+        else:
+            lines.append(f"warning: backup {result.backup}: {verdict.summary()}")
+    copies = getattr(result, "backup_copies", None) or ()
+    if copies:
+        lines.append(f"backup {result.backup} copied to " + ", ".join(c["where"] for c in copies))
+    return lines
+
+
 def confirmer() -> Callable[[str], bool] | None:
     """A yes/no prompt on the terminal, or None when there is none (CI): then --yes is needed."""
     if not (sys.stdin.isatty() and sys.stderr.isatty()):

@@ -459,7 +459,7 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
     for number, step in enumerate(plan.steps, start=1):
         out(f"{number:2d}. {step.label}" + (f"  ({step.note})" if step.note else ""), "bold", hang=4)
         for command in step.commands:
-            if command.startswith(("wait:", "read:", "write ", "take the")):  # what deployer does itself
+            if command.startswith(("wait:", "read:", "write ", "take the", "copy ")):  # what deployer does itself
                 out("      " + command)
                 continue
             if console is None:

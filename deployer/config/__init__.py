@@ -46,7 +46,7 @@ from deployer.config.interpolate import (
 from deployer.errors import ConfigError
 from deployer.hosts.spec import HostSpec, parse_host
 
-__all__ = ["AppConfig", "Config", "Environment", "HostEntry", "ProxyConfig", "Rollout", "find_config", "load_config", "redact", "show_config"]
+__all__ = ["AppConfig", "BackupCopy", "Config", "Environment", "HostEntry", "ProxyConfig", "Rollout", "find_config", "load_config", "redact", "show_config"]
 
 CONFIG_FILENAME = "deploy.toml"
 _HINT = f"create a {CONFIG_FILENAME} at the repository root (see docs/configuration.md), or pass --config PATH"
@@ -105,6 +105,50 @@ class HostEntry:
 
 
 @dataclass(frozen=True)
+class BackupCopy:
+    """Where ``backup_copy`` keeps a second copy of every backup: ``local:DIR`` on the machine
+    running deployer, or ``host:HOST:DIR`` on another host reached over SSH."""
+
+    where: str  # as written in deploy.toml, e.g. "local:~/backups/shop"
+    directory: str  # local: absolute, with ~ expanded when used; host: absolute on that host
+    host: HostSpec | None = None  # None: this machine
+
+    @property
+    def is_local(self) -> bool:
+        return self.host is None
+
+    @property
+    def label(self) -> str:
+        """How listings name it: ``local`` or the host."""
+        return "local" if self.host is None else str(self.host)
+
+    def __str__(self) -> str:
+        return self.where
+
+
+def parse_backup_copy(value: str) -> BackupCopy:
+    """``local:DIR`` or ``host:HOST:DIR`` -> :class:`BackupCopy`; ValueError says what is wrong."""
+    kind, _, rest = value.partition(":")
+    if kind == "local":
+        if not (rest.startswith("/") or rest.startswith("~/")) or ".." in PurePosixPath(rest).parts:
+            raise ValueError('the directory of "local:DIR" must be absolute (or start with ~/) and contain no ".." '
+                             "(a directory inside the repository could be committed with the dumps in it)")
+        return BackupCopy(value, posixpath.normpath(rest) if rest.startswith("/") else rest.rstrip("/"))
+    if kind == "host":
+        host, separator, directory = rest.partition(":/")
+        if not separator or not host:
+            raise ValueError('expected "host:HOST:DIR" with an absolute DIR (e.g. "host:deploy@backup.example.com:/srv/backups")')
+        directory = "/" + directory
+        if ".." in PurePosixPath(directory).parts:
+            raise ValueError('the directory of "host:HOST:DIR" must contain no ".."')
+        spec = parse_host(host)
+        if spec.is_local:
+            raise ValueError('"host:local:DIR" is this machine: write "local:DIR"')
+        return BackupCopy(value, posixpath.normpath(directory), spec)
+    raise ValueError('expected "local:DIR" (on the machine running deployer) or "host:HOST:DIR" (on another host)')
+
+
+@dataclass(frozen=True)
 class Rollout:
     """How the switch rolls across hosts: ``batch`` hosts at a time, ``pause`` seconds between
     batches, each batch healthy before the next starts."""
@@ -154,6 +198,8 @@ class Environment:
     # How many of the newest successful releases keep their images for a rollback (the one
     # that runs is kept too); a release prunes the others' after it is journaled.
     keep_releases: int = 5
+    # Where every backup is copied besides backup_dir (deployer.server.copies).
+    backup_copies: tuple[BackupCopy, ...] = ()
 
     @property
     def many_hosts(self) -> bool:
@@ -495,6 +541,8 @@ class _Environment(BaseModel):
         None, description="text the health page's body must contain")
     keep_backups: int = Field(10, ge=1, description="an integer >= 1")
     keep_releases: int = Field(5, ge=1, description="an integer >= 1 (the newest releases whose images a rollback can use)")
+    backup_copy: list[str] | None = Field(None, description=(
+        '"local:DIR" or "host:HOST:DIR", or an array of them (e.g. ["local:~/backups/shop"])'))
     playbook: str = Field("release", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description=(
         'a playbook name: letters, digits, "_" and "-" (e.g. "release", "classic")'))
     health_timeout: float = Field(60.0, gt=0, description=_SECONDS)
@@ -519,6 +567,26 @@ class _Environment(BaseModel):
     def _host_text_is_a_table(cls, value: Any) -> Any:
         """``"deploy@a"`` in hosts is short for ``{host = "deploy@a"}``."""
         return [{"host": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
+
+    @field_validator("backup_copy", mode="before")
+    @classmethod
+    def _one_copy_is_a_list(cls, value: Any) -> Any:
+        """``backup_copy = "local:DIR"`` is short for ``["local:DIR"]``."""
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise ValueError('expected an array of strings, each "local:DIR" or "host:HOST:DIR", got ' + _show(value))
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("backup_copy")
+    @classmethod
+    def _copies_are_places(cls, value: list[str] | None) -> list[str] | None:
+        for text in value or ():
+            try:
+                parse_backup_copy(text)
+            except ValueError as error:
+                raise ValueError(f"{json.dumps(text)}: {error}") from None
+        if duplicates := sorted({c for c in value or () if (value or []).count(c) > 1}):
+            raise ValueError(f"{', '.join(duplicates)} is listed twice")
+        return value
 
     @model_validator(mode="after")
     def _one_way_to_name_hosts(self) -> _Environment:
@@ -668,7 +736,7 @@ def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
         status = raw.healthcheck_status
         hosts = _host_entries(raw)
         environments[name] = Environment(**{
-            **raw.model_dump(), "name": name, "host": hosts[0].spec, "hosts": hosts,
+            **raw.model_dump(exclude={"backup_copy"}), "name": name, "host": hosts[0].spec, "hosts": hosts,
             "rollout": Rollout(**raw.rollout.model_dump()),
             # One host: its own variables are the environment's (several: each host's, see Environment.on).
             "env": MappingProxyType({**raw.env, **(hosts[0].env if len(hosts) == 1 else {})}),
@@ -678,6 +746,7 @@ def _build(file: Path, app_schema: _App, schemas: Mapping[str, _Environment],
             "healthcheck_headers": MappingProxyType(dict(raw.healthcheck_headers)),
             "healthcheck_status": () if status is None else ((status,) if isinstance(status, int) else tuple(status)),
             "proxy": None if raw.proxy is None else ProxyConfig(**raw.proxy.model_dump()),
+            "backup_copies": tuple(parse_backup_copy(text) for text in raw.backup_copy or ()),
         })
         secrets.update(value for key, value in raw.env.items() if looks_secret(key))
         secrets.update(value for entry in hosts for key, value in entry.env.items() if looks_secret(key))
@@ -695,6 +764,9 @@ def _plain(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(obj):
         value = getattr(obj, f.name)
+        if f.name == "backup_copies":  # shown as written: backup_copy = [...]
+            out["backup_copy"] = [str(c) for c in value] or None
+            continue
         if f.name == "hosts":
             value = [{"host": str(e.spec), "roles": list(e.roles), "primary": e.primary,
                       "env": {k: REDACTED if looks_secret(k) else v for k, v in e.env.items()}} for e in value]

@@ -17,9 +17,10 @@ what changed since:
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,35 +88,101 @@ def _after_sql(snapshot: str) -> tuple[str, dict[str, Any]]:
     return f"({distance} < {_HALF} AND ({distance} >= :width OR xmin::text::bigint = ANY(:xip)))", params
 
 
-@contextmanager
-def pg_baseline(url: str) -> Iterator[dict[str, Any]]:
-    """Open a repeatable-read transaction, export its snapshot and count every table in it.
+class Snapshot:
+    """A repeatable-read transaction whose snapshot ``pg_dump --snapshot`` dumps in, and the
+    count of every table in that same snapshot: what the dump holds.
 
-    Yields ``{"snapshot_id": ..., "snapshot": "xmin:xmax:xip", "tables": {table: rows}}``; the
-    transaction stays open until the block ends, so ``pg_dump --snapshot`` can use it.
+    Opening it exports the snapshot at once; :meth:`count` then counts in a thread of its own
+    while the dump runs (one connection, used by that thread only until :meth:`baseline`
+    joins it), so counting adds nothing to the dump's time. The transaction stays open until
+    :meth:`close`. Through psycopg2 alone when libpq reads the URL (SQLAlchemy's import costs
+    more than a small dump), else through SQLAlchemy's connection.
     """
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
 
-    from deployer.db.url import driver_url
+    def __init__(self, url: str, *, lock_wait: float = 60.0) -> None:
+        from deployer.db.url import pg_params
 
-    engine = create_engine(driver_url(url), poolclass=NullPool, connect_args={"connect_timeout": 10})
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot_id = connection.execute(text("SELECT pg_export_snapshot()")).scalar_one()
-            snapshot = str(connection.execute(text("SELECT pg_current_snapshot()::text")).scalar_one())
-            tables = {}
-            for (name,) in connection.execute(text(TABLES_SQL)):
-                tables[name] = int(connection.exec_driver_sql(f"SELECT count(*) FROM {name}").scalar_one())
-            yield {"snapshot_id": snapshot_id, "snapshot": snapshot, "tables": tables}
-            connection.exec_driver_sql("COMMIT")
-    except DeployerError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a database error becomes one message
-        raise DeployerError(f"cannot record what the backup holds: {type(error).__name__}: {error}") from None
-    finally:
-        engine.dispose()
+        self._engine: Any = None
+        self._thread: threading.Thread | None = None
+        self._counted: dict[str, Any] | None = None
+        self._failure: BaseException | None = None
+        params = pg_params(url)
+        try:
+            if params is not None:
+                import psycopg2
+
+                self._connection = psycopg2.connect(**{**params, "connect_timeout": "10"})
+            else:
+                from sqlalchemy import create_engine
+                from sqlalchemy.pool import NullPool
+
+                from deployer.db.url import driver_url
+
+                self._engine = create_engine(driver_url(url), poolclass=NullPool, connect_args={"connect_timeout": 10})
+                self._connection = self._engine.raw_connection()
+            # The driver would open a transaction of its own (read committed) before ours.
+            getattr(self._connection, "driver_connection", self._connection).autocommit = True
+            with self._connection.cursor() as cursor:
+                cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                # Counting waits for a table lock no longer than the dump does, then fails.
+                cursor.execute(f"SET LOCAL lock_timeout = '{int(lock_wait * 1000)}ms'")
+                cursor.execute("SELECT pg_export_snapshot(), pg_current_snapshot()::text")
+                self.snapshot_id, self.snapshot = (str(value) for value in cursor.fetchone())
+        except DeployerError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a database error becomes one message
+            self.close()
+            raise DeployerError(f"cannot record what the backup holds: {type(error).__name__}: {error}") from None
+
+    def count(self) -> None:
+        """Count every table, the alembic revision and the database's size, in a thread."""
+        self._thread = threading.Thread(target=self._count, name="backup-baseline", daemon=True)
+        self._thread.start()
+
+    def _count(self) -> None:
+        try:
+            with self._connection.cursor() as cursor:
+                cursor.execute(TABLES_SQL)
+                tables = {}
+                for (name,) in cursor.fetchall():
+                    cursor.execute(f"SELECT count(*) FROM {name}")
+                    tables[name] = int(cursor.fetchone()[0])
+                cursor.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
+                revision = []
+                if cursor.fetchone()[0]:
+                    cursor.execute("SELECT version_num FROM alembic_version")
+                    revision = sorted(str(row[0]) for row in cursor.fetchall())
+                cursor.execute("SELECT pg_database_size(current_database())")
+                size = int(cursor.fetchone()[0])
+            self._counted = {"snapshot": self.snapshot, "tables": tables, "revision": revision, "bytes": size}
+        except BaseException as error:  # noqa: BLE001 - raised again by baseline(), in the caller's thread
+            self._failure = error
+
+    def baseline(self) -> dict[str, Any]:
+        """``{"snapshot": "xmin:xmax:xip", "tables": {table: rows}, "revision": [...], "bytes": N}``,
+        once counted (the revision and counts are what a restore must give back,
+        :mod:`deployer.server.verification`)."""
+        if self._thread is None:
+            self.count()
+        assert self._thread is not None
+        self._thread.join()
+        if self._failure is not None or self._counted is None:
+            error = self._failure
+            raise DeployerError(f"cannot record what the backup holds: {type(error).__name__}: {error}") from None
+        return self._counted
+
+    def close(self) -> None:
+        """End the transaction (a count still running is cancelled first)."""
+        connection = getattr(self, "_connection", None)
+        with contextlib.suppress(Exception):
+            if self._thread is not None and self._thread.is_alive() and connection is not None:
+                getattr(connection, "driver_connection", connection).cancel()
+                self._thread.join(timeout=30)
+        with contextlib.suppress(Exception):
+            if connection is not None:
+                connection.close()  # the read-only transaction ends with it: nothing to keep
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 def pg_changes(url: str, baseline: Mapping[str, Any]) -> Changes:
@@ -163,7 +230,7 @@ def _has_version_table(connection: Any) -> bool:
 
 # The SQLite baseline: run with python3 against a database file (argv[1]); prints JSON.
 SQLITE_COUNTS = """\
-import json, sqlite3, sys
+import json, os, sqlite3, sys
 db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
 tables = {}
 for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> 'alembic_version'"):
@@ -174,7 +241,12 @@ for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' A
     except sqlite3.OperationalError:
         top = None
     tables[name] = [count, top]
-print(json.dumps({"tables": tables, "schema_version": db.execute("PRAGMA schema_version").fetchone()[0]}))
+try:
+    revision = sorted(row[0] for row in db.execute("SELECT version_num FROM alembic_version"))
+except sqlite3.OperationalError:
+    revision = []
+print(json.dumps({"tables": tables, "schema_version": db.execute("PRAGMA schema_version").fetchone()[0],
+                  "revision": revision, "bytes": os.path.getsize(sys.argv[1])}))
 """
 
 

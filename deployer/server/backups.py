@@ -6,9 +6,11 @@ or there. SQLite (``database_url = "sqlite:///..."``): Python's online backup AP
 database file inside a one-off container of the web service, and the copy is streamed out
 the same way.
 
-A dump is written under a temporary name (``.partial``), read back in full and
-checksummed, and only then renamed to ``ID.dump``; the JSON description ``ID.json`` is
-written last (atomically). ``list_backups`` only knows dumps that have a description, so a
+A dump is written under a temporary name (``.partial``) and checksummed in the same
+command (the dump's exit status, its write's included, checked), its table of contents read back,
+and only then renamed to ``ID.dump``; the JSON description ``ID.json`` is written last
+(atomically). Whether it restores is proven by restoring it into a scratch database
+(:mod:`deployer.server.verification`); the result is kept in the description. ``list_backups`` only knows dumps that have a description, so a
 dump that dies midway, a full disk or a lost connection leaves nothing that looks like a
 backup, and :func:`prune` clears such leftovers under the deploy lock.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from deployer.actions import Arg, Command, Read, Value, Write, drive
+from deployer.config import BackupCopy
 from deployer.db.url import DatabaseLocation, parse
 from deployer.db.writes import SQLITE_COUNTS
 from deployer.errors import CommandError, DeployerError, RefusedError
@@ -40,6 +43,7 @@ PARTIAL_SUFFIX = ".partial"
 
 POSTGRESQL = "postgresql"
 SQLITE = "sqlite"
+SERVER = "server"  # where a backup is: the server's backup_dir (else a backup_copy place)
 
 # Why a backup was taken.
 PRE_RELEASE = "pre-release"
@@ -52,12 +56,16 @@ DUMP_TIMEOUT = 6 * 3600.0
 # A lock wait timeout: a backup must fail, not hang, behind a transaction holding a table lock.
 # PGUSER/PGDATABASE come from the app's database URL when deployer knows it; $2, when given,
 # is the snapshot a transaction of deployer's exported (the rows it counted are the dump's).
+# Compression level 1: measured against the default (6) on the benchmark's table, it dumps
+# in about half the time for a dump about 5 % larger (docs/benchmarks.md, §5).
+COMPRESSION = 1
 PG_DUMP = (
-    'exec pg_dump --format=custom --lock-wait-timeout="$1" ${2:+--snapshot="$2"} '
+    f'exec pg_dump --format=custom --compress={COMPRESSION} --lock-wait-timeout="$1" ${{2:+--snapshot="$2"}} '
     '--username="${PGUSER:-${POSTGRES_USER:-postgres}}" "${PGDATABASE:-${POSTGRES_DB:-${POSTGRES_USER:-postgres}}}"'
 )
+# Reads the archive's header and table of contents (at the front: it stops there).
 PG_LIST = "exec pg_restore --list"
-# Reads every data block (pg_restore --list only reads the table of contents at the front).
+# Reads every data block too.
 PG_READ_ALL = "exec pg_restore --file=/dev/null"
 # The plain SQL goes to a temporary file first: if pg_restore cannot read the dump to its
 # end, psql never starts, and a half-read dump is never committed.
@@ -116,9 +124,66 @@ class BackupError(DeployerError):
     """A backup could not be made, verified or restored."""
 
 
+# The restore verification's verdicts (deployer.server.verification).
+VERIFIED = "verified"  # restored into a scratch database: revision, tables and row counts as recorded
+FAILED = "failed"  # it did not restore, or what came back differs: never restored without --force
+INCONCLUSIVE = "inconclusive"  # the scratch restore could not run (not the dump's fault): say why
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of restoring a backup into a scratch database, kept in its description."""
+
+    state: str  # verified | failed | inconclusive
+    checked_at: str
+    seconds: float
+    method: str  # how it was restored (which image, which limits)
+    revision: tuple[str, ...] = ()  # what the restored copy holds
+    tables: dict[str, int] = field(default_factory=dict)  # rows per table in the restored copy
+    problems: tuple[str, ...] = ()  # what differs from the dump-time record, or why it could not run
+
+    @property
+    def ok(self) -> bool:
+        return self.state == VERIFIED
+
+    def summary(self) -> str:
+        """One line: the verdict and its evidence (or its first problems)."""
+        if self.state == VERIFIED:
+            rows = sum(self.tables.values())
+            return (f"restore-verified {self.checked_at}: revision {', '.join(self.revision) or 'none'}, "
+                    f"{len(self.tables)} tables, {rows} rows as recorded")
+        what = "FAILED its restore verification" if self.state == FAILED else "restore verification inconclusive"
+        return f"{what} {self.checked_at}: " + "; ".join(self.problems[:3])
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Verification | None:
+        if not isinstance(data, dict) or not data.get("state"):
+            return None
+        return cls(state=str(data["state"]), checked_at=str(data.get("checked_at", "")),
+                   seconds=float(data.get("seconds") or 0.0), method=str(data.get("method", "")),
+                   revision=tuple(data.get("revision") or ()),
+                   tables={str(k): int(v) for k, v in (data.get("tables") or {}).items()},
+                   problems=tuple(str(p) for p in data.get("problems") or ()))
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A copy of a backup kept somewhere else (``backup_copy``): where, the dump's path there, when."""
+
+    where: str  # as configured: "local:DIR" or "host:HOST:DIR"
+    path: str
+    copied_at: str
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Copy | None:
+        if not isinstance(data, dict) or not data.get("where"):
+            return None
+        return cls(str(data["where"]), str(data.get("path", "")), str(data.get("copied_at", "")))
+
+
 @dataclass(frozen=True)
 class Backup:
-    """One verified dump on the host, described by the JSON file beside it.
+    """One dump on the host, described by the JSON file beside it.
 
     ``release`` is the release the backup was taken for (pre-release backups) or the one
     running when it was taken (manual and pre-restore backups).
@@ -137,6 +202,9 @@ class Backup:
     # What the dump holds (rows per table, the snapshot it was taken in): what restoring it
     # would throw away is measured against this (deployer.db.writes).
     baseline: dict[str, Any] | None = None
+    # Its restore verification (None: not restore-verified yet) and where copies of it were made.
+    verification: Verification | None = None
+    copies: tuple[Copy, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -153,7 +221,17 @@ class Backup:
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         values["revision"] = tuple(values.get("revision") or ())
+        values["verification"] = Verification.from_dict(values.get("verification"))
+        values["copies"] = tuple(c for c in (Copy.from_dict(item) for item in values.get("copies") or ()) if c)
         return cls(**values)
+
+    def refusal(self) -> str | None:
+        """Why a restore must not use this backup without ``--force`` (its restore verification
+        failed), or None."""
+        v = self.verification
+        if v is not None and v.state == FAILED:
+            return f"backup {self.id} failed its restore verification ({v.checked_at}): " + "; ".join(v.problems[:3])
+        return None
 
 
 def meta_path_for(dump_path: str) -> str:
@@ -232,13 +310,46 @@ def dump_argv(target: Target, *, lock_wait_timeout: float = 60.0, location: Data
 
 
 # Constant wrappers: a file path is an argument, never part of the script.
-_TO_FILE = 'umask 077; out=$1; shift; exec "$@" > "$out"'
+# The dump goes straight into the file (the docker client exits non-zero when it cannot
+# write it: a full disk fails the dump), then, in the same command, sha256sum reads it back
+# from the page cache. Measured on a loaded two-core host, that is faster than checksumming
+# while it streams (`| tee FILE | sha256sum`): every pipe between the docker client and the
+# file costs a context switch per 64 KiB (docs/benchmarks.md, §5).
+_TO_FILE = 'umask 077; out=$1; shift; "$@" > "$out"; status=$?; echo "dump-exit $status"; [ "$status" -ne 0 ] || sha256sum "$out"'
 _FROM_FILE = 'in=$1; shift; exec "$@" < "$in"'
 
 
 def to_file(argv: Sequence[Arg], path: Arg) -> tuple[Arg, ...]:
-    """``argv`` with its stdout written to ``path`` on the host (created 0600)."""
+    """``argv`` with its stdout written to ``path`` on the host (created 0600), then
+    checksummed: the command prints ``dump-exit N`` and, after a dump that succeeded, the
+    sha256 line (:func:`parse_written`)."""
     return ("sh", "-c", _TO_FILE, "sh", path, *argv)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`to_file` reports: the dump's exit status (its write's included) and the
+    sha256 of the file it wrote."""
+
+    dump_exit: int | None
+    sha256: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.dump_exit == 0 and self.sha256 is not None
+
+
+def parse_written(stdout: str) -> Written:
+    """Read :func:`to_file`'s report (pure); a missing part is None."""
+    status = None
+    digest = None
+    for line in stdout.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word == "dump-exit" and rest.strip().isdigit():
+            status = int(rest)
+        elif re.fullmatch(r"[0-9a-f]{64}", word):
+            digest = word
+    return Written(status, digest)
 
 
 def from_file(argv: Sequence[Arg], path: Arg) -> tuple[Arg, ...]:
@@ -270,8 +381,14 @@ def _last_line(text: str, default: str) -> str:
     return lines[-1] if lines else default
 
 
-def readable_steps(target: Target, path: Arg, engine: str, location: DatabaseLocation | None = None):  # noqa: ANN201
-    """Probes that read a dump to its end; returns ``(ok, what was found or why not)``."""
+def readable_steps(target: Target, path: Arg, engine: str, location: DatabaseLocation | None = None, *,
+                   to_the_end: bool = True):  # noqa: ANN201
+    """Probes that read a dump; returns ``(ok, what was found or why not)``.
+
+    ``to_the_end``: PostgreSQL's data blocks are read too, not only the table of contents
+    (a fresh dump is checked by its exit status and the checksum taken while it streamed;
+    the proof that it restores is the restore verification, :mod:`deployer.server.verification`).
+    """
     if engine == SQLITE:
         result = yield Command(from_file(_sqlite_run(target, SQLITE_CHECK), path), check=False, timeout=DUMP_TIMEOUT)
         if not result.ok:
@@ -282,6 +399,8 @@ def readable_steps(target: Target, path: Arg, engine: str, location: DatabaseLoc
     if not listed.ok:
         return False, _last_line(listed.stderr, "pg_restore --list failed")
     entries = sum(1 for line in listed.stdout.splitlines() if line and not line.startswith(";"))
+    if not to_the_end:
+        return True, f"{entries} archive entries listed"
     full = yield Command(from_file(_pg_exec(target, PG_READ_ALL, location=location), path), check=False, timeout=DUMP_TIMEOUT)
     if not full.ok:
         return False, _last_line(full.stderr, "pg_restore could not read the dump to its end")
@@ -308,7 +427,10 @@ def create_steps(
     location: DatabaseLocation | None = None,
     planning: bool = False,
 ):  # noqa: ANN201 - a generator of actions returning the Backup
-    """The actions that dump the database into ``backup_dir``; it counts only once read back.
+    """The actions that dump the database into ``backup_dir``, checksummed as it is written.
+
+    It counts once the dump (its write included) exited 0 and its table of contents reads
+    back; whether it restores is the restore verification's to say (after the switch).
 
     ``backup_id`` is shown in a plan as the run-time value ``{backup_id}``. On any failure the temporary file is
     removed and :class:`BackupError` says why; nothing named ``*.dump`` or ``*.json`` is left.
@@ -323,8 +445,8 @@ def create_steps(
     baseline: dict[str, Any] | None = None
     try:
         if engine == POSTGRESQL:
-            holder = yield Read("open a snapshot for the dump and count every table in it",
-                                lambda ctx: _remember(ctx, _open_baseline(target, where)))
+            holder = yield Read("open a snapshot for the dump and count every table in it (beside the dump)",
+                                lambda ctx: _remember(ctx, _open_baseline(target, where, lock_wait_timeout)))
             try:
                 result = yield Command(to_file(dump_argv(target, lock_wait_timeout=lock_wait_timeout, location=where,
                                                          snapshot=Value("dump_snapshot") if planning or holder else None),
@@ -338,24 +460,22 @@ def create_steps(
             result = yield Command(to_file(dump_argv(target, location=where), partial), what="dump the database",
                                    check=False, timeout=DUMP_TIMEOUT)
             baseline = _sqlite_baseline(result.stderr)
-        if not result.ok:
-            raise BackupError(
-                f"the {engine} dump failed on {target.host.name} (exit {result.exit_code}): {_last_line(result.stderr, '')[-500:]}",
-                hint=f"nothing was changed; check the database service's logs and the free space in {backup_dir}",
-            )
-        ok, why = yield from readable_steps(target, partial, engine, where)
+        written = parse_written(result.stdout)
+        if not planning and not written.ok:
+            raise BackupError(_dump_failure(engine, target.host.name, result, written),
+                              hint=f"nothing was changed; check the database service's logs and the free space in {backup_dir}")
+        ok, why = yield from readable_steps(target, partial, engine, where, to_the_end=False)
         if not ok:
             raise BackupError(f"the fresh dump does not read back: {why}", hint=f"nothing was changed; check the free space in {backup_dir}")
         size = yield Command(("stat", "-c", "%s", partial), what="size the dump", check=not planning)
-        digest = yield Command(("sha256sum", partial), what="checksum the dump", timeout=3600)
         backup = Backup(
             id=backup_id, environment=target.name, release=release, revision=tuple(revision),
             size=0 if planning else int(size.stdout.strip()),
-            sha256="" if planning else _parse_sha256(digest.stdout, str(partial)),
+            sha256=written.sha256 or "",
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             path=final.fill({BACKUP_ID: backup_id}), engine=engine, reason=reason, baseline=baseline,
         )
-        yield Command(("mv", "-f", partial, final), what="keep the verified dump")
+        yield Command(("mv", "-f", partial, final), what="keep the checked dump")
     except GeneratorExit:
         raise
     except BaseException:
@@ -369,48 +489,54 @@ def create_steps(
     return backup
 
 
-class _Baseline:
-    """An open transaction whose exported snapshot ``pg_dump --snapshot`` uses."""
-
-    def __init__(self, context, baseline: dict[str, Any]) -> None:  # noqa: ANN001
-        self._context = context
-        self.baseline = {"snapshot": baseline["snapshot"], "tables": baseline["tables"]}
-        self.snapshot_id = baseline["snapshot_id"]
-
-    def close(self) -> None:
-        import contextlib
-
-        with contextlib.suppress(Exception):
-            self._context.__exit__(None, None, None)
+def _dump_failure(engine: str, host: str, result: Any, written: Written) -> str:
+    """Why a dump written by :func:`to_file` failed: the dump (or its write), or the checksum."""
+    reason = _last_line(result.stderr, "")[-500:]
+    if written.dump_exit not in (0, None):
+        return f"the {engine} dump failed on {host} (exit {written.dump_exit}): {reason}"
+    return f"the {engine} dump on {host} did not finish (exit {result.exit_code}): {reason or 'no checksum was reported'}"
 
 
-def _open_baseline(target: Target, location: DatabaseLocation) -> _Baseline | None:
-    """Open the snapshot (through the SSH connection); None when the database is not reachable."""
-    from deployer.db.writes import pg_baseline
+def _open_baseline(target: Target, location: DatabaseLocation, lock_wait_timeout: float = 60.0) -> _Held | None:
+    """Export the dump's snapshot (through the SSH connection) and start counting in it;
+    None when deployer has no URL to connect with."""
+    from deployer.db.writes import Snapshot
     from deployer.server.facts import connectable_url
 
     if location.url == "postgresql://":
         return None  # nothing to connect with: the dump goes on, without a baseline
     urls = connectable_url(target, location)
     url = urls.__enter__()
-    baseline_cm = pg_baseline(url)
     try:
-        opened = baseline_cm.__enter__()
+        snapshot = Snapshot(url, lock_wait=lock_wait_timeout)
     except BaseException:
         urls.__exit__(None, None, None)
         raise
-
-    class _Both:
-        def __exit__(self, *exc: object) -> None:
-            try:
-                baseline_cm.__exit__(None, None, None)
-            finally:
-                urls.__exit__(None, None, None)
-
-    return _Baseline(_Both(), opened)
+    snapshot.count()  # beside the dump, in the same snapshot
+    return _Held(snapshot, urls)
 
 
-def _remember(ctx, holder: _Baseline | None) -> _Baseline | None:  # noqa: ANN001 - a Context, or None outside a run
+class _Held:
+    """The snapshot the dump is taken in, and the tunnel it is reached through."""
+
+    def __init__(self, snapshot: Any, urls: Any) -> None:
+        self._snapshot = snapshot
+        self._urls = urls
+        self.snapshot_id = snapshot.snapshot_id
+
+    @property
+    def baseline(self) -> dict[str, Any]:
+        return self._snapshot.baseline()
+
+    def close(self) -> None:
+        try:
+            self._snapshot.close()
+        finally:
+            with contextlib.suppress(Exception):
+                self._urls.__exit__(None, None, None)
+
+
+def _remember(ctx, holder: _Held | None) -> _Held | None:  # noqa: ANN001 - a Context, or None outside a run
     """Name the exported snapshot in the run's values, so the plan and the trace show it as {dump_snapshot}."""
     if ctx is not None and holder is not None:
         ctx.values["dump_snapshot"] = holder.snapshot_id
@@ -450,16 +576,8 @@ def _drive_with_reads(target: Target, body, values: dict[str, str]):  # noqa: AN
     """:func:`deployer.actions.drive`, also answering Read actions (outside a release)."""
     from types import SimpleNamespace
 
-    from deployer.actions import perform
-
     run = SimpleNamespace(values=values, planning=False, target=target)
-    result = None
-    try:
-        while True:
-            action = body.send(result)
-            result = action.read(cast(Any, run)) if isinstance(action, Read) else perform(target.host, action, values)
-    except StopIteration as stop:
-        return stop.value
+    return drive(target.host, body, values, answer=lambda action: action.read(cast(Any, run)))
 
 
 def check(target: Target, backup: Backup) -> str | None:
@@ -630,18 +748,23 @@ def restore_environment(
     yes: bool = False,
     confirm: Callable[[str], bool] | None = None,
     safety_backup: bool = True,
+    force: bool = False,
+    source: str | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> RestoreOutcome:
     """Verify, confirm, lock, take a safety backup of the current state, restore, read back.
 
     ``confirm`` asks the user a yes/no question; ``None`` means there is no terminal, and
-    then only ``yes`` lets the restore go on (never a hang waiting for input).
+    then only ``yes`` lets the restore go on (never a hang waiting for input). A backup that
+    failed its restore verification is refused unless ``force``.
     """
-    from deployer.server import journal, lock
+    from deployer.server import copies, journal, lock
 
-    backup = find(target, backup_id)
-    log(f"verifying backup {backup.id} ...")
-    verify(target, backup)
+    backup, origin = choose(target, backup_id, source, log=log)
+    if origin is None:
+        log(f"verifying backup {backup.id} ...")
+        verify(target, backup)
+    refuse_unproven(backup, force=force, log=log)
     question = (
         f"Replace ALL data of {target.name} on {target.host.name} with backup {backup.id} "
         f"(taken {backup.created_at}, revision {', '.join(backup.revision) or 'none'})?"
@@ -654,6 +777,9 @@ def restore_environment(
             raise RefusedError(refusal + ": not confirmed")
     with lock.held(target.host, target.state_dir, f"backups restore {target.name} {backup.id}", env_name=target.name):
         refuse_interrupted_run(target)
+        if origin is not None:
+            backup = replace(copies.bring_back(target, backup, origin, log=log), verification=backup.verification)
+            verify(target, backup)
         where = locate(target)
         before = current_revision(target, where)
         safety = None
@@ -674,6 +800,50 @@ def restore_environment(
     return RestoreOutcome(backup=backup, safety_backup=safety, revision_before=before, revision_after=after)
 
 
+def choose(target: Target, backup_id: str, source: str | None = None, *,
+           log: Callable[[str], None] = lambda _: None) -> tuple[Backup, BackupCopy | None]:
+    """The backup a restore uses, and the copy place it comes from (None: the server's dump).
+
+    ``source``: ``server``, ``local``, a host, or a place as configured. Without one, the
+    server's dump when it is there and intact, else a copy (the local one first): a copy has
+    the recorded sha256, so it holds the same bytes.
+    """
+    from deployer.server import copies
+
+    if source in (None, SERVER):
+        try:
+            backup = find(target, backup_id)
+        except BackupError:
+            if source == SERVER or not target.env.backup_copies:
+                raise
+            return copies.find_copy(target, backup_id)
+        problem = check(target, backup) if source is None and target.env.backup_copies else None
+        if problem is None:
+            return backup, None
+        log(f"the server's dump of {backup.id} is unusable ({problem}): looking for a copy")
+        try:
+            return copies.find_copy(target, backup.id)
+        except BackupError as error:
+            raise BackupError(f"backup {backup.id} is invalid: {problem}; and {error.message}",
+                              hint="do not rely on it; take a new one with `deployer backups create`") from None
+    return copies.find_copy(target, backup_id, source)
+
+
+def refuse_unproven(backup: Backup, *, force: bool, log: Callable[[str], None] = lambda _: None) -> None:
+    """A backup that failed its restore verification is refused without ``force``; one that
+    was never restore-verified (or inconclusively) is used with a word of warning."""
+    refusal = backup.refusal()
+    if refusal is not None:
+        if not force:
+            raise RefusedError(refusal, hint="restore it anyway with --force (its size and sha256 are still the "
+                                             "recorded ones), or choose another backup")
+        log(f"warning: {refusal}; restoring it anyway (--force)")
+    elif backup.verification is None:
+        log(f"note: backup {backup.id} was never restore-verified (`deployer backups verify ENV {backup.id} --restore`)")
+    elif not backup.verification.ok:
+        log(f"note: backup {backup.id}: {backup.verification.summary()}")
+
+
 def refuse_interrupted_run(target: Target) -> None:
     """A restore over an interrupted release would mix two half-states: converge first."""
     from deployer.server import runlog
@@ -686,25 +856,47 @@ def refuse_interrupted_run(target: Target) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Created:
+    """What ``deployer backups create`` made: the backup (as described on the server), its
+    download, and the backup_copy places it could not be copied to."""
+
+    backup: Backup
+    local: Path | None = None
+    not_copied: tuple[str, ...] = ()
+
+
 def create_environment(
     target: Target,
     *,
     download_to: Path | None = None,
+    restore_verify: bool = False,
     log: Callable[[str], None] = lambda _: None,
-) -> tuple[Backup, Path | None]:
-    """A manual backup under the deploy lock, verified; optionally copied to this machine."""
-    from deployer.server import journal, lock
+) -> Created:
+    """A manual backup under the deploy lock; restore-verified when asked; copied to every
+    backup_copy place, and optionally downloaded to a directory here."""
+    from deployer.server import copies, journal, lock, verification
 
-    with lock.held(target.host, target.state_dir, f"backups create {target.name}", env_name=target.name):
+    label = f"{lock.RUN_LABEL}=backup-{new_id()}"
+    with lock.held(target.host, target.state_dir, f"backups create {target.name}", env_name=target.name, label=label):
         where = locate(target)
         revision = current_revision(target, where)
         current = journal.last_succeeded(journal.read(target.host, target.state_dir))
-        # create() read the dump back to its end and checksummed it before it counted
         backup = create(target, release=current.id if current else None, revision=revision, reason=MANUAL, location=where)
+        log(f"backup {backup.id}: {backup.size} bytes, sha256 {backup.sha256[:12]}…")
+        if restore_verify:
+            log(f"restoring {backup.id} into a scratch database ...")
+            checked = drive(target.host, verification.verify_steps(target, backup, run_label=label), {},
+                            answer=lambda action: action.read(None))
+            backup = drive(target.host, verification.record_steps(target, backup, checked), {})
+            log(f"{backup.id}: {checked.summary()}")
+        failed: list[str] = []
+        if target.env.backup_copies:
+            backup, failed = drive(target.host, copies.copy_steps(target, backup, log=log), {})
     local = download(target, backup, download_to) if download_to is not None else None
     if local is not None:
         log(f"downloaded to {local}")
-    return backup, local
+    return Created(backup, local, tuple(failed))
 
 
 # --------------------------------------------------------------------------- retention
@@ -717,12 +909,14 @@ class Retention:
     kept: tuple[tuple[Backup, str], ...]
     removed: tuple[Backup, ...]
     leftovers: tuple[str, ...] = field(default=())  # partial files and dumps without a description
+    copies: tuple[Any, ...] = ()  # each backup_copy place's own (deployer.server.copies.Pruned)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kept": [{"id": b.id, "why": why} for b, why in self.kept],
             "removed": [b.id for b in self.removed],
             "leftovers": list(self.leftovers),
+            "copies": [c.to_dict() for c in self.copies],
         }
 
 
@@ -780,24 +974,26 @@ def prune(target: Target, *, keep: int | None = None, dry_run: bool = False) -> 
     With ``dry_run`` nothing is removed and no lock is taken. Otherwise runs under the
     deploy lock, so a dump being written by a release is never mistaken for a leftover.
     """
-    from deployer.server import journal, lock
+    from deployer.server import copies, journal, lock
 
     keep = keep or target.env.keep_backups
 
-    def decide() -> Retention:
+    def decide() -> tuple[Retention, list[Any]]:
         records = journal.read(target.host, target.state_dir)
         backups = list_backups(target)
         decision = select_retention(backups, records, keep)
-        return Retention(decision.kept, decision.removed, tuple(_leftovers(target)))
+        return Retention(decision.kept, decision.removed, tuple(_leftovers(target))), records
 
     if dry_run:
-        return decide()
+        decision, records = decide()
+        return replace(decision, copies=tuple(copies.prune_copies(target, records, keep, dry_run=True)))
     with lock.held(target.host, target.state_dir, f"backups prune {target.name}", env_name=target.name):
-        decision = decide()
+        decision, records = decide()
         for backup in decision.removed:
             # The description first: a dump without one is never listed nor restored.
             target.host.run(["rm", "-f", backup.meta_path], check=True)
             target.host.run(["rm", "-f", backup.path], check=True)
         if decision.leftovers:
             target.host.run(["rm", "-f", *decision.leftovers], check=True)
-    return decision
+        # Every copy place on its own: the same rule over the backups it holds.
+        return replace(decision, copies=tuple(copies.prune_copies(target, records, keep, dry_run=False)))

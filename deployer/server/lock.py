@@ -39,6 +39,9 @@ GONE_SUFFIX = ".gone"
 # How long the holder waits for a heartbeat before it decides its owner is gone.
 LEASE_SECONDS = 30
 HEARTBEAT_SECONDS = 5.0
+# On the containers a run starts (one-off migrations, scratch databases), with the run's id:
+# the lease holder removes them if their owner vanishes.
+RUN_LABEL = "deployer.run"
 
 # $1 lock file, $2 holder record, $3 a container label to stop if the owner vanishes (may
 # be empty), $4 the lease time in seconds. The holder record arrives as one line on stdin.
@@ -66,7 +69,7 @@ while line=$(timeout "$ttl" sh -c 'IFS= read -r l && printf %s "$l"'); do
 done
 date -u +%Y-%m-%dT%H:%M:%SZ > "$lock.gone"
 if [ -n "$label" ]; then
-    docker ps -q --filter "label=$label" | xargs -r docker rm -f
+    docker ps -aq --filter "label=$label" | xargs -r docker rm -f -v
 fi
 exit 0
 """
@@ -317,9 +320,10 @@ def _acquire_once(
 
 
 @contextlib.contextmanager
-def held(host: Host, state_dir: str, command: str, *, env_name: str) -> Iterator[Lease]:
-    """Hold the lock for the duration of the block; released on every path, Ctrl-C included."""
-    lease = acquire(host, state_dir, new_info(command), env_name=env_name)
+def held(host: Host, state_dir: str, command: str, *, env_name: str, label: str = "") -> Iterator[Lease]:
+    """Hold the lock for the duration of the block; released on every path, Ctrl-C included.
+    ``label``: the containers the holder removes should this process vanish (see :func:`acquire`)."""
+    lease = acquire(host, state_dir, new_info(command), env_name=env_name, label=label)
     try:
         yield lease
     finally:

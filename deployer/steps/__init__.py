@@ -63,12 +63,15 @@ class StepKind:
     in_playbooks: bool = True  # False: used by built-in flows only (rollback)
     once: bool = False  # may appear at most once in a playbook
     scope: Scope = EACH
+    # Runs once the run is journaled (after `record`): its failure, or an interruption, is
+    # reported and never undoes the release (see deployer.engine).
+    after_record: bool = False
 
 
 _KINDS: dict[str, StepKind] = {}
 _MODULES = (
     "preflight", "lock", "snapshot", "sync", "stop", "build", "database_up", "lint", "backup", "migrate",
-    "up", "swap", "verify", "health", "contract", "record", "run", "rollback",
+    "up", "swap", "verify", "health", "contract", "record", "run", "rollback", "verify_backup", "copy_backup",
 )
 
 

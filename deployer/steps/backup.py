@@ -1,4 +1,5 @@
-"""``backup``: a verified dump of the database before anything migrates."""
+"""``backup``: a checksummed dump of the database before anything migrates (restore-verified
+once the release is recorded: ``verify_backup``)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def backup(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     ctx.note(backup=backup_id, backup_partial=None)
     ctx.scratch["backup"] = made
     kind = "safety backup of the current state" if ctx.kind == "rollback" else "backup"
-    return f"{kind} {made.path or backup_id} ({made.size} bytes, sha256 {made.sha256[:12]}…, verified)"
+    return f"{kind} {made.path or backup_id} ({made.size} bytes, sha256 {made.sha256[:12]}…, its table of contents read back)"
 
 
 def undo_backup(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
@@ -41,7 +42,7 @@ def undo_backup(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
 register(StepKind(
     name="backup",
     scope=PRIMARY,
-    summary="dump the database, read the dump back to its end and checksum it, before anything migrates",
+    summary="dump the database, checksum the dump and read its table of contents back, before anything migrates",
     run=backup,
     undo=undo_backup,
     params={"always": Param((bool,), "back up even when no migration is pending")},

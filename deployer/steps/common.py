@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from deployer.steps.context import Context
 
 IMAGE_TAG_PREFIX = "deployer-"
-RUN_LABEL = "deployer.run"  # on one-off containers: the lease holder stops them if we vanish
 RELEASE_ID = Value("release_id")
 
 

@@ -41,7 +41,9 @@ class Options:
     restore_backup: bool = False  # rollbacks and recover: restore the pre-upgrade dump
     forward: bool = False  # recover: finish the interrupted run instead of undoing it
     swap_mode: str | None = None  # behind a proxy: auto | overlap | pause (None: the environment's)
-    force: bool = False  # release: run every step even when the commit already runs as configured
+    # release: run every step even when the commit already runs as configured; rollback with
+    # restore_backup: restore a backup that failed its restore verification
+    force: bool = False
     # Asks the user a yes/no question; None when there is no terminal to ask on.
     confirm: Callable[[str], bool] | None = None
 
@@ -105,6 +107,7 @@ class Context:
     values: dict[str, str] = field(default_factory=dict)  # run-time values, by placeholder name
     trace: list[tuple[str, str]] = field(default_factory=list)  # (step label, action shown)
     scratch: dict[str, Any] = field(default_factory=dict)  # per-run caches (never recovery input)
+    journaled: bool = False  # the run is recorded and its step log gone (the steps after `record`)
 
     # -- shortcuts
     @property
@@ -137,7 +140,7 @@ class Context:
     # -- the step log
     def note(self, **changes: Any) -> None:
         """Record something recovery must know (a backup taken, a container started), on the host first."""
-        if self.record is None:
+        if self.record is None or self.journaled:
             return
         self.record = replace(self.record, **changes)
         if not self.planning:

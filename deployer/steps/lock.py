@@ -6,9 +6,10 @@ from __future__ import annotations
 from deployer.actions import Command, Lease, Value, Write
 from deployer.errors import LockHeldError
 from deployer.server import runlog
+from deployer.server.lock import RUN_LABEL
 from deployer.server.target import migrate_state_argv
 from deployer.steps import HOST_FILES, StepKind, register
-from deployer.steps.common import RUN_LABEL, whoami
+from deployer.steps.common import whoami
 from deployer.steps.context import Context
 from deployer.steps.playbook import Step
 

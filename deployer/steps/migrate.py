@@ -17,8 +17,9 @@ from deployer.db.migrations import MigrationStep
 from deployer.db.url import POSTGRESQL, SQLITE
 from deployer.errors import CommandError, DeployerError
 from deployer.server import backups as backups_mod
+from deployer.server.lock import RUN_LABEL
 from deployer.steps import PRIMARY, SCHEMA, Param, StepKind, register
-from deployer.steps.common import RUN_LABEL, migration_argv, shown_revisions
+from deployer.steps.common import migration_argv, shown_revisions
 from deployer.steps.context import Context
 from deployer.steps.database_up import pending
 from deployer.steps.playbook import Step
@@ -360,6 +361,8 @@ def restore_or_stop(ctx: Context, recovery: Recovery, now: tuple[str, ...]):  # 
         )
         return
     problem = yield Read(f"verify backup {backup.id}", lambda c: backups_mod.check(c.target, backup), plan=True)
+    if problem is None and backup.refusal():
+        problem = f"{backup.refusal()}; if you trust it: `deployer backups restore {env} {backup.id} --force`"
     if problem:
         recovery.code_stays = True
         recovery.schema_back = False

@@ -61,6 +61,13 @@ class Playbook:
     def names(self) -> list[str]:
         return [step.name for step in self.steps]
 
+    def split(self) -> tuple[tuple[Step, ...], tuple[Step, ...]]:
+        """The steps of the run, and those that follow it once it is journaled (see
+        :attr:`deployer.steps.StepKind.after_record`)."""
+        registry = kinds()
+        return (tuple(step for step in self.steps if not registry[step.name].after_record),
+                tuple(step for step in self.steps if registry[step.name].after_record))
+
 
 def find_playbook(name: str, root: Path) -> Path:
     """``playbooks/NAME.toml`` next to deploy.toml, else the built-in one."""
@@ -152,8 +159,15 @@ def _check_order(playbook: Playbook) -> None:
         raise ConfigError(f"{where}: `hold` needs a `swap` step after it: the swap releases the held requests")
     if "swap" in names and "migrate" in names and names.index("swap") < names.index("migrate"):
         raise ConfigError(f"{where}: `swap` must come after `migrate`: the new code needs its schema")
-    if "record" in names and names[-1] != "record":
-        raise ConfigError(f"{where}: `record` must be the last step")
+    after = [registry[n].after_record for n in names]
+    if True in after and False in after[after.index(True):]:
+        first = names[after.index(True)]
+        raise ConfigError(f"{where}: `{first}` runs after the release is recorded: it and its kind "
+                          f"({', '.join(sorted(n for n in registry if registry[n].after_record))}) must be the last steps")
+    ordinary = [n for n in names if not registry[n].after_record]
+    if "record" in ordinary and ordinary[-1] != "record":
+        raise ConfigError(f"{where}: `record` must be the last step (only steps that run after the release is "
+                          f"recorded may follow it: {', '.join(sorted(n for n in registry if registry[n].after_record))})")
 
 
 def load_playbook(name: str, root: Path) -> Playbook:

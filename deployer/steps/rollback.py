@@ -165,6 +165,12 @@ def rollback_preflight(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
                 f"no backup taken when release {chosen.id} was replaced is on {ctx.host.name}",
                 hint="without --restore-backup, the schema is downgraded instead (if every step can be)",
             )
+        refusal = backup.refusal()
+        if refusal is not None and not ctx.options.force:
+            raise RefusedError(refusal, hint="--force restores it anyway (its size and sha256 are checked first); "
+                               "without --restore-backup the schema is downgraded instead (if every step can be)")
+        if refusal is not None:
+            ctx.log(f"warning: {refusal}; restoring it anyway (--force)")
         later = [r.id for r in journal_records[journal_records.index(chosen) + 1 :]
                  if r.kind == "release" and r.outcome == journal.SUCCEEDED]
         loses = (f"restoring backup {backup.id} (taken {backup.created_at}) loses every change to the database "
@@ -307,7 +313,7 @@ def undo_switch(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
 PLAYBOOK = (
     ("rollback_preflight", "preflight"), ("lock", "lock"), ("snapshot", "snapshot"), ("backup", "backup"),
     ("hold", "hold"), ("schema", "schema"), ("switch", "switch"), ("swap", "swap"), ("verify", "verify"),
-    ("health", "health"), ("record", "record"),
+    ("health", "health"), ("record", "record"), ("verify_backup", "verify_backup"), ("copy_backup", "copy_backup"),
 )
 
 

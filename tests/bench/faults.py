@@ -404,3 +404,48 @@ def project_containers(name: str) -> str:
     return subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}\t{{.Status}}\t{{.Image}}",
                            "--filter", f"label=com.docker.compose.project={name}"],
                           capture_output=True, text=True, check=False).stdout
+
+
+# --------------------------------------------------------------------------- restore verification
+
+
+def scratch_containers(d: Deployment) -> list[dict]:
+    """The scratch databases of the environment's restore verifications (``docker inspect``
+    of each, stopped ones included)."""
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=deployer.scratch={d.state_path}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    if not ids:
+        return []
+    out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=False).stdout
+    return json.loads(out) if out.strip().startswith("[") else []
+
+
+def wait_scratch(d: Deployment, *, timeout: float = 120.0, alive: Background | None = None,
+                 running: Callable[[dict], bool] = lambda c: c["State"]["Running"]) -> dict:
+    """The environment's scratch container once it runs (``running`` decides), inspected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [c for c in scratch_containers(d) if running(c)]
+        if found:
+            return found[0]
+        if alive is not None and alive.process.poll() is not None:
+            raise AssertionError(f"deployer exited {alive.process.returncode} before a scratch database ran:\n{alive.output}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no scratch database of {d.name} ran within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def wait_no_scratch(d: Deployment, timeout: float = 40.0) -> float:
+    """Seconds until no scratch container of the environment is left (its owner's cleanup,
+    or the lease holder's once the owner died)."""
+    start = time.monotonic()
+    while scratch_containers(d):
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"scratch containers still there {timeout:.0f}s later: "
+                                 f"{[c['Name'] for c in scratch_containers(d)]}")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def volume_exists(name: str) -> bool:
+    return subprocess.run(["docker", "volume", "inspect", name], capture_output=True).returncode == 0

@@ -6,7 +6,8 @@ team would check after each command:
 1. first release to an empty server: the page answers, the database is at head, status in sync;
 2. rows written through the app's form and with SQL, both on the page;
 3. a code-only release: backup and migrate skipped, the new code answers, rows the same;
-4. a migrating release: the new head, every row kept, a verified backup, the new feature;
+4. a migrating release: the new head, every row kept, a backup restore-verified in a
+   throwaway container of the app's own database image, the new feature;
 5. ``deployer rollback``: the old schema and the previous code back, every row intact;
 6. a broken migration: exit 1, the revision and the code as before, rows intact, page answers;
 7. (some shapes) more: a release whose health command fails is put back;
@@ -111,6 +112,11 @@ def test_story(app: str, kind: str, app_deployment_factory, record_property) -> 
         statuses = step_statuses(result)
         assert statuses.get("backup") == "ok" and statuses.get("migrate") == "ok", statuses
         assert result.get("backup"), "no backup was recorded before the migration"
+        # once recorded, that backup was restored into a throwaway container of the app's own
+        # database image: its revision and every table's rows as dumped
+        verified = result["backup_verification"]
+        assert verified["state"] == "verified", verified
+        assert tuple(verified["revision"]) == shape.heads_first and verified["tables"], verified
         assert d.revision() == shape.heads_migrate
         assert d.rows() == rows, "rows changed across the migration"
         assert_serves(d, shape.migrate_marker, shape.code_marker, shape.form_shown, shape.rows_shown)

@@ -1,10 +1,18 @@
 """``deployer backups`` end to end over SSH: the real command, engine, compose and PostgreSQL.
 
-One deployment, released once, then: back up -> change and delete rows -> restore, row by
-row equal; a restore without a terminal and without --yes is refused; a truncated or
-corrupted dump is reported invalid and refused; a dump killed midway leaves no file that
-looks like a backup; prune keeps what retention promises; and a restore into a fresh,
-empty database (``docker compose down -v`` + db up) brings every row back.
+One deployment, keeping copies of its backups in two more places (``backup_copy``: a
+directory on this machine and one on another host over SSH), released once, then: back up
+-> change and delete rows -> restore, row by row equal; a restore without a terminal and
+without --yes is refused; a truncated or corrupted dump is reported invalid, fails its
+restore verification and is refused (the intact copy is used instead); a dump killed midway
+leaves no file that looks like a backup; a release's backup is restore-verified (revision
+and per-table counts equal) and copied; prune keeps what retention promises, everywhere;
+a restore into a fresh, empty database (``docker compose down -v`` + db up) brings every
+row back; a release whose dump rots before it is verified stays, its backup marked failed
+and refused; a backup whose restored rows differ from the dump-time record fails and is
+restored only with --force; a restore from the local copy after the server's copy was
+deleted brings every row back; an interrupted scratch restore leaves nothing and never
+touches the live database.
 """
 
 from __future__ import annotations
@@ -18,6 +26,15 @@ import pytest
 
 from tests.bench.cli import result as result_of
 from tests.bench.deployment import EXAMPLE_HEAD, Deployment, add_migration
+from tests.bench.faults import (
+    Background,
+    scratch_containers,
+    volume_exists,
+    wait_lease_gone,
+    wait_no_scratch,
+    wait_process,
+    wait_scratch,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -68,8 +85,41 @@ def wait_db(d: Deployment, deadline: float = 90) -> None:
 @pytest.fixture(scope="module")
 def d(deployment_factory) -> Deployment:
     deployment = deployment_factory("ssh", health_timeout=25)
+    places = deployment.laptop.parent / "copies"
+    text = (deployment.laptop / "deploy.toml").read_text().replace(
+        "keep_backups = 5\n", f'keep_backups = 5\nbackup_copy = ["local:{places}/here", "host:bench:{places}/offsite"]\n')
+    deployment.commit({"deploy.toml": text}, "keep every backup in two more places")
     assert deployment.release()["outcome"] == "succeeded"
     return deployment
+
+
+def here(d: Deployment) -> Path:
+    """The local copy place (on "the laptop")."""
+    return d.laptop.parent / "copies" / "here"
+
+
+def offsite(d: Deployment) -> Path:
+    """The other host's copy place (the bench sshd is on this machine)."""
+    return d.laptop.parent / "copies" / "offsite"
+
+
+def copied(d: Deployment, backup_id: str) -> list[Path]:
+    """The copies of a backup's dump that exist, at each place."""
+    return [p for p in (here(d) / f"{backup_id}.dump", offsite(d) / f"{backup_id}.dump") if p.exists()]
+
+
+def remove_everywhere(d: Deployment, backup_id: str) -> None:
+    for directory in (backup_dir(d), here(d), offsite(d)):
+        for suffix in (".dump", ".json"):
+            (directory / f"{backup_id}{suffix}").unlink(missing_ok=True)
+
+
+def databases(d: Deployment) -> list[tuple]:
+    """The live cluster's databases and the live database's tables with their rows: what a
+    restore verification must never change."""
+    tables = [t for (t,) in d.sql("SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+    return [*d.sql("SELECT datname FROM pg_database ORDER BY 1"),
+            *((t, d.sql(f"SELECT count(*) FROM {t}")[0][0]) for t in tables)]
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +147,18 @@ def test_backup_change_restore_every_row_equal(d: Deployment, saved: dict, tmp_p
     local = Path(created["local_path"])
     assert local.read_bytes() == dump.read_bytes() and local.stat().st_mode & 0o777 == 0o600
     assert json.loads((tmp_path / "local" / f"{created['id']}.json").read_text())["sha256"] == created["sha256"]
+    # copied to both backup_copy places, byte for byte, private, each with its description
+    assert [c["where"] for c in created["copies"]] == [f"local:{here(d)}", f"host:bench:{offsite(d)}"]
+    assert [Path(c["path"]) for c in created["copies"]] == copied(d, created["id"])
+    for copy in copied(d, created["id"]):
+        assert copy.read_bytes() == dump.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
+        assert copy.parent.stat().st_mode & 0o777 == 0o700
+        assert json.loads(copy.with_suffix(".json").read_text())["sha256"] == created["sha256"]
     listed = result_of(ok(backups(d, "list", "production", "--json")).stdout)
     assert [b["id"] for b in listed] == [created["id"]]
-    assert created["id"] in ok(backups(d, "list", "production")).stdout
+    assert [p["where"] for p in listed[0]["places"]] == ["server", f"local:{here(d)}", f"host:bench:{offsite(d)}"]
+    text = ok(backups(d, "list", "production")).stdout
+    assert created["id"] in text and "server, local, bench" in text
 
     # change, delete, add: a table the backup does not know, rows gone, text edited
     d.sql("UPDATE users SET name = 'changed' WHERE email = 'ana@example.com'")
@@ -164,6 +223,13 @@ def test_truncated_or_corrupted_backup_is_invalid_and_refused(d: Deployment) -> 
     assert f"INVALID  {made[0]['id']}: its size is" in result.stdout and "truncated" in result.stdout
     assert f"INVALID  {made[1]['id']}: its sha256" in result.stdout and "corrupted" in result.stdout
     assert "2 of 2 backup(s) of production are invalid" in result.stderr
+    # the restore verification fails it before any scratch database is made, and keeps the verdict
+    live = databases(d)
+    result = backups(d, "verify", "production", made[1]["id"], "--restore", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    (report,) = result_of(result.stdout)
+    assert report["verification"]["state"] == "failed" and "sha256" in report["verification"]["problems"][0], report
+    assert json.loads((backup_dir(d) / f"{made[1]['id']}.json").read_text())["verification"]["state"] == "failed"
 
     # a damaged dump whose description was made to match: pg_restore cannot read it to its end
     _rewrite_meta(backup_dir(d) / f"{made[0]['id']}.json", truncated)
@@ -171,15 +237,27 @@ def test_truncated_or_corrupted_backup_is_invalid_and_refused(d: Deployment) -> 
     assert result.returncode == 1
     (report,) = result_of(result.stdout)
     assert not report["valid"] and "not a readable dump" in report["problem"], report
+    # ...and does not restore: the scratch restore says so
+    result = backups(d, "verify", "production", made[0]["id"], "--restore")
+    assert result.returncode == 1 and f"FAILED   {made[0]['id']}: FAILED its restore verification" in result.stdout, result.stdout
+    assert "pg_restore failed" in result.stdout, result.stdout
+    assert databases(d) == live and scratch_containers(d) == []
 
     before = rows(d)
     for made_one in made:
-        result = backups(d, "restore", "production", made_one["id"], "--yes")
+        result = backups(d, "restore", "production", made_one["id"], "--yes", "--from", "server")
         assert result.returncode == 1 and "is invalid" in result.stderr, result.stderr
     assert rows(d) == before and not d.lock_held()
+    # without --from, the intact copy is used: put back on the server (sha256 checked there), then restored
+    result = ok(backups(d, "restore", "production", made[1]["id"], "--yes", "--no-safety-backup"))
+    assert "the server's dump of" in result.stderr and "unusable" in result.stderr, result.stderr
+    assert f"bringing backup {made[1]['id']} back from local:{here(d)}" in result.stderr, result.stderr
+    assert corrupted.read_bytes() == (here(d) / corrupted.name).read_bytes()
+    assert d.sql("SELECT count(*) FROM filler") == [(20000,)]  # the state it was taken in
+    d.sql("DROP TABLE filler")
+    assert rows(d) == before
     for m in made:  # out of the way of the retention test
-        (backup_dir(d) / f"{m['id']}.dump").unlink()
-        (backup_dir(d) / f"{m['id']}.json").unlink()
+        remove_everywhere(d, m["id"])
 
 
 def test_dump_killed_midway_leaves_no_backup(d: Deployment) -> None:
@@ -206,6 +284,7 @@ def test_dump_killed_midway_leaves_no_backup(d: Deployment) -> None:
         assert process.returncode == 1, stderr
         assert "dump failed" in stderr and "Traceback" not in stderr
         assert files(d) == before, files(d) - before
+        assert not list(here(d).glob("*.partial")) and not list(offsite(d).glob("*.partial"))
         assert not d.lock_held()
     finally:
         d.sql("DROP TABLE big")
@@ -216,9 +295,31 @@ def test_prune_keeps_what_retention_promises(d: Deployment, saved: dict) -> None
     d.commit(add_migration(R_NOTES, EXAMPLE_HEAD, "Add notes to recipes",
                            ["op.add_column('recipes', sa.Column('notes', sa.Text(), nullable=True))"],
                            ["op.drop_column('recipes', 'notes')"]), "add notes")
+    counted = {f"public.{t}": d.sql(f"SELECT count(*) FROM {t}")[0][0] for t in ("users", "recipes")}
     release = d.release()
     pre_upgrade = release["backup"]
     assert pre_upgrade
+    # once recorded, the release's backup was restored into a scratch database: revision and
+    # every table's rows equal what the dump recorded in its snapshot (and what the database held)
+    verdict = release["backup_verification"]
+    described = json.loads((backup_dir(d) / f"{pre_upgrade}.json").read_text())
+    assert verdict["state"] == "verified" and verdict["problems"] == [], verdict
+    assert verdict["revision"] == [EXAMPLE_HEAD] == described["baseline"]["revision"]
+    assert verdict["tables"] == described["baseline"]["tables"] == counted, (verdict, described["baseline"])
+    assert described["verification"] == verdict and "no network" in verdict["method"]
+    steps = {s["name"]: s["status"] for s in release["steps"]}
+    assert steps["verify_backup"] == "ok" and steps["copy_backup"] == "ok", release["steps"]
+    assert [c["where"] for c in release["backup_copies"]] == [f"local:{here(d)}", f"host:bench:{offsite(d)}"]
+    assert len(copied(d, pre_upgrade)) == 2
+    assert json.loads((here(d) / f"{pre_upgrade}.json").read_text())["verification"]["state"] == "verified"
+    assert scratch_containers(d) == []  # the scratch database went with the verification
+    assert [r["id"] for r in d.journal()][-1] == release["id"]  # journaled before the verification ran
+    status = d.deployer("status", "production", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    newest = result_of(status.stdout)["last_backup"]
+    assert newest["id"] == pre_upgrade and newest["verification"] == "verified", newest
+    assert newest["copies"] == [f"local:{here(d)}", f"host:bench:{offsite(d)}"]
+    assert "restore-verified" in d.deployer("status", "production").stdout
     manual = [result_of(ok(backups(d, "create", "production", "--json")).stdout)["id"] for _ in range(3)]
     (backup_dir(d) / "20000101T000000000000Z.dump.partial").write_bytes(b"left by a killed dump")
     everything = [b["id"] for b in result_of(ok(backups(d, "list", "production", "--json")).stdout)]
@@ -232,12 +333,21 @@ def test_prune_keeps_what_retention_promises(d: Deployment, saved: dict) -> None
     assert plan["leftovers"] == [str(backup_dir(d) / "20000101T000000000000Z.dump.partial")]
     assert len(files(d)) == 2 * len(everything) + 1  # a dry run removes nothing
 
+    # each copy place on its own: the same rule over what it holds (the pre-restore safety
+    # backups were not copied), and nothing removed yet
+    for place, directory in zip(plan["copies"], (here(d), offsite(d)), strict=True):
+        held = {p.stem for p in directory.glob("*.json")}
+        assert place["error"] is None and set(place["removed"]) == held - {k["id"] for k in place["kept"]}, place
+        assert {k["id"] for k in place["kept"]} == {manual[-1], manual[-2], pre_upgrade}, place
+
     text = ok(backups(d, "prune", "production", "--keep", "2")).stdout
     assert f"keep     {pre_upgrade}" in text
     remaining = [b["id"] for b in result_of(ok(backups(d, "list", "production", "--json")).stdout)]
     assert sorted(remaining) == sorted(kept)
     assert files(d) == {f"{i}{suffix}" for i in kept for suffix in (".dump", ".json")}
     assert all((backup_dir(d) / name).stat().st_mode & 0o777 == 0o600 for name in files(d))
+    for directory in (here(d), offsite(d)):
+        assert {p.name for p in directory.iterdir()} == {f"{i}{suffix}" for i in kept for suffix in (".dump", ".json")}
     assert "nothing to prune" in ok(backups(d, "prune", "production", "--keep", "2")).stdout
     ok(backups(d, "verify", "production"))
 
@@ -254,6 +364,162 @@ def test_restore_into_a_fresh_empty_database(d: Deployment, saved: dict) -> None
     assert outcome["revision_before"] == [] and outcome["revision_after"] == [EXAMPLE_HEAD]
     assert rows(d) == expected
     assert outcome["safety_backup"]["revision"] == []
+
+
+ROT_PLAYBOOK = """\
+description = "the default release, with the newest dump damaged right after it was taken"
+
+[[steps]]
+step = "preflight"
+[[steps]]
+step = "lock"
+[[steps]]
+step = "snapshot"
+[[steps]]
+step = "sync"
+[[steps]]
+step = "build"
+[[steps]]
+step = "database_up"
+[[steps]]
+step = "backup"
+always = true
+[[steps]]
+step = "run"
+name = "disk rot"
+command = ["sh", "-c", "f=$(ls -t {backups}/*.dump | head -n 1); printf rot | dd of=\\"$f\\" bs=1 seek=200 conv=notrunc 2>/dev/null"]
+[[steps]]
+step = "migrate"
+[[steps]]
+step = "swap"
+[[steps]]
+step = "verify"
+[[steps]]
+step = "health"
+[[steps]]
+step = "record"
+[[steps]]
+step = "verify_backup"
+[[steps]]
+step = "copy_backup"
+"""
+
+
+def test_a_release_whose_dump_rots_stays_and_its_backup_is_marked_and_refused(d: Deployment) -> None:
+    # the database is behind the code since the previous test: this release migrates too
+    commit = d.commit({"playbooks/rot.toml": ROT_PLAYBOOK.format(backups=backup_dir(d))}, "a playbook that damages the dump")
+    released = d.release("--playbook", "rot")
+    backup_id = released["backup"]
+    verdict = released["backup_verification"]
+    assert released["outcome"] == "succeeded" and verdict["state"] == "failed", released
+    assert "sha256" in verdict["problems"][0] and "corrupted" in verdict["problems"][0], verdict
+    steps = {s["name"]: s for s in released["steps"]}
+    assert steps["verify_backup"]["status"] == "ok" and steps["copy_backup"]["status"] == "failed", released["steps"]
+    assert "does not match its sha256" in steps["copy_backup"]["detail"]  # no copy of a damaged dump is kept
+    assert copied(d, backup_id) == [] and not list(here(d).glob("*.partial"))
+    # the release stays: recorded, its code serving, its schema in place
+    assert d.journal()[-1]["id"] == released["id"] and d.journal()[-1]["outcome"] == "succeeded"
+    assert d.server_head() == commit and d.revision() == (R_NOTES,) and d.get("/health")[0] == 200
+    assert not (d.state_path / "run.json").exists() and not d.lock_held()
+    # and everything that shows backups says so
+    status = d.deployer("status", "production", "--json")
+    assert status.returncode == 15, status.stdout + status.stderr
+    assert any(f"the newest backup {backup_id} FAILED its restore verification" in p
+               for p in result_of(status.stdout)["problems"]), status.stdout
+    listing = ok(backups(d, "list", "production")).stdout
+    assert f"!! {backup_id} FAILED its restore verification" in listing, listing
+    result = backups(d, "restore", "production", backup_id, "--yes")
+    assert result.returncode == 1 and "is invalid" in result.stderr and "no copy" in result.stderr, result.stderr
+    assert d.revision() == (R_NOTES,)
+    remove_everywhere(d, backup_id)
+
+
+def test_a_backup_that_restores_different_rows_fails_and_is_restored_only_with_force(d: Deployment) -> None:
+    before = rows(d)
+    made = result_of(ok(backups(d, "create", "production", "--json", "--verify")).stdout)
+    assert made["verification"]["state"] == "verified" and made["verification"]["tables"]["public.users"] == len(before["users"])
+    # the dump-time record says one more user than the dump holds: a dump that lost a row
+    meta = backup_dir(d) / f"{made['id']}.json"
+    data = json.loads(meta.read_text())
+    data["baseline"]["tables"]["public.users"] += 1
+    meta.write_text(json.dumps(data))
+    live = databases(d)
+    result = backups(d, "verify", "production", made["id"], "--restore", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    (report,) = result_of(result.stdout)
+    problems = report["verification"]["problems"]
+    assert report["verification"]["state"] == "failed" and problems == [
+        f"public.users: {len(before['users'])} rows restored, {len(before['users']) + 1} recorded"], report
+    assert databases(d) == live and scratch_containers(d) == []
+    assert "FAILED" in ok(backups(d, "list", "production")).stdout
+
+    d.sql("DELETE FROM recipes")
+    result = backups(d, "restore", "production", made["id"], "--yes", "--no-safety-backup")
+    assert result.returncode == 6, result.stderr
+    assert "failed its restore verification" in result.stderr and "--force" in result.stderr, result.stderr
+    assert d.sql("SELECT count(*) FROM recipes") == [(0,)] and not d.lock_held()
+    result = ok(backups(d, "restore", "production", made["id"], "--yes", "--no-safety-backup", "--force"))
+    assert "restoring it anyway (--force)" in result.stderr
+    assert rows(d) == before
+
+
+def test_restore_from_a_copy_after_the_servers_was_deleted_brings_every_row_back(d: Deployment) -> None:
+    before = rows(d)
+    made = result_of(ok(backups(d, "create", "production", "--json")).stdout)
+    for source, where in (("", f"local:{here(d)}"), ("bench", f"host:bench:{offsite(d)}")):
+        (backup_dir(d) / f"{made['id']}.dump").unlink()
+        (backup_dir(d) / f"{made['id']}.json").unlink()
+        listed = {b["id"]: b for b in result_of(ok(backups(d, "list", "production", "--json")).stdout)}
+        assert [p["where"] for p in listed[made["id"]]["places"]] == [f"local:{here(d)}", f"host:bench:{offsite(d)}"]
+        d.sql("DELETE FROM recipes")
+        d.sql("UPDATE users SET name = 'lost'")
+        assert rows(d) != before
+        result = ok(backups(d, "restore", "production", made["id"], "--yes", "--no-safety-backup",
+                            *(("--from", source) if source else ())))
+        assert f"bringing backup {made['id']} back from {where}" in result.stderr, result.stderr
+        assert rows(d) == before
+        # back on the server, byte for byte, described
+        assert (backup_dir(d) / f"{made['id']}.dump").read_bytes() == (here(d) / f"{made['id']}.dump").read_bytes()
+        assert json.loads((backup_dir(d) / f"{made['id']}.json").read_text())["sha256"] == made["sha256"]
+    result = backups(d, "restore", "production", made["id"], "--yes", "--from", "elsewhere")
+    assert result.returncode == 1 and "keeps no copy at 'elsewhere'" in result.stderr, result.stderr
+
+
+def test_an_interrupted_scratch_restore_leaves_nothing_and_never_touches_the_live_database(d: Deployment) -> None:
+    d.sql("CREATE TABLE ballast AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS junk "
+          "FROM generate_series(1, 200000) AS g")
+    try:
+        made = result_of(ok(backups(d, "create", "production", "--json")).stdout)
+        live = databases(d)
+        for signal_name in ("SIGINT", "SIGKILL"):
+            run = Background(d, ("backups", "verify", "production", made["id"], "--restore"))
+            scratch = wait_scratch(d, alive=run)
+            # no way to the live database: no network, no volume of the app, limited
+            assert scratch["HostConfig"]["NetworkMode"] == "none"
+            mounts = [m.get("Name") for m in scratch["Mounts"]]
+            assert f"{d.name}_dbdata" not in mounts and all(m["Type"] == "volume" for m in scratch["Mounts"]), mounts
+            assert scratch["HostConfig"]["NanoCpus"] == 10**9 and scratch["HostConfig"]["Memory"] == 1 << 30
+            wait_process("pg_restore", "--single-transaction", alive=run)  # restoring into it now
+            if signal_name == "SIGINT":
+                run.signal(2)
+                assert run.finish() == 130, run.output
+                assert "Traceback" not in run.output
+                wait_no_scratch(d, timeout=10)  # deployer removed it itself
+            else:
+                run.kill()
+                run.finish()
+                wait_lease_gone(d)
+                wait_no_scratch(d)  # the lease's holder removed it when its owner vanished
+            assert not any(volume_exists(name) for name in mounts if name), mounts
+            assert json.loads((backup_dir(d) / f"{made['id']}.json").read_text())["verification"] is None
+            assert databases(d) == live
+        # nothing left in the way: the next verification runs to its end
+        result = ok(backups(d, "verify", "production", made["id"], "--restore", "--json"))
+        (report,) = result_of(result.stdout)
+        assert report["verification"]["state"] == "verified" and report["verification"]["tables"]["public.ballast"] == 200000
+        assert databases(d) == live and scratch_containers(d) == []
+    finally:
+        d.sql("DROP TABLE IF EXISTS ballast")
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -318,6 +584,7 @@ PYTHON_IMAGE = "{bench_images.python}"
 
 def test_sqlite_backup_restore_and_corruption(sqlite_target) -> None:  # noqa: ANN001
     from deployer.server import backups as api
+    from deployer.server import verification
 
     t = sqlite_target
 
@@ -331,10 +598,14 @@ def test_sqlite_backup_restore_and_corruption(sqlite_target) -> None:  # noqa: A
         "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); "
         "INSERT INTO notes (body) VALUES ('Crème brûlée 🍮'), ('zoë'), ('中文');")
     before = contents()
-    made, _ = api.create_environment(t)
+    made = api.create_environment(t).backup
     assert made.engine == "sqlite" and made.revision == ("abc123",) and made.reason == "manual"
     assert Path(made.path).stat().st_mode & 0o777 == 0o600
     api.verify(t, made)
+    # restored into a scratch copy in a throwaway container of the web image: revision and rows as recorded
+    (checked,) = verification.verify_environment(t, [made.id])
+    assert checked.verification is not None and checked.verification.state == "verified", checked.verification
+    assert checked.verification.revision == ("abc123",) and checked.verification.tables == {"notes": 3}
 
     sql("UPDATE notes SET body = 'changed'; DELETE FROM notes WHERE id = 2; UPDATE alembic_version SET version_num = 'def456';")
     assert contents() != before
@@ -356,6 +627,9 @@ def test_sqlite_backup_restore_and_corruption(sqlite_target) -> None:  # noqa: A
     Path(made.meta_path).write_text(json.dumps(meta))
     problem = api.check(t, api.find(t, made.id))
     assert problem is not None and "not a readable dump" in problem, problem
+    (checked,) = verification.verify_environment(t, [made.id])
+    assert checked.verification is not None and checked.verification.state == "failed", checked.verification
+    assert "not a sound SQLite database" in checked.verification.problems[0], checked.verification
     with pytest.raises(api.BackupError, match="is invalid"):
         api.restore_environment(t, made.id, yes=True)
     assert contents() == before

@@ -51,9 +51,12 @@ from tests.bench.faults import (
     project_containers,
     running_heads,
     small_tmpfs,
+    volume_exists,
     wait_backend,
     wait_lease_gone,
+    wait_no_scratch,
     wait_process,
+    wait_scratch,
     writing,
 )
 from tests.bench.sshd import SSHBench
@@ -426,6 +429,48 @@ def test_sigkill_inside_backup(kind: str, stages) -> None:  # noqa: ANN001
             run.kill()
 
         run_case(stage, fault, expect_exit={KILLED})
+    finally:
+        stage.drop_ballast()
+
+
+@pytest.mark.parametrize("kind", on(("ssh",), "kill"))
+def test_sigkill_inside_backup_verification_keeps_the_recorded_release(kind: str, stages) -> None:  # noqa: ANN001
+    """The release is recorded before its backup is restore-verified: deployer killed while
+    the scratch database restores leaves the release in place (nothing to converge, status
+    in sync), and the lease's holder removes the scratch container and its volume."""
+    stage = stages(kind, "kill")
+    d = stage.d
+    stage.ballast(400_000)
+    try:
+        stage.migration()
+        before = len(d.journal())
+        with writing(d.web_port) as writer:
+            run = stage.start()
+            run.wait_line(r"^> verify_backup\b")
+            scratch = wait_scratch(d, alive=run)
+            volumes = [m["Name"] for m in scratch["Mounts"] if m.get("Name")]
+            assert scratch["HostConfig"]["NetworkMode"] == "none" and f"{d.name}_dbdata" not in volumes
+            wait_process("pg_restore", "--single-transaction", alive=run)  # restoring into it now
+            run.kill()
+            assert run.finish() == KILLED
+            stage.outputs.append(run.output)
+            wait_lease_gone(d)
+            wait_no_scratch(d)
+            assert not any(volume_exists(name) for name in volumes), volumes
+            assert left_run(stage) is None  # journaled, its step log gone: nothing to converge
+            code, doc = stage.status()
+            # in sync; only the lock's record says its owner went (the next command takes it over)
+            assert doc["interrupted"] is None and doc["database"]["verdict"] == "up to date", doc
+            assert all("the lock's owner" in problem for problem in doc["problems"]), doc["problems"]
+            assert code == (15 if doc["problems"] else 0), doc
+            assert doc["last_backup"]["verification"] is None, doc["last_backup"]
+            revision = assert_safe(stage, writer)
+        assert revision == (stage.head,) and d.server_head() == d.origin.head()
+        journal = d.journal()[before:]
+        assert [r["outcome"] for r in journal] == ["succeeded"], journal
+        # nothing stands in the way of verifying that backup now
+        result = stage.deployer("backups", "verify", stage.env, journal[0]["backup"], "--restore", timeout=600)
+        assert result.returncode == 0 and "restore-verified" in result.stdout, result.stdout + result.stderr
     finally:
         stage.drop_ballast()
 

@@ -99,7 +99,7 @@ def check_plan_is_the_run(d: Deployment, book, **options: Any) -> None:  # noqa:
         assert list(step.commands) == ran[step.label], f"step {step.label}: the plan and the run differ"
     # The host got exactly what the run listed, in order; anything else it got is a read.
     listed = [filled(text, running.values) for label, text in running.trace
-              if not text.startswith(("wait:", "read:", "take the deploy lock"))]
+              if not text.startswith(("wait:", "read:", "take the deploy lock", "copy "))]
     position = 0
     extra = []
     for call in host.calls:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.bench.cli import result as result_of
@@ -138,8 +140,9 @@ def test_irreversible_downgrade_refused_then_restored_from_backup(d: Deployment,
                       ["raise RuntimeError('irreversible: the original names are gone')"]),
         "irreversible",
     )
-    d.release()
+    released = d.release()
     assert d.revision() == (M_IRREVERSIBLE,)
+    assert released["backup_verification"]["state"] == "verified", released["backup_verification"]
     d.sql("INSERT INTO users (email, name) VALUES ('after@example.com', 'After')")
     d.sql("DELETE FROM comments")
 
@@ -148,8 +151,15 @@ def test_irreversible_downgrade_refused_then_restored_from_backup(d: Deployment,
     # no terminal, no --yes: a restore needs confirmation and is refused, never hangs
     stderr = refused(d, "previous", "--restore-backup")
     assert "--yes" in stderr
+    # a backup marked as failing its restore verification is refused even with --yes; --force takes it
+    meta = d.backup_path / f"{released['backup']}.json"
+    described = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**described, "verification": {
+        **described["verification"], "state": "failed", "problems": ["public.users: 1 rows restored, 2 recorded"]}}))
+    stderr = refused(d, "previous", "--restore-backup", "--yes")
+    assert f"backup {released['backup']} failed its restore verification" in stderr and "--force" in stderr, stderr
 
-    result = d.deployer("rollback", d.env_name, "previous", "--restore-backup", "--yes", "--json")
+    result = d.deployer("rollback", d.env_name, "previous", "--restore-backup", "--yes", "--force", "--json")
     assert result.returncode == 0, result.stderr
     assert "lose" in result.stderr  # it said how much later data is lost
     assert d.revision() == revision

@@ -168,7 +168,7 @@ def test_dump_argv_runs_pg_dump_in_the_db_service_with_a_lock_timeout(target: Ta
     argv = backups.dump_argv(target, lock_wait_timeout=2.5)
     assert argv[:2] == [str(Path(target.env.path).parent / "fake-compose"), "--project-name"]
     assert argv[-8:-3] == ["exec", "-T", "db", "sh", "-c"] and argv[-2:] == ["sh", "2500ms"]
-    assert "pg_dump --format=custom --lock-wait-timeout=\"$1\"" in argv[-3]
+    assert "pg_dump --format=custom --compress=1 --lock-wait-timeout=\"$1\"" in argv[-3]
     sqlite = replace(target, env=replace(target.env, database_url="sqlite:////data/app.db"))
     assert backups.engine_of(sqlite) == backups.SQLITE and backups.engine_of(target) == backups.POSTGRESQL
     argv = backups.dump_argv(sqlite)
@@ -242,3 +242,105 @@ def test_download_checks_the_copy(target: Target, tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="does not match its sha256"):
         backups.download(target, placed, tmp_path / "copies")
     assert os.listdir(tmp_path / "copies") == []
+
+
+def test_a_written_dump_reports_its_exit_and_the_checksum_of_the_file(tmp_path: Path) -> None:
+    host = LocalHost()
+    out = tmp_path / "dump.partial"
+    result = host.run(list(backups.to_file(["printf", "some dump bytes"], str(out))))
+    written = backups.parse_written(result.stdout)
+    assert written == backups.Written(0, hashlib.sha256(b"some dump bytes").hexdigest()) and written.ok
+    assert out.read_bytes() == b"some dump bytes" and stat.S_IMODE(out.stat().st_mode) == 0o600
+    # the dump fails midway: its status, and no checksum of half a dump
+    failed = backups.parse_written(host.run(list(backups.to_file(["sh", "-c", "printf half; exit 3"], str(out)))).stdout)
+    assert failed == backups.Written(3, None) and not failed.ok
+    # a full disk: the write fails, so does the dump
+    full = host.run(list(backups.to_file(["sh", "-c", "head -c 100000 /dev/zero"], "/dev/full")))
+    written = backups.parse_written(full.stdout)
+    assert written.dump_exit not in (0, None) and not written.ok and "No space left" in full.stderr
+    message = backups._dump_failure("postgresql", "h", full, written)
+    assert message.startswith("the postgresql dump failed on h") and "No space left" in message
+    assert backups.parse_written("") == backups.Written(None, None)
+
+
+# --------------------------------------------------------------------------- copies (backup_copy), on this machine
+
+
+def with_copies(target: Target, *places: str) -> Target:
+    from deployer.config import parse_backup_copy
+
+    return replace(target, env=replace(target.env, backup_copies=tuple(parse_backup_copy(p) for p in places)))
+
+
+def test_copies_are_checksummed_where_they_arrive_listed_and_brought_back(target: Target, tmp_path: Path) -> None:
+    from deployer.actions import drive
+    from deployer.server import copies
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    t = with_copies(target, f"local:{here}", f"local:{there}", "local:/dev/null/cannot")
+    placed = _place(t, B[0], b"a dump's bytes")
+    updated, failed = drive(t.host, copies.copy_steps(t, placed), {})
+    assert len(failed) == 1 and failed[0].startswith("local:/dev/null/cannot: ")  # one place failing stops no other
+    assert [c.where for c in updated.copies] == [f"local:{here}", f"local:{there}"]
+    for directory in (here, there):
+        dump = directory / f"{placed.id}.dump"
+        assert dump.read_bytes() == b"a dump's bytes" and stat.S_IMODE(dump.stat().st_mode) == 0o600
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert json.loads((directory / f"{placed.id}.json").read_text())["sha256"] == placed.sha256
+    # the server's description says where the copies are
+    assert [c.where for c in backups.find(t, placed.id).copies] == [f"local:{here}", f"local:{there}"]
+    located, unreadable = copies.locate_all(t, backups.list_backups(t))
+    assert [item.places for item in located] == [("server", f"local:{here}", f"local:{there}")]
+    assert len(unreadable) == 1 and unreadable[0].startswith("local:/dev/null/cannot: cannot list /dev/null/cannot")
+
+    # the server's dump is gone: a restore takes the first copy, put back and checked on the server
+    Path(placed.path).unlink()
+    Path(placed.meta_path).unlink()
+    chosen, origin = backups.choose(t, placed.id)
+    assert origin is not None and origin.where == f"local:{here}" and chosen.path == str(here / f"{placed.id}.dump")
+    back = copies.bring_back(t, chosen, origin)
+    assert Path(back.path).read_bytes() == b"a dump's bytes" and back.path == placed.path
+    assert stat.S_IMODE(Path(back.path).stat().st_mode) == 0o600 and backups.find(t, placed.id).sha256 == placed.sha256
+    # the server's dump damaged: the intact copy is used, or the place asked for
+    Path(placed.path).write_bytes(b"a dump's bytez")
+    assert backups.choose(t, placed.id)[1].where == f"local:{here}"  # type: ignore[union-attr]
+    assert backups.choose(t, placed.id, "local:" + str(there))[1].where == f"local:{there}"  # type: ignore[union-attr]
+    with pytest.raises(BackupError, match="keeps no copy at 'nowhere'"):
+        backups.choose(t, placed.id, "nowhere")
+    # a damaged copy is refused on its way back, and leaves nothing on the server
+    (here / f"{placed.id}.dump").write_bytes(b"a dump's bytez")
+    with pytest.raises(BackupError, match="does not match its recorded sha256"):
+        copies.bring_back(t, *copies.find_copy(t, placed.id, "local:" + str(here)))
+    assert not list(Path(t.env.backup_dir).glob("*.partial"))
+
+
+def test_a_damaged_dump_is_not_copied(target: Target, tmp_path: Path) -> None:
+    from deployer.actions import drive
+    from deployer.server import copies
+
+    t = with_copies(target, f"local:{tmp_path / 'here'}")
+    placed = _place(t, B[0], b"a dump's bytes")
+    Path(placed.path).write_bytes(b"rotten bytes!!")
+    updated, failed = drive(t.host, copies.copy_steps(t, placed), {})
+    assert updated.copies == () and "does not match its sha256" in failed[0]
+    assert list((tmp_path / "here").iterdir()) == []
+
+
+def test_prune_applies_retention_at_every_place(target: Target, tmp_path: Path) -> None:
+    from deployer.actions import drive
+    from deployer.server import copies
+
+    here = tmp_path / "here"
+    t = with_copies(target, f"local:{here}")
+    placed = [_place(t, b, b"dump") for b in B[:4]]
+    for item in placed[1:]:  # the oldest one was never copied
+        drive(t.host, copies.copy_steps(t, item), {})
+    (here / "x.dump.partial").write_bytes(b"half a copy")
+    dry = backups.prune(t, keep=2, dry_run=True)
+    (place,) = dry.copies
+    assert [b.id for b, _ in place.retention.kept] == [placed[3].id, placed[2].id]
+    assert [b.id for b in place.retention.removed] == [placed[1].id] and place.retention.leftovers == (str(here / "x.dump.partial"),)
+    assert len(list(here.iterdir())) == 7  # a dry run removes nothing
+    done = backups.prune(t, keep=2)
+    assert done.to_dict()["copies"][0]["removed"] == [placed[1].id]
+    assert sorted(p.name for p in here.iterdir()) == sorted(f"{b.id}{s}" for b in placed[2:] for s in (".dump", ".json"))

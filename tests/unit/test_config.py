@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -603,3 +604,28 @@ def test_credential_headers_are_secrets(tmp_path: Path) -> None:
     body = show_config(config, "production")["environments"]["production"]
     assert body["healthcheck_headers"] == {"Authorization": "***", "Cookie": "***", "X-Forwarded-Proto": "https"}
     assert config.redact("curl -H 'Authorization: Bearer tok-literal-987'") == "curl -H 'Authorization: ***'"
+
+
+def test_backup_copy_places(tmp_path: Path) -> None:
+    from deployer.config import BackupCopy, parse_backup_copy
+    from deployer.hosts.spec import HostSpec
+
+    assert parse_backup_copy("local:~/backups/shop/") == BackupCopy("local:~/backups/shop/", "~/backups/shop")
+    assert parse_backup_copy("local:/var/backups//shop") == BackupCopy("local:/var/backups//shop", "/var/backups/shop")
+    remote = parse_backup_copy("host:backup@203.0.113.5:2222:/srv/backups")
+    assert remote.host == HostSpec("203.0.113.5", "backup", 2222) and remote.directory == "/srv/backups"
+    assert remote.label == "backup@203.0.113.5:2222" and not remote.is_local
+    for bad, why in [("local:backups", "must be absolute"), ("local:/a/../b", 'no ".."'), ("host:x:rel", "absolute DIR"),
+                     ("host:local:/x", 'write "local:DIR"'), ("s3:bucket", 'expected "local:DIR"')]:
+        with pytest.raises(ValueError, match=why):
+            parse_backup_copy(bad)
+    (tmp_path / "deploy.toml").write_text('[app]\nname = "shop"\n[environments.p]\nhost = "local"\npath = "/srv/s"\n'
+                                          'backup_copy = "local:/b"\n')
+    assert [str(c) for c in load_config(tmp_path / "deploy.toml").environment("p").backup_copies] == ["local:/b"]
+    for value, message in [('"local:b"', 'backup_copy: "local:b": the directory of "local:DIR" must be absolute'),
+                           ('["local:/b", "local:/b"]', "backup_copy: local:/b is listed twice"),
+                           ("[3]", "backup_copy: expected an array of strings")]:
+        (tmp_path / "deploy.toml").write_text('[app]\nname = "shop"\n[environments.p]\nhost = "local"\npath = "/srv/s"\n'
+                                              f"backup_copy = {value}\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(tmp_path / "deploy.toml")

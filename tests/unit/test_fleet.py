@@ -71,7 +71,7 @@ def test_the_built_in_playbooks_migrate_once_and_switch_in_batches(name: str) ->
     book = load_playbook(name, Path("/nonexistent"))
     phases = schedule(book.steps, [kind(step.name).scope for step in book.steps], 3)
     ran = {(step.name, host) for phase in phases for step in phase.steps for host in phase.hosts}
-    for once in ("backup", "migrate", "verify"):
+    for once in ("backup", "migrate", "verify", "verify_backup", "copy_backup"):
         assert {host for step, host in ran if step == once} == {0}, once
     assert {host for step, host in ran if step == "health"} == {0, 1, 2}
     assert [p.hosts for p in phases if p.batch] == [(0,), (1,), (2,)]
@@ -86,7 +86,7 @@ def test_a_rollback_downgrades_once_switches_every_host_and_swaps_in_batches() -
     book = rollbacks.playbook()
     phases = schedule(book.steps, [kind(step.name).scope for step in book.steps], 3, batch=2)
     ran = {(step.name, host) for phase in phases for step in phase.steps for host in _where(step, phase)}
-    for once in ("backup", "schema", "verify"):
+    for once in ("backup", "schema", "verify", "verify_backup", "copy_backup"):
         assert {host for step, host in ran if step == once} == {0}, once
     for everywhere in ("rollback_preflight", "lock", "switch", "swap", "health", "record"):
         assert {host for step, host in ran if step == everywhere} == {0, 1, 2}, everywhere

@@ -16,8 +16,9 @@ def test_shipped_playbooks() -> None:
     release = load_playbook("release", ROOT)
     assert release.names() == [
         "preflight", "lock", "snapshot", "sync", "build", "database_up", "lint", "backup", "hold", "migrate", "swap", "verify",
-        "health", "contract", "record",
+        "health", "contract", "record", "verify_backup", "copy_backup",
     ]
+    assert [s.name for s in release.split()[1]] == ["verify_backup", "copy_backup"]  # after the release is recorded
     classic = load_playbook("classic", ROOT)
     names = classic.names()
     # the tutorial's order: stop, build, up, then migrate
@@ -73,6 +74,11 @@ BASE = [{"step": "preflight"}, {"step": "lock"}]
         ({"steps": [*BASE, {"step": "sync"}, {"step": "sync"}]}, "step `sync` appears more than once"),
         ({"steps": [*BASE, {"step": "migrate"}, {"step": "backup"}]}, "`backup` must come before `migrate`"),
         ({"steps": [*BASE, {"step": "record"}, {"step": "health"}]}, "`record` must be the last step"),
+        ({"steps": [*BASE, {"step": "record"}, {"step": "verify_backup"}, {"step": "health"}]},
+         "`verify_backup` runs after the release is recorded"),
+        ({"steps": [*BASE, {"step": "verify_backup"}, {"step": "record"}]}, "`verify_backup` runs after the release is recorded"),
+        ({"steps": [*BASE, {"step": "record"}, {"step": "copy_backup"}, {"step": "copy_backup"}]},
+         "step `copy_backup` appears more than once"),
         ({"steps": [*BASE, {"step": "migrate"}, {"step": "hold"}, {"step": "swap"}]}, "`hold` must come before `migrate`"),
         ({"steps": [*BASE, {"step": "hold"}, {"step": "migrate"}]}, "`hold` needs a `swap` step after it"),
         ({"steps": [*BASE, {"step": "swap"}, {"step": "migrate"}]}, "`swap` must come after `migrate`"),
