@@ -69,6 +69,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "lock_retries": "How many times a migration that gave up waiting for a lock is tried again.",
         "migration_policy": "What the migration safety gate does about a migration that locks or rewrites a big table.",
         "lint_min_rows": "Rows from which a table counts as big for the migration safety gate.",
+        "backup_copy": ('Where every backup is copied besides backup_dir: "local:DIR" on the machine running deployer '
+                        'and/or "host:HOST:DIR" on another host; checksummed where it arrives (see docs/backups.md).'),
         "keep_releases": ("How many of the newest successful releases keep their images for a rollback (the running "
                           "one is kept too); a release prunes the others' image tags after it is journaled."),
         "engine": ("What runs the services: docker compose on each host, or Docker Swarm across the hosts "
