@@ -264,6 +264,8 @@ def test_a_migrating_release_runs_the_migration_once_and_fails_no_request(swarm:
     assert after["web"] != before["web"] and after["db"] == before["db"], (before, after)
     assert {image for _, image in swarm.web_tasks()} == {after["web"]}
     assert observer.ok > 100 and not observer.failed, (observer.ok, observer.failed[:5])
+    print(f"swarm release: {observer.ok} requests through both nodes, {len(observer.failed)} failed; "
+          f"deployer's prober: {done['served']}")
     served = done["served"]
     assert served and served["failed"] == 0 and served["probes"] > 0, served
     steps = {s["name"]: s["detail"] for s in done["steps"]}
