@@ -231,8 +231,13 @@ def after_fault(stage: Stage, run: Background, *, expect_exit: set[int], journal
     assert code in expect_exit, f"exit {code}, expected {sorted(expect_exit)}:\n{run.output}\n{stage.d.logs()}"
     assert not TRACEBACK.search(run.output), run.output
     wait_lease_gone(stage.d)
-    left = left_run(stage)
-    status_code, doc = stage.status()
+    for _ in range(5):
+        left = left_run(stage)
+        status_code, doc = stage.status()
+        if left_run(stage) == left:
+            break
+        # A write of the step log the killed run had sent just before it died (over SSH it
+        # goes on in the server's command shell) landed between the two reads: look again.
     if left is not None:
         step = left["progress"][-1]["step"]
         assert status_code == 16, doc
