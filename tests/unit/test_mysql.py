@@ -366,7 +366,7 @@ def test_the_dump_argv_passes_no_password_and_names_the_hold(target: Target) -> 
     argv = backups.dump_argv(target, location=LOCATION, snapshot="42")
     assert argv[-11:-5] == ["exec", "-T", "db", "sh", "-c", backups.MYSQL_DUMP]
     assert argv[-5:] == ["sh", "3306", "gb", "gb", "42"]
-    assert not any("pw" == a or ":pw@" in a for a in argv)
+    assert not any(a == "pw" or ":pw@" in a for a in argv)
 
 
 def test_the_dump_ends_the_hold_once_its_snapshot_exists_and_is_gzipped(target: Target, tools: Path) -> None:
