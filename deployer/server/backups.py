@@ -125,6 +125,16 @@ code=$(cat "$state/dump" 2>/dev/null || echo 1)
 [ "$code" = 0 ] || exit "$code"
 exit "$(cat "$state/gzip" 2>/dev/null || echo 1)"
 """
+# Reads a dump's first lines (stdin): the header mysqldump (mariadb-dump) writes. What a fresh
+# dump is checked with, as PostgreSQL's is by its table of contents: its exit status (gzip's
+# too) and checksum say it was written whole; the restore verification proves it restores.
+MYSQL_HEAD = r"""command -v gzip >/dev/null || { echo "the db image has no gzip" >&2; exit 127; }
+head=$(gzip -dc 2>/dev/null | head -n 5)
+case $head in
+    *"-- MariaDB dump"*|*"-- MySQL dump"*) echo "its header read back" ;;
+    *) echo "it does not start like a mysqldump dump" >&2; exit 1 ;;
+esac
+"""
 # Reads a dump (stdin) to its end: gzip's checksum, and mysqldump's last line.
 MYSQL_READ = r"""command -v gzip >/dev/null || { echo "the db image has no gzip" >&2; exit 127; }
 tail=$( { gzip -dc; printf '\ngzip-exit:%s\n' "$?"; } | tail -n 3)
@@ -503,10 +513,10 @@ def readable_steps(target: Target, path: Arg, engine: str, location: DatabaseLoc
                    to_the_end: bool = True):  # noqa: ANN201
     """Probes that read a dump; returns ``(ok, what was found or why not)``.
 
-    MySQL's gzipped SQL is always read to its end (gzip's checksum, mysqldump's last line).
-    ``to_the_end``: PostgreSQL's data blocks are read too, not only the table of contents
-    (a fresh dump is checked by its exit status and the checksum taken while it streamed;
-    the proof that it restores is the restore verification, :mod:`deployer.server.verification`).
+    ``to_the_end``: PostgreSQL's data blocks are read too, not only the table of contents;
+    MySQL's gzipped SQL is decompressed to its end (gzip's checksum, mysqldump's last line),
+    not only its header (a fresh dump is checked by its exit status and its checksum; the
+    proof that it restores is the restore verification, :mod:`deployer.server.verification`).
     """
     if engine == SQLITE:
         result = yield Command(from_file(_sqlite_run(target, SQLITE_CHECK), path), check=False, timeout=DUMP_TIMEOUT)
@@ -516,7 +526,7 @@ def readable_steps(target: Target, path: Arg, engine: str, location: DatabaseLoc
         return True, f"integrity_check ok, {found[-1] if found else '?'} tables"
     if engine == MYSQL:
         # Read through the db container's gzip (no credentials: nothing connects).
-        argv = target.compose.exec(target.config.app.db_service, ["sh", "-c", MYSQL_READ])
+        argv = target.compose.exec(target.config.app.db_service, ["sh", "-c", MYSQL_READ if to_the_end else MYSQL_HEAD])
         read = yield Command(from_file(argv, path), check=False, timeout=DUMP_TIMEOUT)
         if not read.ok:
             return False, _last_line(read.stderr, "the dump could not be read to its end")

@@ -455,3 +455,13 @@ def test_a_dump_that_does_not_read_to_its_end_drops_nothing(target: Target, tool
         _restore(target, path)
     assert "one transaction, so the database was left as it was" in (raised.value.hint or "")
     assert (tools / "log").read_text() == "" and not (tools / "loaded.sql").exists()  # never connected
+
+
+def test_a_fresh_dump_has_its_header_read_back(target: Target, tools: Path) -> None:
+    header = "/*M!999999\\- enable the sandbox mode */ \n-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB\n--\n"
+    path = _dump(tools, header + DUMP * 5000)
+    ok, why = backups.drive(target.host, backups.readable_steps(target, str(path), MYSQL, to_the_end=False), {})
+    assert (ok, why) == (True, "its header read back")
+    ok, why = backups.drive(target.host, backups.readable_steps(target, str(_dump(tools, "garbage\n", "g.dump")), MYSQL,
+                                                                to_the_end=False), {})
+    assert not ok and why == "it does not start like a mysqldump dump"
