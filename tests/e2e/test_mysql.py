@@ -12,7 +12,8 @@ packages, over SSH, one deployment for the module, in order:
    table's rows as counted in the dump's snapshot), and its gate names the DDL;
 4. a manual backup, changed rows, and a restore: every row, column by column, as it was;
 5. a corrupted dump fails its verification and is refused by restore (also once its
-   description is made to match: it no longer reads to its end);
+   description is made to match: it no longer reads to its end); the intact copy kept on
+   this machine (``backup_copy``) is restored instead, every row back;
 6. a migration whose second DDL statement fails (the first one committed: a half-applied
    schema, the revision unchanged) is recovered by restoring the pre-upgrade backup: rows
    intact, the schema as before;
@@ -38,8 +39,14 @@ ALL_ROWS = "SELECT id, name, message, created_at FROM entries ORDER BY id"
 
 
 @pytest.fixture(scope="module")
-def d(module_app_deployment_factory) -> AppDeployment:  # noqa: ANN001 - a fixture
-    return module_app_deployment_factory("guestbook", "ssh")
+def copies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The backup_copy place on this machine (the laptop)."""
+    return tmp_path_factory.mktemp("guestbook-copies")
+
+
+@pytest.fixture(scope="module")
+def d(module_app_deployment_factory, copies: Path) -> AppDeployment:  # noqa: ANN001 - a fixture
+    return module_app_deployment_factory("guestbook", "ssh", environment_keys={"backup_copy": f'"local:{copies}"'})
 
 
 def columns(d: AppDeployment) -> list[tuple]:
@@ -109,6 +116,7 @@ def test_a_migrating_release_is_gated_backed_up_and_its_backup_restore_verified(
     result = d.release()
     statuses = {s["name"]: s for s in result["steps"]}
     assert statuses["backup"]["status"] == "ok" and statuses["migrate"]["status"] == "ok", result["steps"]
+    assert "its header read back" in statuses["backup"]["detail"], statuses["backup"]
     # the gate, on the SQL rendered in the new image: the two statements MariaDB commits one by one
     assert "2 DDL statement(s) in 1 revision(s)" in statuses["lint"]["detail"], statuses["lint"]
     assert "ALTER TABLE entries ADD COLUMN mood" in result["stderr"], result["stderr"][-3000:]
@@ -121,6 +129,10 @@ def test_a_migrating_release_is_gated_backed_up_and_its_backup_restore_verified(
     assert described["engine"] == "mysql" and described["baseline"]["held"] == "held", described["baseline"]
     assert described["baseline"]["tables"] == {"entries": 2} and described["baseline"]["revision"] == list(FIRST)
     assert scratch_containers(d) == []
+    # copied to this machine, byte for byte
+    assert statuses["copy_backup"]["status"] == "ok", statuses["copy_backup"]
+    (copy,) = [Path(c["path"]) for c in result["backup_copies"]]
+    assert copy.read_bytes() == (backup_dir(d) / f"{result['backup']}.dump").read_bytes()
 
     assert d.revision() == MOOD and d.sql(ALL_ROWS) == rows
     status, body = d.page()
@@ -161,9 +173,10 @@ def test_a_backup_is_restored_row_by_row(d: AppDeployment) -> None:
     assert not d.lock_held()
 
 
-def test_a_corrupted_dump_fails_verification_and_is_refused(d: AppDeployment) -> None:
+def test_a_corrupted_dump_fails_verification_and_is_refused_and_the_copy_restores(d: AppDeployment, copies: Path) -> None:
     before = d.sql("SELECT * FROM entries ORDER BY id")
     made = result_of(backups(d, "create", d.env_name, "--json").stdout)
+    assert [c["where"] for c in made["copies"]] == [f"local:{copies}"]
     dump, meta = (backup_dir(d) / f"{made['id']}{suffix}" for suffix in (".dump", ".json"))
     data = bytearray(dump.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -173,7 +186,7 @@ def test_a_corrupted_dump_fails_verification_and_is_refused(d: AppDeployment) ->
     (report,) = result_of(result.stdout)
     verdict = report["verification"]
     assert verdict["state"] == "failed" and "sha256" in verdict["problems"][0] and "corrupted" in verdict["problems"][0]
-    result = backups(d, "restore", d.env_name, made["id"], "--yes", expect=1)
+    result = backups(d, "restore", d.env_name, made["id"], "--yes", "--from", "server", expect=1)
     assert "is invalid" in result.stderr and "sha256" in result.stderr, result.stderr
 
     # its description made to match the damaged file: the dump no longer reads to its end
@@ -189,11 +202,18 @@ def test_a_corrupted_dump_fails_verification_and_is_refused(d: AppDeployment) ->
     assert f"FAILED   {made['id']}: FAILED its restore verification" in result.stdout, result.stdout
     assert "does not decompress" in result.stdout, result.stdout
     assert scratch_containers(d) == []
-    result = backups(d, "restore", d.env_name, made["id"], "--yes", "--force", expect=1)
+    result = backups(d, "restore", d.env_name, made["id"], "--yes", "--force", "--from", "server", expect=1)
     assert "is invalid" in result.stderr and "not a readable dump" in result.stderr, result.stderr
     assert d.sql("SELECT * FROM entries ORDER BY id") == before and not d.lock_held()
-    dump.unlink()
-    meta.unlink()
+
+    # the copy on this machine is intact: a restore takes it (put back on the server and checked there)
+    d.sql("DELETE FROM entries WHERE name = 'Ana'")
+    result = backups(d, "restore", d.env_name, made["id"], "--yes", "--no-safety-backup")
+    assert "unusable" in result.stderr and f"bringing backup {made['id']} back from local:{copies}" in result.stderr
+    assert d.sql("SELECT * FROM entries ORDER BY id") == before and not d.lock_held()
+    for place in (backup_dir(d), copies):
+        for suffix in (".dump", ".json"):
+            (place / f"{made['id']}{suffix}").unlink(missing_ok=True)
 
 
 def test_a_migration_that_fails_halfway_is_recovered_from_the_pre_upgrade_backup(d: AppDeployment) -> None:
