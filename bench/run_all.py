@@ -28,6 +28,7 @@ SCRIPTS = (
     ("release_overhead", ["--runs", "3"], ["--runs", "1"]),
     ("status_latency", [], []),  # its own defaults (it takes STATUS_BENCH_RUNS from the environment)
     ("backup_throughput", ["--runs", "3"], ["--rows", "100000", "--runs", "1"]),
+    ("mysql_backup", ["--runs", "3"], ["--rows", "100000", "--runs", "1"]),
     ("many_hosts", ["--runs", "3"], ["--runs", "1"]),
 )
 

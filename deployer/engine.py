@@ -109,6 +109,8 @@ class Plan:
     swap: str | None = None  # behind a proxy: overlap or pause, and why
     unchanged: str | None = None  # the run would stop after preflight: why it has nothing to do
     footer: tuple[str, ...] = ()
+    # MySQL/MariaDB: the gate's lines on the pending DDL statements that commit on their own.
+    not_transactional: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -624,6 +626,7 @@ def plan_summary(ctx: Context, book: Playbook, planned: list[PlannedStep]) -> Pl
         converge_first=ctx.scratch.get("converge_first"),
         swap=ctx.scratch["swap_mode"].describe() if ctx.scratch.get("swap_mode") else None,
         unchanged=ctx.scratch.get("unchanged"),
+        not_transactional=tuple(ctx.scratch.get("not_transactional") or ()),
         footer=(
             f"the step log {runlog.run_path(ctx.state_dir)} records the intent, then each step's start and end",
             f"the journal {journal.journal_path(ctx.state_dir)} gets the outcome; on failure, recovery undoes in reverse",

@@ -493,6 +493,13 @@ def _import_database() -> None:
     import deployer.server.facts  # noqa: F401
 
 
+def _import_mysql() -> None:
+    """Import what reading a MySQL/MariaDB database adds: PyMySQL (only for such a database)."""
+    import pymysql  # noqa: F401
+
+    import deployer.db.mysql  # noqa: F401
+
+
 def _target(cfg: Config, env_name: str, host: Host, entry: HostEntry | None = None) -> Target:
     """A Target without probing compose: status runs no compose command it can avoid."""
     from deployer.server.target import Target, make_compose, runs_some
@@ -703,6 +710,8 @@ def read_status(
             except DeployerError as error:
                 location, db_error = None, error.message
             if location is not None:
+                if location.engine == "mysql":
+                    importer.submit(_import_mysql).result()  # in the one importing thread (see above)
                 db_revisions, db_error = _read_db(target, location, every)
             elif db_error is None:
                 db_error = "nothing deployed: no compose file to locate the database with"
@@ -888,7 +897,7 @@ def _not_running(target: Target, location: Any, found: Sequence[Container]) -> s
     """Why the database did not answer: the state of the container that should run it."""
     from deployer.db.url import parse
 
-    host = parse(location.url).host if location.engine == "postgresql" else None
+    host = parse(location.url).host if location.engine in ("postgresql", "mysql") else None
     services = {c.service for c in found if not c.oneoff}
     service = host if host in services else target.config.app.db_service or target.config.app.web_service
     states = [c.state for c in found if c.service == service and not c.oneoff]

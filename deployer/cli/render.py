@@ -453,6 +453,11 @@ def render_plan(plan) -> None:  # noqa: ANN001 - deployer.engine.Plan
             out(f"    {item['revision']}  {item['message']}{flag}", "yellow" if flags else None)
     else:
         out(f"  {label}: none")
+    if plan.not_transactional:
+        head, *rest = plan.not_transactional
+        out(f"  gate     {head}", "yellow", hang=11)
+        for line in rest:
+            out(f"         {line}", "yellow", hang=13)
     if plan.swap:
         out(f"  swap     {plan.swap}", hang=11)
     out("")

@@ -1151,11 +1151,16 @@ def database_revisions(
     reached or refuses us, :class:`~deployer.errors.ConfigError` for a malformed URL;
     the password never appears in a message.
     """
-    from deployer.db.url import pg_params
+    from deployer.db.url import mysql_params, pg_params
 
     params = pg_params(url)
     if params is not None:
         return _libpq_revisions(url, params, connect_timeout, version_table, version_table_schema)
+    if mysql_params(url) is not None:
+        from deployer.db.mysql import revisions  # PyMySQL alone, whatever driver the app's URL names
+
+        return revisions(url, connect_timeout=connect_timeout, version_table=version_table,
+                         version_table_schema=version_table_schema)
     from sqlalchemy import column, create_engine, inspect, select, table
     from sqlalchemy.exc import (
         ArgumentError,

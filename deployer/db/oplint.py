@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["RULE_NAMES", "OpFinding", "operation_findings"]
+__all__ = ["RULE_NAMES", "OpDdl", "OpFinding", "ddl_operations", "operation_findings"]
 
 CONCURRENT_INDEX_CREATION = "require-concurrent-index-creation"
 CONCURRENT_INDEX_DELETION = "require-concurrent-index-deletion"
@@ -141,6 +141,61 @@ def operation_findings(source: str) -> tuple[OpFinding, ...]:
             found.extend((call.node.lineno, call.node.col_offset, finding) for finding in _findings(call, lines))
     found.sort(key=lambda item: (item[0], item[1]))  # stable: one call's findings keep their order
     return tuple(finding for _, _, finding in found)
+
+
+@dataclass(frozen=True)
+class OpDdl:
+    """One operation of ``upgrade()`` that runs DDL (what MySQL commits on its own)."""
+
+    operation: str  # the call as written, on one line of at most OPERATION_WIDTH characters
+    table: str | None
+    line: int
+    certain: bool = True  # False: ``op.execute`` of SQL built at run time, which may be DDL
+
+
+# alembic operations that emit DDL (on a batch receiver too), and where their table is.
+_DDL_TABLES: Mapping[str, tuple[int, str]] = {
+    "create_table": (0, "table_name"), "drop_table": (0, "table_name"), "rename_table": (0, "old_table_name"),
+    "add_column": (0, "table_name"), "drop_column": (0, "table_name"), "alter_column": (0, "table_name"),
+    "create_index": (1, "table_name"), "drop_index": (1, "table_name"),
+    "create_foreign_key": (1, "source_table"), "create_unique_constraint": (1, "table_name"),
+    "create_check_constraint": (1, "table_name"), "create_primary_key": (1, "table_name"),
+    "drop_constraint": (1, "table_name"), "create_table_comment": (0, "table_name"),
+    "drop_table_comment": (0, "table_name"), "create_exclude_constraint": (1, "table_name"),
+}
+# Statements MySQL commits at once (and the transaction before them): an implicit commit.
+_DDL_SQL = re.compile(r"(?:CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.IGNORECASE)
+
+
+def ddl_operations(source: str) -> tuple[OpDdl, ...]:
+    """The DDL operations of a migration script's ``upgrade()``, in source order: alembic's
+    schema operations, batch ones included, and ``op.execute`` of literal DDL (of SQL built
+    at run time: possibly DDL, ``certain`` False). A source that does not parse gives ()."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return ()
+    upgrade = _upgrade_function(tree)
+    if upgrade is None:
+        return ()
+    lines = re.split(r"\r\n|\r|\n", source)
+    found: list[tuple[int, int, OpDdl]] = []
+    for node in upgrade.body:
+        for call in _op_calls(node, {}):
+            method = _method(call.node)
+            if method == "execute":
+                sql = _literal_sql(call.arg(0, "sqltext"))
+                if sql is not None and not _DDL_SQL.match(_LEADING_SQL_COMMENTS.sub("", sql)):
+                    continue
+                item = OpDdl(_one_line(call.node, lines), None, call.node.lineno, certain=sql is not None)
+            elif method in _DDL_TABLES:
+                position, keyword = _DDL_TABLES[method]
+                item = OpDdl(_one_line(call.node, lines), call.table(position, keyword), call.node.lineno)
+            else:
+                continue
+            found.append((call.node.lineno, call.node.col_offset, item))
+    found.sort(key=lambda entry: (entry[0], entry[1]))
+    return tuple(item for _, _, item in found)
 
 
 def _upgrade_function(tree: ast.Module) -> ast.FunctionDef | ast.AsyncFunctionDef | None:

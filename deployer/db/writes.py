@@ -13,6 +13,8 @@ what changed since:
 * SQLite: the dump's own copy is counted (rows and largest rowid per table, and the schema
   version); a later difference is a change. An update in place that keeps both is not
   visible to this check: SQLite keeps no record of it.
+* MySQL/MariaDB: every table's rows and a checksum per column, counted in the dump's
+  snapshot, are compared with the table now (:mod:`deployer.db.mysql`).
 """
 
 from __future__ import annotations
@@ -43,18 +45,21 @@ class Changes:
 
     written: Mapping[str, int] = field(default_factory=dict)  # new row versions by the app
     gone: Mapping[str, int] = field(default_factory=dict)  # rows of the dump no longer there
-    exact: bool = True  # False: an engine that cannot see every kind of change (SQLite)
+    exact: bool = True  # False: the counts are lower bounds (SQLite, MySQL: rows, not row versions)
+    unknown: tuple[str, ...] = ()  # tables that cannot be compared: each counts as changed
 
     @property
     def total(self) -> int:
-        return sum(self.written.values()) + sum(self.gone.values())
+        return sum(self.written.values()) + sum(self.gone.values()) + len(self.unknown)
 
     def describe(self) -> str:
         parts = []
+        least = "" if self.exact else "at least "
         for table in sorted(set(self.written) | set(self.gone)):
             written, gone = self.written.get(table, 0), self.gone.get(table, 0)
-            bits = [f"{written} written" if written else "", f"{gone} gone" if gone else ""]
+            bits = [f"{least}{written} written" if written else "", f"{gone} gone" if gone else ""]
             parts.append(f"{table}: " + ", ".join(b for b in bits if b))
+        parts += [f"{table}: cannot be compared (its primary key changed)" for table in self.unknown]
         return "; ".join(parts) or "none"
 
 

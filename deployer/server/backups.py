@@ -2,7 +2,8 @@
 
 PostgreSQL: ``pg_dump -Fc`` runs inside the db container and its output is streamed by the
 host's shell straight into a file on the host: no copy of the dump is held in memory, here
-or there. SQLite (``database_url = "sqlite:///..."``): Python's online backup API copies the
+or there. MySQL/MariaDB: ``mysqldump --single-transaction`` (``mariadb-dump``), gzipped, the
+same way. SQLite (``database_url = "sqlite:///..."``): Python's online backup API copies the
 database file inside a one-off container of the web service, and the copy is streamed out
 the same way.
 
@@ -43,6 +44,7 @@ PARTIAL_SUFFIX = ".partial"
 
 POSTGRESQL = "postgresql"
 SQLITE = "sqlite"
+MYSQL = "mysql"
 SERVER = "server"  # where a backup is: the server's backup_dir (else a backup_copy place)
 
 # Why a backup was taken.
@@ -74,6 +76,95 @@ PG_RESTORE = (
     "{ echo 'DROP SCHEMA public CASCADE; CREATE SCHEMA public;'; cat \"$sql\"; } | "
     'psql --quiet --no-psqlrc --set=ON_ERROR_STOP=1 --single-transaction '
     '--username="${PGUSER:-${POSTGRES_USER:-postgres}}" --dbname="${PGDATABASE:-${POSTGRES_DB:-${POSTGRES_USER:-postgres}}}" >/dev/null'
+)
+
+# MySQL/MariaDB, run with sh in the db container (the official mariadb and mysql images; the
+# tools are mariadb-dump/mariadb, else mysqldump/mysql). The password arrives on the first
+# line of stdin (never in an argument, nor in the plan); the tools connect over TCP to the
+# server in the same container, as the app's user: $1 port, $2 user, $3 database.
+_MYSQL_TOOLS = """\
+IFS= read -r MYSQL_PWD || true
+export MYSQL_PWD
+port=$1 user=$2 database=$3
+shift 3
+dump=$(command -v mariadb-dump || command -v mysqldump) || { echo "the db image has neither mariadb-dump nor mysqldump" >&2; exit 127; }
+client=$(command -v mariadb || command -v mysql) || { echo "the db image has neither mariadb nor mysql" >&2; exit 127; }
+command -v gzip >/dev/null || { echo "the db image has no gzip" >&2; exit 127; }
+"""
+# The dump, gzipped (level 1: the fastest; docs/backups.md). The fourth argument: the connection
+# holding the app's writes back (deployer.db.mysql.Snapshot), ended (KILL) as soon as
+# mysqldump's --verbose says its consistent snapshot exists (the line after "Starting
+# transaction"), or when it ends. Exit: mysqldump's status, else gzip's.
+MYSQL_DUMP = _MYSQL_TOOLS + r"""hold=$1
+state=$(mktemp -d) || exit 1
+trap 'rm -rf "$state"' EXIT
+release() {
+    [ -n "$hold" ] && "$client" --no-defaults --protocol=tcp --host=127.0.0.1 --port="$port" --user="$user" \
+        -e "KILL $hold" >/dev/null 2>&1
+    hold=
+}
+{
+    {
+        "$dump" --no-defaults --protocol=tcp --host=127.0.0.1 --port="$port" --user="$user" \
+            --single-transaction --quick --hex-blob --no-tablespaces --default-character-set=utf8mb4 \
+            --verbose "$database"
+        echo $? >"$state/dump"
+    } 2>&1 >&3 3>&- | {
+        started=
+        while IFS= read -r line; do
+            case $line in
+                "-- Starting transaction"*) started=1 ;;
+                "-- "*) [ -n "$started" ] && release ;;
+                *) printf '%s\n' "$line" >&2 ;;
+            esac
+        done
+        release
+    }
+} 3>&1 | { gzip -1; echo $? >"$state/gzip"; }
+code=$(cat "$state/dump" 2>/dev/null || echo 1)
+[ "$code" = 0 ] || exit "$code"
+exit "$(cat "$state/gzip" 2>/dev/null || echo 1)"
+"""
+# Reads a dump's first lines (stdin): the header mysqldump (mariadb-dump) writes. What a fresh
+# dump is checked with, as PostgreSQL's is by its table of contents: its exit status (gzip's
+# too) and checksum say it was written whole; the restore verification proves it restores.
+MYSQL_HEAD = r"""command -v gzip >/dev/null || { echo "the db image has no gzip" >&2; exit 127; }
+head=$(gzip -dc 2>/dev/null | head -n 5)
+case $head in
+    *"-- MariaDB dump"*|*"-- MySQL dump"*) echo "its header read back" ;;
+    *) echo "it does not start like a mysqldump dump" >&2; exit 1 ;;
+esac
+"""
+# Reads a dump (stdin) to its end: gzip's checksum, and mysqldump's last line.
+MYSQL_READ = r"""command -v gzip >/dev/null || { echo "the db image has no gzip" >&2; exit 127; }
+tail=$( { gzip -dc; printf '\ngzip-exit:%s\n' "$?"; } | tail -n 3)
+case $tail in
+    *gzip-exit:0) ;;
+    *) echo "it does not decompress to its end (gzip failed)" >&2; exit 1 ;;
+esac
+case $tail in
+    *"-- Dump completed"*) echo "read to its end: gzip's checksum, and mysqldump's last line" ;;
+    *) echo "it ends before mysqldump's last line (-- Dump completed): the dump is incomplete" >&2; exit 1 ;;
+esac
+"""
+# Replaces the database's tables with the dump's (stdin, after the password line). The dump
+# is decompressed to a file first and must end with mysqldump's last line: a dump that does
+# not read to its end drops nothing (exit 3). Then every table, view and sequence of the
+# database is dropped (the fourth argument: the query naming them), and the dump loaded. Not one transaction:
+# MySQL commits each DDL statement.
+MYSQL_RESTORE = _MYSQL_TOOLS + r"""drops=$1
+sql=$(mktemp) || exit 1
+trap 'rm -f "$sql"' EXIT
+gzip -dc >"$sql" || { echo "the dump does not decompress to its end" >&2; exit 3; }
+tail -n 1 "$sql" | grep -q '^-- Dump completed' \
+    || { echo "the dump is incomplete: it lacks mysqldump's last line (-- Dump completed)" >&2; exit 3; }
+set -- --no-defaults --protocol=tcp --host=127.0.0.1 --port="$port" --user="$user" --default-character-set=utf8mb4
+listed=$("$client" "$@" --batch --skip-column-names --raw "$database" -e "$drops") || exit 1
+{ echo 'SET FOREIGN_KEY_CHECKS = 0;'; printf '%s\n' "$listed"; cat "$sql"; } | "$client" "$@" "$database"
+"""
+MYSQL_DROPS = (
+    "SELECT CONCAT('DROP ', CASE TABLE_TYPE WHEN 'VIEW' THEN 'VIEW' WHEN 'SEQUENCE' THEN 'SEQUENCE' ELSE 'TABLE' END, "
+    "' IF EXISTS `', REPLACE(TABLE_NAME, '`', '``'), '`;') FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
 )
 
 # SQLite, run with python3 in a one-off web container; argv[1] is the database file.
@@ -249,7 +340,8 @@ def new_id(now: datetime | None = None) -> str:
 
 def location_of(target: Target, location: DatabaseLocation | None = None) -> DatabaseLocation:
     """Where the database is: as located by the caller, else from deploy.toml's database_url,
-    else the db service's own variables (the official postgres image's contract)."""
+    else the db service's own variables (the official postgres image's contract; a MySQL
+    database is always located by the caller: its tools need the app's user and password)."""
     from deployer.db.url import FROM_CONFIG
     from deployer.db.url import engine_of as url_engine
 
@@ -261,7 +353,7 @@ def location_of(target: Target, location: DatabaseLocation | None = None) -> Dat
 
 
 def engine_of(target: Target, location: DatabaseLocation | None = None) -> str:
-    """``sqlite`` or ``postgresql``: how this environment's database is dumped."""
+    """``sqlite``, ``mysql`` or ``postgresql``: how this environment's database is dumped."""
     return location_of(target, location).engine
 
 
@@ -293,16 +385,44 @@ def _pg_exec(target: Target, script: str, *args: Arg, location: DatabaseLocation
     return [*target.compose.exec(target.config.app.db_service, ["sh", "-c", script, "sh"], env=_pg_env(where)), *args]
 
 
+def _mysql_exec(target: Target, script: str, location: DatabaseLocation, *args: Arg) -> list[Arg]:
+    """``script`` with sh in the db container, given the port, user and database of the app's
+    URL (the server in the container listens on that port), then ``args``."""
+    from deployer.db.url import mysql_params
+
+    params = mysql_params(location.url) or {}
+    if not params.get("database"):
+        raise BackupError(f"the database URL {location.shown} names no database")
+    port = params.get("port") or "3306"
+    argv = target.compose.exec(target.config.app.db_service, ["sh", "-c", script, "sh", port, params.get("user") or "root",
+                                                                params["database"]])
+    return [*argv, *args]
+
+
+def password_line(target: Target, location: DatabaseLocation) -> bytes:
+    """The first line of the MySQL tools' stdin: the app's password (from its URL, or read from
+    its file in the db container), never an argument."""
+    from deployer.server import facts
+
+    return (facts.database_password(target, location) or "").encode() + b"\n"
+
+
 def _sqlite_run(target: Target, script: str, *args: str) -> list[str]:
     return target.compose.run(target.config.app.web_service, ["python3", "-c", script, *args])
 
 
 def dump_argv(target: Target, *, lock_wait_timeout: float = 60.0, location: DatabaseLocation | None = None,
               snapshot: Arg | None = None) -> list[Arg]:
-    """The command that writes the database's dump to stdout, run on the host."""
+    """The command that writes the database's dump to stdout, run on the host.
+
+    ``snapshot``: PostgreSQL's exported snapshot to dump in; MySQL's connection holding the
+    app's writes (the dump ends it once its own snapshot exists).
+    """
     where = location_of(target, location)
     if where.engine == SQLITE:
         return list(_sqlite_run(target, SQLITE_DUMP, sqlite_path(where.url)))
+    if where.engine == MYSQL:
+        return _mysql_exec(target, MYSQL_DUMP, where, snapshot if snapshot is not None else "")
     args: list[Arg] = [f"{int(lock_wait_timeout * 1000)}ms"]
     if snapshot is not None:
         args.append(snapshot)
@@ -357,6 +477,14 @@ def from_file(argv: Sequence[Arg], path: Arg) -> tuple[Arg, ...]:
     return ("sh", "-c", _FROM_FILE, "sh", path, *argv)
 
 
+_AFTER_INPUT = 'in=$1; shift; { cat; cat "$in"; } | "$@"'
+
+
+def after_input(argv: Sequence[Arg], path: Arg) -> tuple[Arg, ...]:
+    """``argv`` reading the command's own stdin (a password line) and then ``path`` on the host."""
+    return ("sh", "-c", _AFTER_INPUT, "sh", path, *argv)
+
+
 # --------------------------------------------------------------------------- file facts
 
 
@@ -385,9 +513,10 @@ def readable_steps(target: Target, path: Arg, engine: str, location: DatabaseLoc
                    to_the_end: bool = True):  # noqa: ANN201
     """Probes that read a dump; returns ``(ok, what was found or why not)``.
 
-    ``to_the_end``: PostgreSQL's data blocks are read too, not only the table of contents
-    (a fresh dump is checked by its exit status and the checksum taken while it streamed;
-    the proof that it restores is the restore verification, :mod:`deployer.server.verification`).
+    ``to_the_end``: PostgreSQL's data blocks are read too, not only the table of contents;
+    MySQL's gzipped SQL is decompressed to its end (gzip's checksum, mysqldump's last line),
+    not only its header (a fresh dump is checked by its exit status and its checksum; the
+    proof that it restores is the restore verification, :mod:`deployer.server.verification`).
     """
     if engine == SQLITE:
         result = yield Command(from_file(_sqlite_run(target, SQLITE_CHECK), path), check=False, timeout=DUMP_TIMEOUT)
@@ -395,6 +524,13 @@ def readable_steps(target: Target, path: Arg, engine: str, location: DatabaseLoc
             return False, _last_line(result.stderr, "the SQLite integrity check failed")
         found = result.stdout.strip().splitlines()
         return True, f"integrity_check ok, {found[-1] if found else '?'} tables"
+    if engine == MYSQL:
+        # Read through the db container's gzip (no credentials: nothing connects).
+        argv = target.compose.exec(target.config.app.db_service, ["sh", "-c", MYSQL_READ if to_the_end else MYSQL_HEAD])
+        read = yield Command(from_file(argv, path), check=False, timeout=DUMP_TIMEOUT)
+        if not read.ok:
+            return False, _last_line(read.stderr, "the dump could not be read to its end")
+        return True, _last_line(read.stdout, "read to its end")
     listed = yield Command(from_file(_pg_exec(target, PG_LIST, location=location), path), check=False, timeout=DUMP_TIMEOUT)
     if not listed.ok:
         return False, _last_line(listed.stderr, "pg_restore --list failed")
@@ -444,7 +580,20 @@ def create_steps(
     yield Command(("chmod", "700", backup_dir))
     baseline: dict[str, Any] | None = None
     try:
-        if engine == POSTGRESQL:
+        if engine == MYSQL:
+            holder = yield Read("hold the app's writes, open a snapshot and count every table in it (beside the dump, "
+                                "which lets the writes go once its own snapshot exists)",
+                                lambda ctx: _remember_hold(ctx, _open_mysql_baseline(target, where)))
+            try:
+                result = yield Command(to_file(dump_argv(target, location=where, snapshot=Value("dump_hold")
+                                                         if planning or holder else None), partial),
+                                       what="dump the database", check=False, timeout=DUMP_TIMEOUT,
+                                       stdin=holder.password_line if holder else None)
+                baseline = holder.baseline if holder else None
+            finally:
+                if holder is not None:
+                    holder.close()
+        elif engine == POSTGRESQL:
             holder = yield Read("open a snapshot for the dump and count every table in it (beside the dump)",
                                 lambda ctx: _remember(ctx, _open_baseline(target, where, lock_wait_timeout)))
             try:
@@ -519,10 +668,12 @@ def _open_baseline(target: Target, location: DatabaseLocation, lock_wait_timeout
 class _Held:
     """The snapshot the dump is taken in, and the tunnel it is reached through."""
 
-    def __init__(self, snapshot: Any, urls: Any) -> None:
+    def __init__(self, snapshot: Any, urls: Any, *, password_line: bytes | None = None) -> None:
         self._snapshot = snapshot
         self._urls = urls
-        self.snapshot_id = snapshot.snapshot_id
+        # PostgreSQL: the exported snapshot's id; MySQL: the connection holding the writes ("" none).
+        self.snapshot_id = str(getattr(snapshot, "snapshot_id", None) or getattr(snapshot, "hold_id", None) or "")
+        self.password_line = password_line
 
     @property
     def baseline(self) -> dict[str, Any]:
@@ -540,6 +691,31 @@ def _remember(ctx, holder: _Held | None) -> _Held | None:  # noqa: ANN001 - a Co
     """Name the exported snapshot in the run's values, so the plan and the trace show it as {dump_snapshot}."""
     if ctx is not None and holder is not None:
         ctx.values["dump_snapshot"] = holder.snapshot_id
+    return holder
+
+
+def _open_mysql_baseline(target: Target, location: DatabaseLocation) -> _Held:
+    """Hold the app's writes, start the snapshot the rows are counted in and count them
+    (:class:`deployer.db.mysql.Snapshot`), through the SSH connection."""
+    from deployer.db.mysql import Snapshot
+    from deployer.server.facts import connectable_url
+
+    urls = connectable_url(target, location)
+    url = urls.__enter__()
+    try:
+        snapshot = Snapshot(url)
+        line = password_line(target, location)
+    except BaseException:
+        urls.__exit__(None, None, None)
+        raise
+    snapshot.count()
+    return _Held(snapshot, urls, password_line=line)
+
+
+def _remember_hold(ctx, holder: _Held | None) -> _Held | None:  # noqa: ANN001 - a Context, or None outside a run
+    """Name the connection holding the writes in the run's values ({dump_hold} in the plan)."""
+    if ctx is not None and holder is not None:
+        ctx.values["dump_hold"] = holder.snapshot_id
     return holder
 
 
@@ -684,24 +860,35 @@ def restore_steps(target: Target, backup: Backup, location: DatabaseLocation | N
     Verify the backup first (:func:`verify`); recovery checks it when it plans the restore.
     """
     where = location_of(target, location)
+    if backup.engine == MYSQL and where.engine != MYSQL:
+        where = locate(target)  # the MySQL tools need the app's user: from the compose configuration
     if backup.engine != where.engine:
         raise BackupError(f"backup {backup.id} is a {backup.engine} dump; {target.name} uses {where.engine}")
+    stdin: bytes | None = None
     if backup.engine == SQLITE:
         argv: list[Arg] = list(_sqlite_run(target, SQLITE_CHECK, "restore", sqlite_path(where.url)))
+    elif backup.engine == MYSQL:
+        secret = yield Read("the database user's password (for the tools in the db container)",
+                            lambda ctx: password_line(target, where))
+        argv, stdin = _mysql_exec(target, MYSQL_RESTORE, where, MYSQL_DROPS), secret
     else:
         argv = _pg_exec(target, PG_RESTORE, location=where)
-    result = yield Command(from_file(argv, backup.path), what=f"restore backup {backup.id}", check=False, timeout=DUMP_TIMEOUT)
+    source = after_input(argv, backup.path) if backup.engine == MYSQL else from_file(argv, backup.path)
+    result = yield Command(source, what=f"restore backup {backup.id}", check=False, timeout=DUMP_TIMEOUT, stdin=stdin)
     if not result.ok:
         raise BackupError(
             f"restoring backup {backup.id} failed (exit {result.exit_code}): {result.stderr.strip()[-500:]}",
-            hint="the restore runs in one transaction, so the database was left as it was",
+            hint=("MySQL commits each statement: if it failed while loading, the database is partly restored; restore "
+                  "it again once the cause is fixed" if backup.engine == MYSQL and result.exit_code != 3 else
+                  "the restore runs in one transaction, so the database was left as it was"),
         )
 
 
 def restore(target: Target, backup: Backup, location: DatabaseLocation | None = None) -> None:
-    """Replace the database's contents with the backup's (verified first), in one transaction."""
+    """Replace the database's contents with the backup's (verified first), in one transaction
+    (MySQL: statement by statement)."""
     verify(target, backup)
-    drive(target.host, restore_steps(target, backup, location), {})
+    drive(target.host, restore_steps(target, backup, location), {}, answer=lambda action: action.read(None))
 
 
 def locate(target: Target) -> DatabaseLocation:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from deployer.commands import docker as containers_cmds
 from deployer.commands import swarm as swarm_cmds
 from deployer.commands.compose import ComposeConfig, parse_config
-from deployer.db.url import POSTGRESQL, SQLITE, DatabaseLocation, locate
+from deployer.db.url import MYSQL, POSTGRESQL, SQLITE, DatabaseLocation, locate
 from deployer.errors import ConfigError, DeployerError, HostError
 from deployer.hosts.dockerapi import EngineUnavailable
 from deployer.server.target import Target
@@ -160,8 +160,9 @@ def connectable_url(target: Target, location: DatabaseLocation, found: Sequence[
     Raises :class:`DatabaseNotRunning` when the URL names a compose service with no running
     container.
     """
-    if location.engine != POSTGRESQL:
-        raise ConfigError(f"deployer connects to PostgreSQL only, not to {location.engine} ({location.shown})")
+    if location.engine not in (POSTGRESQL, MYSQL):
+        raise ConfigError(f"deployer connects to PostgreSQL and MySQL/MariaDB only, not to {location.engine} "
+                          f"({location.shown})")
     found = all_containers(target) if found is None else found
     services = {c.service for c in found if not c.oneoff}
     named, port, render = _url_parts(location.url)
@@ -181,13 +182,22 @@ def connectable_url(target: Target, location: DatabaseLocation, found: Sequence[
 
 
 def _url_parts(url: str) -> tuple[str | None, int, Callable[[str, int, str | None], str]]:
-    """A PostgreSQL URL's host and port, and how to write it for another address (and password).
+    """A database URL's host and port, and how to write it for another address (and password).
 
-    libpq reads the URL when it can, so that `status` imports no SQLAlchemy; SQLAlchemy
-    when the URL carries arguments only it knows.
+    libpq reads a PostgreSQL URL when it can, and deployer a MySQL one as SQLAlchemy does, so
+    that `status` imports no SQLAlchemy; SQLAlchemy when the URL carries arguments only it knows.
     """
-    from deployer.db.url import driver_url, pg_params, pg_url
+    from deployer.db.url import DEFAULT_PORTS, driver_url, mysql_params, mysql_url, pg_params, pg_url
 
+    mysql = mysql_params(url)
+    if mysql is not None:
+        given = mysql
+
+        def with_mysql(host: str, port: int, password: str | None) -> str:
+            secret = {"password": password} if password is not None else {}
+            return mysql_url({**given, "host": host, "port": str(port), **secret})
+
+        return mysql.get("host"), int(mysql.get("port") or DEFAULT_PORTS[MYSQL]), with_mysql
     params = pg_params(url)
     if params is not None:
         known = params
@@ -210,10 +220,30 @@ def _read_password_file(target: Target, container: Container, path: str) -> str:
     result = target.host.run(["docker", "exec", container.id, "cat", path], timeout=30)
     if not result.ok:
         raise ConfigError(
-            f"cannot read POSTGRES_PASSWORD_FILE {path} in the {container.service} container: {result.stderr.strip()[-200:]}",
+            f"cannot read the password file {path} (the db image's *_PASSWORD_FILE) in the {container.service} "
+            f"container: {result.stderr.strip()[-200:]}",
             hint="set database_url in deploy.toml instead",
         )
     return result.stdout.rstrip("\r\n")
+
+
+def database_password(target: Target, location: DatabaseLocation, found: Sequence[Container] | None = None) -> str | None:
+    """The password of the app's database user: its URL's, else read from the password file
+    in the running db container (None: the URL has none and there is no file)."""
+    from deployer.db.url import mysql_params, pg_params
+
+    if location.password_file:
+        service = target.config.app.db_service
+        container = running(all_containers(target) if found is None else found, service)
+        if container is None:
+            raise DatabaseNotRunning(f"the {service} service of {target.name} is not running")
+        return _read_password_file(target, container, location.password_file)
+    params = mysql_params(location.url) if location.engine == MYSQL else pg_params(location.url)
+    if params is not None:
+        return params.get("password")
+    from deployer.db.url import parse
+
+    return parse(location.url).password
 
 
 def read_revisions(
@@ -229,6 +259,14 @@ def read_revisions(
     found = all_containers(target) if found is None else found
     if location.engine == SQLITE:
         return _sqlite_revisions(target, location, found)
+    if location.engine == MYSQL:
+        from deployer.db.mysql import revisions
+
+        try:
+            with connectable_url(target, location, found) as url:
+                return revisions(url, connect_timeout=connect_timeout)
+        except DatabaseNotRunning:
+            return None
     from deployer.db.migrations import database_revisions
 
     try:

@@ -45,11 +45,14 @@ from deployer.errors import DeployerError
 from deployer.server.backups import (
     FAILED,
     INCONCLUSIVE,
+    MYSQL,
+    MYSQL_RESTORE,
     POSTGRESQL,
     SQLITE,
     VERIFIED,
     Backup,
     Verification,
+    after_input,
     from_file,
 )
 from deployer.server.target import Target
@@ -267,6 +270,96 @@ class PostgresScratch:
         return _restored(read.stdout)
 
 
+# --------------------------------------------------------------------------- MySQL / MariaDB
+
+# A scratch server of the database's own image (the official mariadb and mysql images' contract:
+# root without a password, one database), started for speed over durability.
+MYSQL_DATABASE = "deployer_scratch"
+MYSQL_ENV = ("MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1", "MYSQL_ALLOW_EMPTY_PASSWORD=1",
+             f"MARIADB_DATABASE={MYSQL_DATABASE}", f"MYSQL_DATABASE={MYSQL_DATABASE}")
+MYSQL_SETTINGS = ("--skip-log-bin", "--loose-innodb-flush-log-at-trx-commit=0", "--loose-innodb-doublewrite=OFF",
+                  "--loose-sync-binlog=0")
+# Ready once it answers over TCP: during first-start initialisation the official images'
+# temporary server listens on its socket only.
+MYSQL_WAIT = ('client=$(command -v mariadb || command -v mysql); i=0; '
+              'until "$client" --no-defaults --protocol=tcp --host=127.0.0.1 --port=3306 --user=root -e "SELECT 1" '
+              f'>/dev/null 2>&1; do i=$((i+1)); [ "$i" -gt {READY_SECONDS * 4} ] && exit 1; sleep 0.25; done')
+# Every table's exact row count and the alembic revision, as tab-separated lines
+# ("table NAME ROWS", "revision REV 0"), from one statement prepared from the table list.
+MYSQL_COUNTS = """\
+SET SESSION group_concat_max_len = 1073741824;
+SELECT GROUP_CONCAT(CONCAT('SELECT ''table'', ', QUOTE(TABLE_NAME), ', COUNT(*) FROM `',
+  REPLACE(TABLE_NAME, '`', '``'), '`') SEPARATOR ' UNION ALL ') INTO @counts FROM information_schema.TABLES
+  WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE' AND TABLE_NAME <> 'alembic_version';
+SELECT IF(COUNT(*) > 0, 'SELECT ''revision'', version_num, 0 FROM alembic_version', NULL) INTO @revision
+  FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'alembic_version';
+SET @query = IF(@counts IS NULL AND @revision IS NULL, 'SELECT ''none'', '''', 0',
+  CONCAT_WS(' UNION ALL ', @counts, @revision));
+PREPARE counting FROM @query;
+EXECUTE counting;
+"""
+MYSQL_READ_BACK = ('client=$(command -v mariadb || command -v mysql); exec "$client" --no-defaults --protocol=tcp '
+                   '--host=127.0.0.1 --port=3306 --user=root --batch --skip-column-names --raw "$1" -e "$2"')
+
+
+def parse_counts(stdout: str) -> Restored:
+    """:data:`MYSQL_COUNTS`' lines as a :class:`Restored` (pure)."""
+    revision: list[str] = []
+    tables: dict[str, int] = {}
+    for line in stdout.splitlines():
+        kind, _, rest = line.partition("\t")
+        value, _, rows = rest.rpartition("\t")
+        if kind == "table" and rows.strip().isdigit():
+            tables[value] = int(rows)
+        elif kind == "revision" and value:
+            revision.append(value)
+        elif kind not in ("none", ""):
+            raise ScratchUnavailable(f"the scratch printed an unreadable line: {line[:200]!r}")
+    return Restored(tuple(sorted(revision)), tables)
+
+
+class MysqlScratch:
+    engine = MYSQL
+
+    def recorded(self, backup: Backup) -> Recorded:
+        baseline = backup.baseline or {}
+        revision = tuple(baseline["revision"]) if "revision" in baseline else tuple(backup.revision)
+        tables = baseline.get("tables")
+        return Recorded(revision, {str(k): int(v) for k, v in tables.items()} if isinstance(tables, dict) else None)
+
+    def image(self, target: Target) -> str:
+        return _service_image(target, target.config.app.db_service)
+
+    def restore(self, target: Target, backup: Backup, scratch: Scratch) -> Steps:
+        from deployer.server.backups import MYSQL_DROPS
+
+        env = [word for setting in MYSQL_ENV for word in ("-e", setting)]
+        started = yield Command(("docker", "run", "--detach", *scratch.limits(), *env, scratch.image, *MYSQL_SETTINGS),
+                                what="start the scratch database", check=False, timeout=300)
+        if not started.ok:
+            raise ScratchUnavailable(f"the scratch container did not start: {_tail(started)}")
+        ready = yield Command(("docker", "exec", scratch.name, "sh", "-c", MYSQL_WAIT), what="wait for the scratch database",
+                              check=False, timeout=READY_SECONDS + 60)
+        if not ready.ok:
+            logs = yield Command(("docker", "logs", "--tail", "15", scratch.name), check=False, timeout=60)
+            raise ScratchUnavailable(f"the scratch database did not get ready: {_tail(logs) or _tail(ready)}")
+        # root has no password in the scratch: an empty password line.
+        loaded = yield Command(after_input(("docker", "exec", "-i", scratch.name, "sh", "-c", MYSQL_RESTORE, "sh", "3306",
+                                            "root", MYSQL_DATABASE, MYSQL_DROPS), backup.path),
+                               what=f"restore backup {backup.id} into the scratch database", check=False,
+                               timeout=RESTORE_TIMEOUT, stdin=b"\n")
+        if loaded.exit_code == 127:
+            raise ScratchUnavailable(f"the scratch cannot restore: {_tail(loaded)}")
+        if not loaded.ok:
+            raise NotRestorable(f"the dump did not load (exit {loaded.exit_code}): {_tail(loaded)}")
+        read = yield Command(("docker", "exec", scratch.name, "sh", "-c", MYSQL_READ_BACK, "sh", MYSQL_DATABASE,
+                              MYSQL_COUNTS), what="count the rows of every restored table", check=False,
+                             timeout=RESTORE_TIMEOUT)
+        if not read.ok:
+            raise ScratchUnavailable(f"cannot read the restored copy: {_tail(read)}")
+        return parse_counts(read.stdout)
+
+
 # --------------------------------------------------------------------------- SQLite
 
 # Run with python3 in a scratch container of the web image; the dump (a SQLite database
@@ -325,7 +418,7 @@ class SqliteScratch:
         return _restored(read.stdout)
 
 
-ENGINES: dict[str, ScratchRestore] = {POSTGRESQL: PostgresScratch(), SQLITE: SqliteScratch()}
+ENGINES: dict[str, ScratchRestore] = {POSTGRESQL: PostgresScratch(), SQLITE: SqliteScratch(), MYSQL: MysqlScratch()}
 
 
 # --------------------------------------------------------------------------- shared

@@ -30,7 +30,9 @@ def backup(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     ctx.note(backup=backup_id, backup_partial=None)
     ctx.scratch["backup"] = made
     kind = "safety backup of the current state" if ctx.kind == "rollback" else "backup"
-    return f"{kind} {made.path or backup_id} ({made.size} bytes, sha256 {made.sha256[:12]}…, its table of contents read back)"
+    read = {backups.MYSQL: "its header read back", backups.SQLITE: "integrity-checked"}.get(made.engine,
+                                                                                              "its table of contents read back")
+    return f"{kind} {made.path or backup_id} ({made.size} bytes, sha256 {made.sha256[:12]}…, {read})"
 
 
 def undo_backup(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201

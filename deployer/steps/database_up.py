@@ -20,8 +20,9 @@ from deployer.steps.context import Context
 from deployer.steps.playbook import Step
 from deployer.steps.recovery import Recovery, teardown_first_release
 
-# Phrases of PostgreSQL's that mean waiting will not help.
-_HOPELESS = ("password authentication failed", "does not exist", "no pg_hba.conf entry", "role ")
+# Phrases of PostgreSQL's and MySQL's that mean waiting will not help.
+_HOPELESS = ("password authentication failed", "does not exist", "no pg_hba.conf entry", "role ", "Access denied",
+             "Unknown database")
 
 
 def wait_for_database(ctx: Context, timeout: float) -> str:

@@ -7,6 +7,10 @@ and sized with the live tables (see :mod:`deployer.db.lint`); the environment's
 ``confirm`` it (``--yes``), or ``warn``. Before anything is built, preflight runs the same
 gate on the migrations' operations (:func:`preview`), so a release that would be refused
 is refused before it changes anything, and a dry run shows it.
+
+On MySQL/MariaDB the gate says instead which pending statements are not transactional (each
+DDL statement commits on its own: :mod:`deployer.db.ddl`), from the operations in preflight
+and from the rendered SQL here; a migration that fails is then recovered from the backup.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from deployer.actions import Command, Read, Skip
+from deployer.db import ddl
 from deployer.db import lint as rules
 from deployer.db.launcher import failure_reason, launched
 from deployer.db.migrations import MigrationStep
-from deployer.db.url import POSTGRESQL
+from deployer.db.url import MYSQL, POSTGRESQL
 from deployer.errors import DeployerError, RefusedError
 from deployer.steps import PRIMARY, StepKind, register
 from deployer.steps.common import confirm, migration_argv
@@ -110,10 +115,34 @@ def enforce(ctx: Context, judgement: rules.Judgement, *, where: str) -> None:
     confirmed.update((f.revision, f.rule, f.table) for f in fresh)
 
 
+def source_ddl(ctx: Context, todo: Iterable[MigrationStep], repo=None) -> list[ddl.Ddl]:  # noqa: ANN001
+    """The DDL statements of the migrations' operations (their files at the commit)."""
+    from deployer import source
+
+    repo = repo or source.open_repo(ctx.target.config.root)
+    found: list[ddl.Ddl] = []
+    for step in todo:
+        text = source.file_at(repo, ctx.known.commit.sha, step.path) if step.path else None
+        found += ddl.from_source(step.revision, text or "")
+    return found
+
+
+def say_not_transactional(ctx: Context, items: list[ddl.Ddl], *, where: str) -> None:
+    """Tell which pending statements MySQL commits on their own (kept for the plan and the JSON)."""
+    lines = ddl.warning(items)
+    ctx.scratch["not_transactional"] = lines
+    if lines:
+        ctx.log(f"migration gate ({where}):\n" + "\n".join(lines))
+
+
 def preview(ctx: Context, repo=None) -> None:  # noqa: ANN001
     """Preflight's gate: the operations of the pending migrations, before anything is built.
-    SQL built at run time (``sql-not-read``) waits for the rendered SQL after the build."""
+    SQL built at run time (``sql-not-read``) waits for the rendered SQL after the build.
+    MySQL/MariaDB: which of them are not transactional."""
     todo = ctx.known.pending
+    if todo and ctx.known.database is not None and ctx.known.database.engine == MYSQL:
+        say_not_transactional(ctx, source_ddl(ctx, todo, repo), where="the migrations' operations")
+        return
     if not todo or ctx.known.database is None or ctx.known.database.engine != POSTGRESQL:
         return
     findings = [f for f in source_findings(ctx, todo, repo) if f.rule in rules.RULES]
@@ -132,8 +161,9 @@ def lint(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     if not todo:
         raise Skip("no migration pending")
     location = ctx.known.database
-    if location is None or location.engine != POSTGRESQL:
-        raise Skip(f"not linted: the lint reads PostgreSQL's SQL, this database is {location.engine if location else 'unknown'}")
+    if location is None or location.engine not in (POSTGRESQL, MYSQL):
+        raise Skip(f"not linted: the lint reads PostgreSQL's and MySQL's SQL, this database is "
+                   f"{location.engine if location else 'unknown'}")
     record = ctx.record
     revision = record.source.revision if record is not None and record.source.revision is not None else ctx.known.revision
     if revision is not None and len(revision) > 1:
@@ -157,6 +187,8 @@ def lint(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
         for m in unrendered:
             findings.append(rules.Finding(m.revision, "not-rendered", f"{m.message} (offline: {reason})", None))
         findings += source_findings(ctx, unrendered)
+    if location.engine == MYSQL:
+        return (yield from _mysql_gate(ctx, todo, text, done, unrendered))
     statements = rules.statements(text) if done else ()
     names = {n for s in statements for n in (s.table, s.index) if n} | set(rules.tables_of(findings))
     tables = yield Read("the sizes of the tables the migrations touch", lambda c: live(c, names))
@@ -173,6 +205,23 @@ def lint(ctx: Context, step: Step):  # noqa: ANN201 - StepBody
     small = f", {len(minor)} on small tables" if minor else ""
     return (f"{len(done)} of {len(todo)} migration(s) rendered and linted: {len(judgement.blocking)} finding(s) on big tables"
             f"{small}{waived} ({policy})")
+
+
+def _mysql_gate(ctx: Context, todo: Sequence[MigrationStep], text: str, done: set[str],
+               unrendered: Sequence[MigrationStep]):  # noqa: ANN202 - a step body's tail
+    """MySQL/MariaDB: say which of the rendered statements commit on their own (the
+    operations of a revision that did not render)."""
+    if ctx.planning:
+        return f"say which statements of the {len(todo)} pending migration(s) MySQL/MariaDB commits on their own"
+    items = [item for item in ddl.from_rendered(text) if item.revision in done] + source_ddl(ctx, unrendered)
+    order = {m.revision: i for i, m in enumerate(todo)}
+    items.sort(key=lambda item: order.get(item.revision, 0))
+    say_not_transactional(ctx, items, where="the rendered SQL")
+    ctx.scratch["lint"] = {"not_transactional": [item.to_dict() for item in items]}
+    revisions = ddl.revisions_of(items)
+    return (f"{len(done)} of {len(todo)} migration(s) rendered: {len(items)} DDL statement(s) in {len(revisions)} "
+            "revision(s) that MySQL/MariaDB commits on its own (a failed migration is restored from the backup)")
+    yield  # a generator like the step's body
 
 
 register(StepKind(

@@ -14,10 +14,11 @@ from deployer.actions import Command, Read, Skip, Wait, templated
 from deployer.db import locks
 from deployer.db.launcher import failure_reason, launched
 from deployer.db.migrations import MigrationStep
-from deployer.db.url import POSTGRESQL, SQLITE
+from deployer.db.url import MYSQL, POSTGRESQL, SQLITE
 from deployer.errors import CommandError, DeployerError
 from deployer.server import backups as backups_mod
 from deployer.server.lock import RUN_LABEL
+from deployer.server.runlog import DONE
 from deployer.steps import PRIMARY, SCHEMA, Param, StepKind, register
 from deployer.steps.common import migration_argv, shown_revisions
 from deployer.steps.context import Context
@@ -249,6 +250,20 @@ def undo_migrate(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
         recovery.code_stays = True
         recovery.left.append(f"read the database's revision and bring it back to {shown_revisions(before)}")
         return
+    if _mysql(recovery) and recovery.record.state_of(step.label) != DONE:
+        # MySQL committed each DDL statement of the migration that failed (or was stopped): its
+        # revision says where the last migration that finished left the schema, not what the
+        # failed one changed. Unless nothing changed at all, the pre-upgrade backup is the way back.
+        if set(now) == set(before) and not (yield from _mysql_schema_changed(ctx, recovery)):
+            recovery.done.append(f"database still at {shown_revisions(before)}, its schema as the backup recorded it "
+                                 "(read back after the migration stopped)")
+            return
+        why = (f"the migration failed on MySQL/MariaDB, which commits each DDL statement: the database is at "
+               f"{shown_revisions(now)} with part of the failed migration applied, so neither its revision nor a "
+               "downgrade can be trusted")
+        ctx.log(f"recovery: {why}; restoring the pre-upgrade backup instead (if no write was made since it)")
+        yield from restore_or_stop(ctx, recovery, now, why=why)
+        return
     if set(now) == set(before):
         if not (yield from _half_applied(ctx, recovery)):
             recovery.done.append(f"database still at {shown_revisions(before)} (read back after the migration stopped)")
@@ -266,6 +281,33 @@ def undo_migrate(ctx: Context, step: Step, recovery: Recovery):  # noqa: ANN201
                 return
             now = after if after is not None else now
     yield from restore_or_stop(ctx, recovery, now)
+
+
+def _mysql(recovery: Recovery) -> bool:
+    return recovery.database is not None and recovery.database.engine == MYSQL
+
+
+def _mysql_schema_changed(ctx: Context, recovery: Recovery):  # noqa: ANN201
+    """Whether the MySQL schema differs from the one the backup recorded (True when it cannot
+    be told: the backup is then restored, if that loses no write)."""
+    backup = yield Read("the backup's description", lambda c: _find_backup(c, recovery.record.backup), plan=True)
+    recorded = (backup.baseline or {}).get("schema") if backup is not None else None
+    if not recorded:
+        return True
+    now = yield Read("the database's schema now", lambda c: _mysql_schema(c, recovery), plan=True)
+    return now != recorded
+
+
+def _mysql_schema(ctx: Context, recovery: Recovery) -> str | None:
+    from deployer.db.mysql import read_schema
+    from deployer.server import facts
+
+    assert recovery.database is not None
+    try:
+        with facts.connectable_url(ctx.target, recovery.database) as url:
+            return read_schema(url)
+    except DeployerError:
+        return None
 
 
 def _half_applied(ctx: Context, recovery: Recovery):  # noqa: ANN201
@@ -318,23 +360,31 @@ def count_changes(ctx: Context, recovery: Recovery, backup):  # noqa: ANN001, AN
         if recovery.database.engine == POSTGRESQL:
             with facts.connectable_url(ctx.target, recovery.database) as url:
                 return writes.pg_changes(url, backup.baseline)
+        if recovery.database.engine == MYSQL:
+            from deployer.db import mysql
+
+            with facts.connectable_url(ctx.target, recovery.database) as url:
+                return mysql.changes(url, backup.baseline)
         now = _sqlite_counts(ctx, recovery)
         return writes.sqlite_changes(backup.baseline, now) if now is not None else None
     except DeployerError:
         return None
 
 
-def restore_or_stop(ctx: Context, recovery: Recovery, now: tuple[str, ...]):  # noqa: ANN201
-    """The schema did not come back by downgrade: restore the backup if that loses no
-    acknowledged write (or the user chose it); otherwise keep the new release and say why."""
+def restore_or_stop(ctx: Context, recovery: Recovery, now: tuple[str, ...], *, why: str = ""):  # noqa: ANN201
+    """The schema did not come back by downgrade (or, on MySQL, cannot be trusted: ``why``):
+    restore the backup if that loses no acknowledged write (or the user chose it); otherwise
+    keep the new release and say why."""
     record = recovery.record
     before = tuple(record.source.revision or ())
     env = ctx.env.name
+    state = why or (f"the database is at {shown_revisions(now)} and would not go back to {shown_revisions(before)} "
+                    "by downgrade")
     if not record.backup:
         recovery.code_stays = True
         recovery.schema_back = False
         recovery.left.append(f"bring the database from {shown_revisions(now)} back to {shown_revisions(before)} "
-                             "(no backup was taken)")
+                             f"(no backup was taken){'; ' + why if why else ''}")
         return
     backup = yield Read(f"the description of backup {record.backup}", lambda c: _find_backup(c, record.backup), plan=True)
     if backup is None:
@@ -355,7 +405,7 @@ def restore_or_stop(ctx: Context, recovery: Recovery, now: tuple[str, ...]):  # 
         what = (f"{changes.total} row change(s) made since it was taken ({changes.describe()})" if changes is not None
                 else "writes made since it was taken (deployer cannot count them for this database)")
         recovery.left.append(
-            f"the database is at {shown_revisions(now)} and would not go back to {shown_revisions(before)} by downgrade; "
+            f"{state}; "
             f"restoring backup {backup.id} would discard {what}. The new release stays in place. Choose: "
             f"`deployer recover {env} --restore-backup` (discard them) or `deployer recover {env} --forward` (keep them)"
         )
@@ -372,7 +422,8 @@ def restore_or_stop(ctx: Context, recovery: Recovery, now: tuple[str, ...]):  # 
     yield from backups_mod.restore_steps(ctx.target, backup, recovery.database)
     after = yield read_revision("the database revision after the restore", recovery)
     lost = f"{changes.total} change(s) discarded as chosen" if changes is not None and changes.total else "no write since it was taken"
-    recovery.done.append(f"database restored from backup {backup.id} ({lost}; now at {shown_revisions(after)})")
+    because = " because " + why if why else ""
+    recovery.done.append(f"database restored from backup {backup.id}{because} ({lost}; now at {shown_revisions(after)})")
 
 
 register(StepKind(

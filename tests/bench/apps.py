@@ -9,16 +9,22 @@ using it; ``broken``: a migration that fails; more for some shapes), and ``shape
 what a user checks: a page that reads the database, how rows are written (a form, an
 SQL statement), the heads, the text each step makes appear.
 
-Fixture
+Fixtures
   app_deployment_factory   function: ``make(app, kind)`` -> :class:`AppDeployment`; kind is
                            ``"ssh"`` (the bench sshd through an alias in a fake
                            ``~/.ssh/config``) or ``"local"`` (``host = "local"``). Every
                            container, volume, network and image of the project and every
                            directory made are removed after the test.
+  module_app_deployment_factory
+                           the same for a module whose tests build on one deployment, in
+                           order; removed after the module.
 
 Every project gets its own name, port and directories, so stories run side by side
-(pytest-xdist). Database checks talk to the containers the story made: PostgreSQL at the
-db container's address, SQLite through a throwaway container holding the volume.
+(pytest-xdist). Database checks talk to the containers the story made: PostgreSQL and
+MariaDB at the db container's address, SQLite through a throwaway container holding the volume.
+
+A shape whose ``shape.toml`` names a ``story`` module runs that story instead of the common
+one (``app_names()`` leaves it out).
 """
 
 from __future__ import annotations
@@ -47,16 +53,27 @@ import pytest
 
 from tests.bench.cli import envelope, result_or_envelope
 from tests.bench.cli import result as result_of
-from tests.bench.docker import POSTGRES_IMAGE, PROJECT_LABEL, PYTHON_IMAGE, SERVICE_LABEL, BenchImages, DockerEngine, free_port
+from tests.bench.docker import (
+    MARIADB_IMAGE,
+    POSTGRES_IMAGE,
+    PROJECT_LABEL,
+    PYTHON_IMAGE,
+    SERVICE_LABEL,
+    BenchImages,
+    DockerEngine,
+    free_port,
+)
 from tests.bench.gitrepos import git
 
 APPS_DIR = Path(__file__).resolve().parents[1] / "apps"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 
 
-def app_names() -> list[str]:
-    """Every app shape of the corpus (a directory of tests/apps/ with a shape.toml)."""
-    return sorted(p.name for p in APPS_DIR.iterdir() if (p / "shape.toml").is_file())
+def app_names(*, with_own_story: bool = False) -> list[str]:
+    """The app shapes of the corpus (a directory of tests/apps/ with a shape.toml) that run the
+    common story (all of them with ``with_own_story``)."""
+    names = sorted(p.name for p in APPS_DIR.iterdir() if (p / "shape.toml").is_file())
+    return [n for n in names if with_own_story or not tomllib.loads((APPS_DIR / n / "shape.toml").read_text()).get("story")]
 
 
 # --- what a shape is --------------------------------------------------------------------
@@ -66,7 +83,7 @@ def app_names() -> list[str]:
 class DatabaseShape:
     """Where the app keeps its rows, as the bench reaches them for its checks."""
 
-    kind: str  # postgresql | sqlite
+    kind: str  # postgresql | mysql | sqlite
     service: str = ""
     user: str = ""
     name: str = ""
@@ -105,6 +122,7 @@ class AppShape:
     worker_service: str | None = None
     worker_done: str | None = None
     bad_health_step: str | None = None
+    story: str | None = None  # the module that runs its story, when not the common one
 
     @classmethod
     def load(cls, name: str) -> AppShape:
@@ -136,6 +154,7 @@ class AppShape:
             worker_service=worker.get("service"),
             worker_done=worker.get("done"),
             bad_health_step=(data.get("bad_health") or {}).get("step"),
+            story=data.get("story"),
         )
 
     def files(self, part: str) -> dict[str, bytes]:
@@ -336,8 +355,9 @@ class AppDeployment:
         password = self.secrets.get(db.password) if db.password else None
         if db.password_file:
             password = self.secret_files[db.password_file]
-        url = URL.create("postgresql+psycopg2", username=db.user, password=password,
-                         host=self.container_ip(db.service), port=db.port, database=db.name)
+        driver = "mysql+pymysql" if db.kind == "mysql" else "postgresql+psycopg2"
+        url = URL.create(driver, username=db.user, password=password, host=self.container_ip(db.service), port=db.port,
+                         database=db.name, query={"charset": "utf8mb4"} if db.kind == "mysql" else {})
         engine = create_engine(url, connect_args={"connect_timeout": 10})
         try:
             with engine.begin() as connection:
@@ -420,7 +440,7 @@ class AppDeployment:
                         item.remove()
                 except Exception as error:  # report, do not hide
                     problems.append(f"{kind} {getattr(item, 'name', item)}: {error}")
-        bench = {PYTHON_IMAGE, POSTGRES_IMAGE}
+        bench = {PYTHON_IMAGE, POSTGRES_IMAGE, MARIADB_IMAGE}
         # One list call (images.list() inspects each image after listing: an image another
         # test removes in between makes it fail).
         for image in client.api.images():
@@ -479,21 +499,17 @@ def write_ssh_home(home: Path, hosts: Sequence[tuple[str, Any, str | None]], ext
     return config
 
 
-@pytest.fixture
-def app_deployment_factory(
-    request: pytest.FixtureRequest, docker_engine: DockerEngine, bench_images: BenchImages
-) -> Iterator[Callable[..., AppDeployment]]:
-    """``make(app, kind, *, environment_keys=None, server_parent=None)`` -> AppDeployment.
+class AppFactory:
+    """Makes :class:`AppDeployment`s (see the fixtures below) and removes what they made."""
 
-    ``environment_keys``: more keys for the environment table (raw TOML values, e.g.
-    ``{"state_dir": '"/srv/x"'}``). ``server_parent``: where the server checkout goes
-    (default: a new temporary directory). ``host``: the deploy.toml host (default the
-    ``bench`` alias for ssh, ``local``) — a test writing its own ~/.ssh/config passes it.
-    """
-    made: list[AppDeployment] = []
+    def __init__(self, request: pytest.FixtureRequest, engine: DockerEngine, images: BenchImages) -> None:
+        self._request = request
+        self._engine = engine
+        self._images = images
+        self.made: list[AppDeployment] = []
 
-    def make(
-        app: str, kind: str, *, environment_keys: Mapping[str, str] | None = None,
+    def __call__(
+        self, app: str, kind: str, *, environment_keys: Mapping[str, str] | None = None,
         server_parent: Path | None = None, host: str | None = None,
     ) -> AppDeployment:
         assert kind in ("ssh", "local"), kind
@@ -503,7 +519,7 @@ def app_deployment_factory(
         home = base / "home"
         (home / ".ssh").mkdir(parents=True, mode=0o700)
         if kind == "ssh" and host is None:
-            write_ssh_home(home, [("bench", request.getfixturevalue("sshd"), None)])
+            write_ssh_home(home, [("bench", self._request.getfixturevalue("sshd"), None)])
         secrets_dir = base / "server-secrets"
         secrets_dir.mkdir(mode=0o700)
         secret_files = {}
@@ -517,26 +533,53 @@ def app_deployment_factory(
             kind=kind, shape=shape, name=name, env_name="production" if kind == "ssh" else "local", base=base,
             origin=base / "origin.git", laptop=base / "laptop", server_path=server_path, web_port=free_port(),
             home=home, secrets={s: secrets.token_hex(12) for s in shape.secrets}, secret_files=secret_files,
-            engine=docker_engine,
+            engine=self._engine,
         )
-        made.append(d)
+        self.made.append(d)
+        images = self._images
         values = {
             "NAME": name, "ENV": d.env_name, "HOST": host or ("bench" if kind == "ssh" else "local"),
-            "PATH": str(server_path), "WEB_PORT": str(d.web_port), "PYTHON_IMAGE": bench_images.python,
-            "POSTGRES_IMAGE": bench_images.postgres, "SECRETS_DIR": str(secrets_dir),
+            "PATH": str(server_path), "WEB_PORT": str(d.web_port), "PYTHON_IMAGE": images.python,
+            "POSTGRES_IMAGE": images.postgres, "MARIADB_IMAGE": images.mariadb, "SECRETS_DIR": str(secrets_dir),
         }
+        template = (shape.directory / "deploy.toml").read_text()
         files = shape.files("repo")
-        files["deploy.toml"] = render_deploy_toml(
-            (shape.directory / "deploy.toml").read_text(), values, environment_keys or {}).encode()
+        files["deploy.toml"] = render_deploy_toml(template, values, environment_keys or {}).encode()
         _init_repository(d, files)
         return d
 
-    yield make
-    problems: list[str] = []
-    for d in made:
-        problems += d.cleanup()
-        shutil.rmtree(d.base, ignore_errors=True)
-    assert not problems, "clean-up left things behind:\n" + "\n".join(problems)
+    def cleanup(self) -> None:
+        problems: list[str] = []
+        for d in self.made:
+            problems += d.cleanup()
+            shutil.rmtree(d.base, ignore_errors=True)
+        assert not problems, "clean-up left things behind:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def app_deployment_factory(
+    request: pytest.FixtureRequest, docker_engine: DockerEngine, bench_images: BenchImages
+) -> Iterator[Callable[..., AppDeployment]]:
+    """``make(app, kind, *, environment_keys=None, server_parent=None)`` -> AppDeployment.
+
+    ``environment_keys``: more keys for the environment table (raw TOML values, e.g.
+    ``{"state_dir": '"/srv/x"'}``). ``server_parent``: where the server checkout goes
+    (default: a new temporary directory). ``host``: the deploy.toml host (default the
+    ``bench`` alias for ssh, ``local``) — a test writing its own ~/.ssh/config passes it.
+    """
+    factory = AppFactory(request, docker_engine, bench_images)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(scope="module")
+def module_app_deployment_factory(
+    request: pytest.FixtureRequest, docker_engine: DockerEngine, bench_images: BenchImages
+) -> Iterator[Callable[..., AppDeployment]]:
+    """:func:`app_deployment_factory` for a module whose tests share one deployment, in order."""
+    factory = AppFactory(request, docker_engine, bench_images)
+    yield factory
+    factory.cleanup()
 
 
 def _init_repository(d: AppDeployment, files: Mapping[str, bytes]) -> None:

@@ -33,6 +33,7 @@ SETUP_HINT = "run `bash scripts/setup` (as root) to install and start Docker and
 
 PYTHON_IMAGE = "deployer-bench/python:bookworm"
 POSTGRES_IMAGE = "deployer-bench/postgres:15"
+MARIADB_IMAGE = "deployer-bench/mariadb:10.11"
 HAPROXY_IMAGE = "deployer-bench/haproxy:2.6"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -54,6 +55,7 @@ class BenchImages:
     python: str = PYTHON_IMAGE
     postgres: str = POSTGRES_IMAGE
     haproxy: str = HAPROXY_IMAGE
+    mariadb: str = MARIADB_IMAGE
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def bench_images(docker_engine: DockerEngine) -> BenchImages:
             pytrace=False,
         )
     images = BenchImages()
-    for tag in (images.python, images.postgres, images.haproxy):
+    for tag in (images.python, images.postgres, images.haproxy, images.mariadb):
         try:
             docker_engine.client.images.get(tag)
         except NotFound:

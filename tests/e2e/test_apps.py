@@ -1,7 +1,8 @@
 """Apps that are not ours, released with the real ``deployer``, over SSH or locally.
 
 Every app of tests/apps/ (see tests/bench/apps.py) runs the same story, asserting what its
-team would check after each command:
+team would check after each command (but a shape whose shape.toml names a story module of
+its own: the guestbook on MariaDB, tests/e2e/test_mysql.py):
 
 1. first release to an empty server: the page answers, the database is at head, status in sync;
 2. rows written through the app's form and with SQL, both on the page;

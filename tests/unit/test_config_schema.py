@@ -22,7 +22,7 @@ APPS = sorted((REPO_ROOT / "tests" / "apps").glob("*/deploy.toml"))
 # What the test bench fills into the corpus' deploy.toml templates (tests/bench/apps.py).
 BENCH_VALUES = {"NAME": "demo", "ENV": "production", "HOST": "deploy@203.0.113.10", "PATH": "/srv/demo",
                 "WEB_PORT": "8000", "PYTHON_IMAGE": "python:3.11-slim", "POSTGRES_IMAGE": "postgres:15",
-                "SECRETS_DIR": "/srv/secrets"}
+                "MARIADB_IMAGE": "mariadb:10.11", "SECRETS_DIR": "/srv/secrets"}
 
 
 @pytest.fixture(scope="module")

@@ -197,3 +197,74 @@ def test_failed_rollback_restores_its_images_first_and_migrates_up(cfg, db) -> N
     upgrade_at = next(i for i, c in enumerate(host.calls) if c[-3:] == ["db", "upgrade", "new1"])
     assert tag_at < upgrade_at
     assert "database upgraded to new1" in done
+
+
+# --------------------------------------------------------------------------- MySQL/MariaDB: DDL commits on its own
+
+MYSQL = DatabaseLocation("mysql+pymysql://app:pw@db:3306/app", "mysql", "test")
+
+
+def recover_mysql(cfg, host: FakeHost, rec: RunRecord) -> Recovery:  # noqa: ANN001
+    compose = Compose(program=V2, project="demo", project_dir="/srv/demo", files=("/srv/demo/docker-compose.yml",))
+    target = Target(config=cfg, env=cfg.environment("prod"), host=host, compose=compose)  # type: ignore[arg-type]
+    ctx = Context(target=target, options=Options(), log=lambda _: None, kind=rec.kind, record=rec)  # type: ignore[arg-type]
+    ctx.values["release_id"] = rec.id
+    recovery = Recovery(rec, "migration failed", MYSQL, CONFIG)
+    drive(ctx, "recovery", undo_all(ctx, recovery))
+    return recovery
+
+
+def _mysql_backup(monkeypatch: pytest.MonkeyPatch, changes: Changes | None, schema_now: str) -> list[str]:
+    restored = _backup(monkeypatch, changes)
+    pre = backups.Backup("b1", "prod", "r2", ("old1",), 10, "0" * 64, "", "/srv/demo.deployer/backups/b1.dump",
+                         engine="mysql", baseline={"tables": {}, "checksums": {}, "schema": "as-backed-up"})
+    monkeypatch.setattr(backups, "find", lambda target, backup_id: pre)
+    monkeypatch.setattr(migrate, "_mysql_schema", lambda ctx, recovery: schema_now)
+    return restored
+
+
+def test_a_migration_that_fails_on_mysql_is_restored_from_the_backup_not_trusted_or_downgraded(
+        cfg, db, monkeypatch) -> None:  # noqa: ANN001
+    # the revision did not move, but the failed migration's first statements were committed
+    restored = _mysql_backup(monkeypatch, Changes(), schema_now="half-applied")
+    host = FakeHost()
+    db.extend([("old1",), ("old1",)])
+    recovery = recover_mysql(cfg, host, record(upto="migrate", backup="b1"))
+    assert restored == ["b1"] and not host.commands("downgrade")
+    assert ("database restored from backup b1 because the migration failed on MySQL/MariaDB, which commits each DDL "
+            "statement") in recovery.report and "no write since it was taken" in recovery.report
+    assert not recovery.left and "previous release answers" in recovery.report
+    # the revision moved too (an earlier migration of the release finished): still the backup, never a downgrade
+    restored.clear()
+    host = FakeHost()
+    db[:] = [("mid1",), ("old1",)]
+    recovery = recover_mysql(cfg, host, record(upto="migrate", backup="b1"))
+    assert restored == ["b1"] and not host.commands("downgrade") and "database is at mid1" in recovery.report
+
+
+def test_a_migration_that_failed_before_changing_anything_needs_no_restore(cfg, db, monkeypatch) -> None:  # noqa: ANN001
+    restored = _mysql_backup(monkeypatch, Changes(written={"entries": 3}), schema_now="as-backed-up")
+    host = FakeHost()
+    db.extend([("old1",)])
+    recovery = recover_mysql(cfg, host, record(upto="migrate", backup="b1"))
+    assert restored == [] and not host.commands("downgrade")
+    assert "database still at old1, its schema as the backup recorded it" in recovery.report and not recovery.left
+
+
+def test_a_half_applied_migration_with_writes_since_stays_and_says_why(cfg, db, monkeypatch) -> None:  # noqa: ANN001
+    restored = _mysql_backup(monkeypatch, Changes(written={"entries": 2}, exact=False), schema_now="half-applied")
+    host = FakeHost()
+    db.extend([("old1",)])
+    recovery = recover_mysql(cfg, host, record(upto="migrate", backup="b1"))
+    message = " ".join(recovery.left)
+    assert restored == [] and "commits each DDL statement" in message
+    assert "would discard 2 row change(s) made since it was taken (entries: at least 2 written)" in message
+    assert "deployer recover prod --restore-backup" in message and "--forward" in message
+
+
+def test_a_migration_that_finished_on_mysql_is_downgraded_as_usual(cfg, db, monkeypatch) -> None:  # noqa: ANN001
+    restored = _mysql_backup(monkeypatch, Changes(), schema_now="other")
+    host = FakeHost()
+    db.extend([("new1",), ("old1",)])
+    recovery = recover_mysql(cfg, host, record(upto="health", backup="b1"))  # the migration was done
+    assert restored == [] and host.commands("downgrade") and "database downgraded to old1" in recovery.report
