@@ -153,6 +153,10 @@ class Machine:
 
     def _network(self) -> None:
         _ensure_bridge()
+        # An address a machine that stopped had is still in this machine's neighbour table with
+        # that machine's MAC: until the entry goes stale (tens of seconds under load) nothing
+        # sent to the new machine reaches it. Forget it.
+        _forget_neighbour(self.address)
         _run(["ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", str(self.pid)])
         _run(["ip", "link", "set", self.veth, "master", BRIDGE, "up"])
         for argv in (["ip", "link", "set", "lo", "up"],
@@ -181,7 +185,7 @@ class Machine:
         path = self.root / "sshd_config"
         path.write_text(config)
         process = self._spawn(["/usr/sbin/sshd", "-D", "-e", "-f", str(path)], "sshd.log")
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(OSError), socket.create_connection((self.address, 22), timeout=0.5) as conn:
                 conn.settimeout(2)
@@ -229,8 +233,13 @@ class Machine:
         self.holder.wait(10)
         self.holder = None
         _run(["ip", "link", "del", self.veth], check=False)
+        _forget_neighbour(self.address)
         # The engine's files are root's, some still mounted while containerd's shims exit.
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _forget_neighbour(address: str) -> None:
+    _run(["ip", "neigh", "flush", "to", address, "dev", BRIDGE], check=False)
 
 
 ALLOCATION_LOCK = "/run/deployer-bench-machines.lock"
