@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from deployer import interrupts, progress
+from deployer import background, interrupts, progress
 from deployer.actions import Command, Lease, Probe, Read, Transfer, Wait, Write, resolve, shown
 from deployer.errors import ConnectionLost, DeployerError, LockHeldError, RecoveryFailed, RefusedError
 from deployer.hosts.base import Result
@@ -326,6 +326,7 @@ def execute(ctx: Context, book: Playbook) -> Outcome:
             prune_images(ctx)  # journaled: nothing from here on can fail the release
         return outcome
     finally:
+        background.cancel_all(ctx)  # whatever ended the run, nothing it started runs on
         for cleanup in ctx.scratch.pop("cleanups", []):  # a prober's tunnel, if a step failed
             cleanup()
         if ctx.lease is not None:
@@ -436,7 +437,26 @@ def _run_step(ctx: Context, step: Step) -> tuple[str, str]:
         ctx.scratch.setdefault("schema_changed_at", time.monotonic())
     seconds = time.monotonic() - _step_started(ctx)
     ctx.log(progress.finished(step.label, status, seconds, detail))
+    if status == "ok" and not ctx.planning:
+        _start_early(ctx, step)
     return detail, status
+
+
+def _start_early(ctx: Context, after: Step) -> None:
+    """Start the actions of the steps after the record that may run once ``after`` is done
+    (a backup's restore verification), beside the steps that follow (see deployer.background)."""
+    started = ctx.scratch.get(background.KEY, {})
+    for label, name in ctx.scratch.get("steps", ()):
+        kind = step_kind(name)
+        if kind.early is None or kind.early_after != after.name or label in started:
+            continue
+        try:
+            made = kind.early(ctx, label)
+        except Exception:  # noqa: BLE001 - the step runs its actions itself, in its place
+            made = None
+        if made is not None:
+            body, abort = made
+            background.start(ctx, label, body, _perform, abort=abort)
 
 
 def _finish(ctx: Context, outcome: str, timings: list[journal.StepTiming], started_at: str, **extra: Any) -> None:
@@ -525,6 +545,7 @@ def _failed(ctx: Context, failure: BaseException, current: Step | None, timings:
             started_at: str, clock: float) -> Outcome:
     label = current.label if current else "?"
     message = _message(failure)
+    background.cancel_all(ctx)  # a backup's verification, say: recovery goes on alone
     # The error printed at the end says why, once (after recovery, when anything changed).
     ctx.log(progress.failed(label, recovering=_changed(ctx.record)))
     try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from deployer import engine, interrupts, progress
+from deployer import background, engine, interrupts, progress
 from deployer.errors import DeployerError, RecoveryFailed
 from deployer.server import journal
 from deployer.steps import PRIMARY
@@ -151,6 +151,7 @@ def execute(ctxs: Sequence[Context], book: Playbook) -> engine.Outcome:
         return outcome
     finally:
         for part in parts:
+            background.cancel_all(part.ctx)  # whatever ended the run, nothing it started runs on
             for cleanup in part.ctx.scratch.pop("cleanups", []):
                 cleanup()
             if part.ctx.lease is not None:
@@ -203,6 +204,8 @@ def _host_line(part: Part, outcome: str, recovery: str | None = None) -> dict[st
 def _failed(parts: Sequence[Part], failure: BaseException, started_at: str) -> engine.Outcome:
     """Every host back to where it started: the others first, then the primary; then raise."""
     primary = parts[0]
+    for part in parts:
+        background.cancel_all(part.ctx)  # a backup's verification, say: recovery goes on alone
     failed = {id(part) for part in parts if part.error is not None}  # where a step failed (or was interrupted)
     message = engine._message(failure)
     label = next((p.current.label for p in parts if p.current is not None), "?")

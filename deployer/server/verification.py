@@ -472,6 +472,20 @@ def _remember(ctx: Any, name: str, value: str) -> str:
     return value
 
 
+def early_image(ctx: Any, target: Target, backup: Backup) -> str:
+    """The scratch's image, read now (on the thread that runs the steps) for a verification
+    that runs beside them: its actions then read nothing but the host."""
+    engine = ENGINES.get(backup.engine)
+    if engine is None:
+        raise ScratchUnavailable(f"deployer cannot restore-verify a {backup.engine} dump yet")
+    return _remember(ctx, SCRATCH_IMAGE, engine.image(target))
+
+
+def remove_argv(target: Target, backup: Backup) -> tuple[str, ...]:
+    """The command that removes a verification's scratch container (cuts its restore short)."""
+    return ("docker", "rm", "--force", "--volumes", scratch_for(target, backup, "", "").name)
+
+
 def scratch_for(target: Target, backup: Backup, run_label: str, image: Arg) -> Scratch:
     """The scratch container of one verification: named after the environment and the backup."""
     name = f"deployer-restore-check-{target.compose.project}-{backup.id}"
@@ -480,11 +494,13 @@ def scratch_for(target: Target, backup: Backup, run_label: str, image: Arg) -> S
     return Scratch(name=name, image=image, labels=labels)
 
 
-def verify_steps(target: Target, backup: Backup, *, run_label: str = "", planning: bool = False) -> Steps:
+def verify_steps(target: Target, backup: Backup, *, run_label: str = "", planning: bool = False,
+                 image: str | None = None) -> Steps:
     """The actions of one restore verification (see the module docstring); returns its
     :class:`~deployer.server.backups.Verification`. Never raises for the backup's or the
     scratch's faults (the verdict says them); a signal or a lost connection goes on up,
-    after the scratch is removed."""
+    after the scratch is removed. ``image``: the scratch's image, already read (see
+    :func:`early_image`)."""
     started = time.monotonic()
     checked_at = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -504,9 +520,10 @@ def verify_steps(target: Target, backup: Backup, *, run_label: str = "", plannin
                                  "(truncated or overwritten)"])
     digest = yield Command(("sha256sum", backup.path), what="checksum the dump", check=False, timeout=3600)
     if not planning and digest.stdout[:64] != backup.sha256:
-        return done(FAILED, [f"its sha256 {digest.stdout[:12]}… differs from the recorded {backup.sha256[:12]}… (corrupted)"])
+        return done(FAILED, [f"{SHA_PROBLEM} {digest.stdout[:12]}… differs from the recorded {backup.sha256[:12]}… (corrupted)"])
     try:
-        found = yield Read("the image the database runs on", lambda ctx: _remember(ctx, SCRATCH_IMAGE, engine.image(target)))
+        found = yield Read("the image the database runs on",
+                           lambda ctx: _remember(ctx, SCRATCH_IMAGE, image or engine.image(target)))
     except DeployerError as error:
         return done(INCONCLUSIVE, [error.message])
     scratch = scratch_for(target, backup, run_label, found if found is not None else Value(SCRATCH_IMAGE))
@@ -518,8 +535,7 @@ def verify_steps(target: Target, backup: Backup, *, run_label: str = "", plannin
         return done(INCONCLUSIVE, [short], scratch.describe())
     yield Command(("sh", "-c", _SWEEP, "sh", f"{SCRATCH_LABEL}={target.state_dir}"),
                   what="remove scratch containers an earlier verification left", check=False, timeout=120)
-    remove = Command(("docker", "rm", "--force", "--volumes", scratch.name), what="remove the scratch container",
-                     check=False, timeout=120)
+    remove = Command(remove_argv(target, backup), what="remove the scratch container", check=False, timeout=120)
     failure: Verification | None = None
     try:
         restored = yield from engine.restore(target, backup, scratch)
@@ -541,6 +557,27 @@ def verify_steps(target: Target, backup: Backup, *, run_label: str = "", plannin
         return failure
     return verdict(engine.recorded(backup), restored, checked_at=checked_at, seconds=time.monotonic() - started,
                    method=scratch.describe())
+
+
+SHA_PROBLEM = "its sha256"  # how the problems of a dump whose checksum changed begin
+
+
+def recheck_steps(backup: Backup, verification: Verification, *, planning: bool = False) -> Steps:
+    """The dump checksummed once more where the verdict is kept (a verification that ran
+    beside the release started minutes before): the file kept is the file verified, and one
+    damaged since fails. Returns the verdict, so amended."""
+    digest = yield Command(("sha256sum", backup.path), what="checksum the dump again: the file kept is the one verified",
+                           check=False, timeout=3600)
+    if planning or (digest.ok and digest.stdout[:64] == backup.sha256):
+        return verification
+    if any(problem.startswith(SHA_PROBLEM) for problem in verification.problems):
+        return verification
+    if not digest.ok:
+        problem = f"{backup.path} cannot be read any more: {_tail(digest)}"
+    else:
+        problem = (f"{SHA_PROBLEM} {digest.stdout[:12]}… differs from the recorded {backup.sha256[:12]}… "
+                   "(corrupted after it was restored)")
+    return replace(verification, state=FAILED, problems=(problem, *verification.problems))
 
 
 def record_steps(target: Target, backup: Backup, verification: Verification) -> Steps:

@@ -66,6 +66,11 @@ class StepKind:
     # Runs once the run is journaled (after `record`): its failure, or an interruption, is
     # reported and never undoes the release (see deployer.engine).
     after_record: bool = False
+    # An after-record kind may start its actions in the background as soon as the step named
+    # here has finished, beside the steps that follow (see deployer.background): ``early``
+    # returns those actions (or None: not this time) and the abort command that cuts them short.
+    early_after: str = ""
+    early: Callable[[Context, str], tuple[Generator[Action, Any, Any], tuple[str, ...]] | None] | None = None
 
 
 _KINDS: dict[str, StepKind] = {}
