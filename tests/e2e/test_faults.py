@@ -50,6 +50,7 @@ from tests.bench.faults import (
     leftover_containers,
     project_containers,
     running_heads,
+    scratch_containers,
     small_tmpfs,
     volume_exists,
     wait_backend,
@@ -230,7 +231,14 @@ def after_fault(stage: Stage, run: Background, *, expect_exit: set[int], journal
     stage.outputs.append(run.output)
     assert code in expect_exit, f"exit {code}, expected {sorted(expect_exit)}:\n{run.output}\n{stage.d.logs()}"
     assert not TRACEBACK.search(run.output), run.output
-    wait_lease_gone(stage.d)
+    if code < 0:
+        wait_lease_gone(stage.d)
+        # the backup's verification beside the steps: its holder removed the scratch with the run's containers
+        wait_no_scratch(stage.d)
+    else:
+        # an interrupted or failed run stopped it, removing its scratch, before it recovered
+        assert not scratch_containers(stage.d), [c["Name"] for c in scratch_containers(stage.d)]
+        wait_lease_gone(stage.d)
     for _ in range(5):
         left = left_run(stage)
         status_code, doc = stage.status()
@@ -439,43 +447,38 @@ def test_sigkill_inside_backup(kind: str, stages) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("kind", on(("ssh",), "kill"))
-def test_sigkill_inside_backup_verification_keeps_the_recorded_release(kind: str, stages) -> None:  # noqa: ANN001
-    """The release is recorded before its backup is restore-verified: deployer killed while
-    the scratch database restores leaves the release in place (nothing to converge, status
-    in sync), and the lease's holder removes the scratch container and its volume."""
+def test_sigkill_while_the_backup_restores_beside_the_migration(kind: str, stages) -> None:  # noqa: ANN001
+    """The backup's restore verification starts once the backup is made and runs beside the
+    migration and the switch: deployer killed while the scratch database restores (the
+    migration running meanwhile) leaves no scratch — the lease's holder removes it and its
+    volume with the run's other containers — and the next release converges as after any
+    kill inside migrate, its own backup verified."""
     stage = stages(kind, "kill")
     d = stage.d
     stage.ballast(400_000)
+    seen: dict[str, list[str]] = {}
     try:
-        stage.migration()
-        before = len(d.journal())
-        with writing(d.web_port) as writer:
-            run = stage.start()
-            run.wait_line(r"^> verify_backup\b")
+        stage.migration(sleep=10)
+
+        def fault(run: Background) -> None:
             scratch = wait_scratch(d, alive=run)
-            volumes = [m["Name"] for m in scratch["Mounts"] if m.get("Name")]
-            assert scratch["HostConfig"]["NetworkMode"] == "none" and f"{d.name}_dbdata" not in volumes
+            seen["volumes"] = [m["Name"] for m in scratch["Mounts"] if m.get("Name")]
+            assert scratch["HostConfig"]["NetworkMode"] == "none" and f"{d.name}_dbdata" not in seen["volumes"]
             wait_process("pg_restore", "--single-transaction", alive=run)  # restoring into it now
             run.kill()
-            assert run.finish() == KILLED
-            stage.outputs.append(run.output)
-            wait_lease_gone(d)
-            wait_no_scratch(d)
-            assert not any(volume_exists(name) for name in volumes), volumes
-            assert left_run(stage) is None  # journaled, its step log gone: nothing to converge
-            code, doc = stage.status()
-            # in sync; only the lock's record says its owner went (the next command takes it over)
-            assert doc["interrupted"] is None and doc["database"]["verdict"] == "up to date", doc
-            assert all("the lock's owner" in problem for problem in doc["problems"]), doc["problems"]
-            assert code == (15 if doc["problems"] else 0), doc
-            assert doc["last_backup"]["verification"] is None, doc["last_backup"]
-            revision = assert_safe(stage, writer)
-        assert revision == (stage.head,) and d.server_head() == d.origin.head()
-        journal = d.journal()[before:]
-        assert [r["outcome"] for r in journal] == ["succeeded"], journal
-        # nothing stands in the way of verifying that backup now
-        result = stage.deployer("backups", "verify", stage.env, journal[0]["backup"], "--restore", timeout=600)
-        assert result.returncode == 0 and "restore-verified" in result.stdout, result.stdout + result.stderr
+
+        faulted = run_case(stage, fault, expect_exit={KILLED})
+        # killed beside the migration (its step log says where), not after the record
+        assert faulted.left is not None and faulted.left["progress"][-1]["step"] in ("hold", "migrate"), faulted.left
+        assert seen["volumes"] and not any(volume_exists(name) for name in seen["volumes"]), seen
+        result = stage.deployer("release", stage.env, "--yes", "--json", timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        released = result_of(result.stdout)
+        assert released["backup_verification"]["state"] == "verified", released["backup_verification"]
+        steps = {step["name"]: step for step in released["steps"]}
+        assert steps["verify_backup"]["status"] == "ok", steps
+        assert "beside the release" in steps["verify_backup"]["detail"], steps
+        assert scratch_containers(d) == []
     finally:
         stage.drop_ballast()
 
