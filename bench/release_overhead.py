@@ -12,8 +12,10 @@ script run over ONE ssh connection (`ssh -n HOST bash -c SCRIPT`):
     psql: alembic_version == expected head; curl /health   (verify)
 
 deployer additionally: preflight (resolve, read scripts, read the database revision), lock,
-snapshot + record image tags, backup verification (pg_restore reads the whole dump), the
-health step's 3 s settle period, the journal. Its per-step timings come from the journal.
+snapshot + record image tags, the migration gate's SQL render, the backup's restore
+verification (restored into a scratch database beside the steps after the backup; its
+verdict kept after the record), the health step's 3 s settle period, the journal. Its
+per-step timings come from the journal (and, after the record, from the outcome).
 
     .venv/bin/python bench/release_overhead.py [--runs 3]
 """
@@ -193,6 +195,7 @@ def main() -> None:
     deployer_runs: list[float] = []
     bare_runs: list[float] = []
     steps: dict[str, list[float]] = {}
+    verifications: list[float] = []
     ssh = start_sshd()
     try:
         with stack("ov", ssh=ssh) as s:
@@ -203,10 +206,21 @@ def main() -> None:
                 for variant in (("deployer", "bare") if round_ % 2 == 0 else ("bare", "deployer")):
                     sha = s.change(f"{variant}-{round_}")
                     if variant == "deployer":
-                        seconds, _ = s.release()
+                        seconds, doc = s.release()
                         deployer_runs.append(seconds)
                         for step in s.journal()[-1].get("steps", []):
                             steps.setdefault(step.get("name") or step.get("step"), []).append(float(step.get("seconds", 0)))
+                        # After the record (not journaled): the wait for the backup's verdict, and the
+                        # verification's own time, spent beside the steps since the backup.
+                        outcome = doc.get("result", doc)
+                        for step in outcome.get("steps", []):
+                            if step.get("name") == "verify_backup":
+                                steps.setdefault("verify_backup (after the record: its verdict)", []).append(
+                                    float(step.get("seconds", 0)))
+                        verdict = outcome.get("backup_verification") or {}
+                        if verdict.get("state") != "verified":
+                            raise SystemExit(f"the release's backup was not restore-verified: {verdict}")
+                        verifications.append(float(verdict.get("seconds", 0)))
                     else:
                         seconds = run_bare(s, ssh, sha, round_)
                         bare_runs.append(seconds)
@@ -236,8 +250,12 @@ def main() -> None:
          ["deployer release of the commit already running", fmt_runs(noop_runs, digits=1), "–"]],
     )
     if steps:
-        print_table("deployer release: median seconds per step (journal)", ["step", "seconds"],
-                    [[name, f"{median(values):.2f}"] for name, values in steps.items()])
+        rows = [[name, f"{median(values):.2f}"] for name, values in steps.items()]
+        if verifications:
+            rows.append(["(the backup's restore verification itself, beside migrate … record)",
+                         f"{median(verifications):.2f}"])
+        print_table("deployer release: median seconds per step (journal; the outcome after the record)",
+                    ["step", "seconds"], rows)
     profile = profiles[0]
     total = sum(row[2] for row in profile.commands)
     print_table(
@@ -254,7 +272,7 @@ def main() -> None:
     print_table("`host.run(['true'])` over an open connection", ["", "wall time"],
                 [["median of 20", fmt_runs(latency, digits=4)]])
     path = save_result(args.save, {"machine": info, "deployer": deployer_runs, "bare": bare_runs, "ratio": ratio,
-                                   "steps": steps, "latency": latency, "nothing_to_do": noop_runs,
+                                   "steps": steps, "verifications": verifications, "latency": latency, "nothing_to_do": noop_runs,
                                    "profiles": [{"seconds": p.seconds, "commands": p.commands, "channels": p.channels,
                                                  "engine_calls": p.engine_calls} for p in profiles]})
     print(f"raw numbers: {path}")

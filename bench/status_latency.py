@@ -121,6 +121,18 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     os.environ["HOME"] = str(d.home)  # paramiko reads ~/.ssh/config from $HOME
     try:
         cfg = load_config(d.laptop / "deploy.toml", environ=env)
+        # The floor under any status over SSH, in this process (imports done): connecting
+        # (TCP, key exchange, authentication, the first command shell) and the engine stream.
+        connecting, streaming = [], []
+        for _ in range(RUNS):
+            started = time.monotonic()
+            fresh = open_target(cfg, d.env_name)
+            fresh.host.run(["true"], check=True)
+            connecting.append(time.monotonic() - started)
+            started = time.monotonic()
+            read_containers(fresh.host, cfg.app.name)
+            streaming.append(time.monotonic() - started)
+            fresh.host.close()
         target = open_target(cfg, d.env_name)
         try:
             engine_way, one_command = [], []
@@ -157,6 +169,8 @@ def test_status_latency(deployment_factory, sshd) -> None:  # noqa: ANN001 - pyt
     print(f"  imports only         {_median(floor)}  (python + the modules status needs, nothing else)")
     print(f"  manual (ssh + compose run --rm web flask db current) {_median(manual)}")
     print(f"  status on this machine (local environment) {_median(local)}")
+    print(f"  connect: handshake, authentication, first command {_median(connecting)}  (in-process)")
+    print(f"  then the engine stream's first read {_median(streaming)}  (dial-stdio starts the docker CLI there)")
     print("reading the project's containers, one SSH connection already open:")
     print(f"  engine API (used)    {_median(engine_way)}")
     print(f"  ps|inspect command   {_median(one_command)}")
