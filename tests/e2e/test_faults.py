@@ -221,6 +221,7 @@ class Faulted:
     journal_before: int
     revision_before: tuple[str, ...]
     converge_output: str = ""
+    scratch_at_exit: tuple[str, ...] = ()  # scratch databases there when the run ended
 
 
 def after_fault(stage: Stage, run: Background, *, expect_exit: set[int], journal_before: int,
@@ -231,14 +232,12 @@ def after_fault(stage: Stage, run: Background, *, expect_exit: set[int], journal
     stage.outputs.append(run.output)
     assert code in expect_exit, f"exit {code}, expected {sorted(expect_exit)}:\n{run.output}\n{stage.d.logs()}"
     assert not TRACEBACK.search(run.output), run.output
-    if code < 0:
-        wait_lease_gone(stage.d)
-        # the backup's verification beside the steps: its holder removed the scratch with the run's containers
-        wait_no_scratch(stage.d)
-    else:
-        # an interrupted or failed run stopped it, removing its scratch, before it recovered
-        assert not scratch_containers(stage.d), [c["Name"] for c in scratch_containers(stage.d)]
-        wait_lease_gone(stage.d)
+    scratch_at_exit = tuple(c["Name"] for c in scratch_containers(stage.d))
+    wait_lease_gone(stage.d)
+    # The backup's verification beside the steps: a run that ended stopped it and removed its
+    # scratch; one that was killed or cut off left it to the lease's holder, which removed it
+    # with the run's containers when the owner was gone.
+    wait_no_scratch(stage.d)
     for _ in range(5):
         left = left_run(stage)
         status_code, doc = stage.status()
@@ -257,7 +256,7 @@ def after_fault(stage: Stage, run: Background, *, expect_exit: set[int], journal
         assert doc["interrupted"] is None, doc
         assert status_code == (0 if stage.d.server_head() == stage.d.origin.head() else 15), (
             f"exit {code}; status {status_code}: {doc['problems']}\n{run.output}\n{project_containers(stage.d.name)}")
-    return Faulted(code, left, status_code, doc, journal_before, revision_before)
+    return Faulted(code, left, status_code, doc, journal_before, revision_before, scratch_at_exit=scratch_at_exit)
 
 
 def converge(stage: Stage, faulted: Faulted) -> None:
@@ -568,10 +567,13 @@ def test_signal_once(kind: str, where: str, name: str, stages) -> None:  # noqa:
 
     def fault(run: Background) -> None:
         reached(run)
+        if where == "migrate":
+            wait_scratch(stage.d, alive=run, running=lambda c: True)  # the backup's verification runs beside it
         run.signal(signum)
 
     faulted = run_case(stage, fault, expect_exit={exit_code}, error_like=rf"interrupted \({name}\)")
     assert faulted.left is None
+    assert not faulted.scratch_at_exit, faulted.scratch_at_exit  # the verification beside it stopped first
     assert "recovering the previous release" in stage.outputs[0], stage.outputs[0]
     assert "previous release answers" in stage.d.journal()[faulted.journal_before]["recovery"]
 
