@@ -66,7 +66,16 @@ def test_a_lock_busy_for_a_moment_without_a_holder_is_taken_after_all(host: Loca
 
     state = str(tmp_path / "state")
     lock.acquire(host, state, lock.new_info("release first"), env_name="p").release()
-    checker = subprocess.Popen(["flock", "-n", str(tmp_path / "state" / "lock"), "sleep", "0.5"])
+
+    def check(seconds: float) -> subprocess.Popen[str]:
+        """``flock -n`` on the lock for ``seconds``, returned once it holds it (a loaded machine
+        may start it late: the release must ask while it holds)."""
+        checker = subprocess.Popen(["flock", "-n", str(tmp_path / "state" / "lock"), "sh", "-c",
+                                    f"echo held; sleep {seconds}"], stdout=subprocess.PIPE, text=True)
+        assert checker.stdout is not None and checker.stdout.readline().strip() == "held"
+        return checker
+
+    checker = check(0.5)
     try:
         lease = lock.acquire(host, state, lock.new_info("release second"), env_name="p")
     finally:
@@ -75,7 +84,7 @@ def test_a_lock_busy_for_a_moment_without_a_holder_is_taken_after_all(host: Loca
     assert lock.read_lock(host, state).info.command == "release second"
     lease.release()
     # A check that outlasts every retry is still reported, naming no holder.
-    checker = subprocess.Popen(["flock", "-n", str(tmp_path / "state" / "lock"), "sleep", "5"])
+    checker = check(5)
     try:
         with pytest.raises(LockHeldError, match="busy, but no deployer holds it .*: try again"):
             lock.acquire(host, state, lock.new_info("release third"), env_name="p")
