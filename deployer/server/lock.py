@@ -47,6 +47,9 @@ RUN_LABEL = "deployer.run"
 # be empty), $4 the lease time in seconds. The holder record arrives as one line on stdin.
 LEASE_SCRIPT = r"""
 lock=$1 record=$2 label=$3 ttl=$4
+# From the start: an owner killed while this starts (its end of stdout gone) must not take
+# the holder with it half-way (SIGPIPE on the LOCKED line), leaving a record with no end noted.
+trap '' HUP PIPE INT
 command -v flock >/dev/null 2>&1 || { echo NOFLOCK; exit 69; }
 mkdir -p "$(dirname "$lock")" 2>/dev/null
 # A failed redirection on `exec` would end the shell before it could say why: try first.
@@ -63,7 +66,6 @@ fi
 rm -f "$lock.gone"
 printf 'LOCKED\n%s\n%s\n' "$old" "$gone"
 exec >/dev/null 2>&1
-trap '' HUP PIPE INT
 while line=$(timeout "$ttl" sh -c 'IFS= read -r l && printf %s "$l"'); do
     [ "$line" = release ] && { rm -f "$record"; exit 0; }
 done

@@ -93,6 +93,24 @@ def test_a_lock_busy_for_a_moment_without_a_holder_is_taken_after_all(host: Loca
         checker.wait(10)
 
 
+def test_an_owner_killed_while_its_holder_starts_still_gets_its_end_noted(tmp_path: Path) -> None:
+    # The owner sent the holder record, then died before reading the holder's LOCKED line:
+    # the holder's stdout is a closed pipe. It must neither die of SIGPIPE there (a record
+    # with no end noted) nor keep the lock: it notes the end, as for any owner that went.
+    import subprocess
+
+    state = str(tmp_path / "state")
+    holder = subprocess.Popen(lock.lease_argv(state, ttl=5), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdout.close()  # the owner's end of the pipe, gone
+    holder.stdin.write(b'{"holder": "killed@test", "command": "release"}\n')
+    holder.stdin.close()  # and its end of stdin: the owner is dead
+    assert holder.wait(15) == 0
+    assert (tmp_path / "state" / "lock.json").exists()
+    assert (tmp_path / "state" / "lock.gone").exists()  # the end noted: `lock status` says stale
+
+
 def test_a_dead_owner_leaves_no_lock_only_a_record_the_next_command_takes_over(host: LocalHost, tmp_path: Path) -> None:
     import signal
     import subprocess
