@@ -125,20 +125,25 @@ class _OpCall:
 _Check = Callable[[_OpCall], list[tuple[str, str | None]]]
 
 
-def operation_findings(source: str) -> tuple[OpFinding, ...]:
-    """Findings of the upgrade() function of a migration script's source, in source order. A source that does not parse, or has no upgrade(), gives ()."""
+def _upgrade_calls(source: str) -> tuple[list[str], list[_OpCall]]:
+    """The source's lines and the ``op`` calls of its ``upgrade()``, in body order (none when it
+    does not parse or has no upgrade())."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError):
-        return ()
+        return [], []
     upgrade = _upgrade_function(tree)
     if upgrade is None:
-        return ()
-    lines = re.split(r"\r\n|\r|\n", source)
+        return [], []
+    return re.split(r"\r\n|\r|\n", source), [call for node in upgrade.body for call in _op_calls(node, {})]
+
+
+def operation_findings(source: str) -> tuple[OpFinding, ...]:
+    """Findings of the upgrade() function of a migration script's source, in source order. A source that does not parse, or has no upgrade(), gives ()."""
+    lines, calls = _upgrade_calls(source)
     found: list[tuple[int, int, OpFinding]] = []
-    for node in upgrade.body:
-        for call in _op_calls(node, {}):
-            found.extend((call.node.lineno, call.node.col_offset, finding) for finding in _findings(call, lines))
+    for call in calls:
+        found.extend((call.node.lineno, call.node.col_offset, finding) for finding in _findings(call, lines))
     found.sort(key=lambda item: (item[0], item[1]))  # stable: one call's findings keep their order
     return tuple(finding for _, _, finding in found)
 
@@ -171,29 +176,21 @@ def ddl_operations(source: str) -> tuple[OpDdl, ...]:
     """The DDL operations of a migration script's ``upgrade()``, in source order: alembic's
     schema operations, batch ones included, and ``op.execute`` of literal DDL (of SQL built
     at run time: possibly DDL, ``certain`` False). A source that does not parse gives ()."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError):
-        return ()
-    upgrade = _upgrade_function(tree)
-    if upgrade is None:
-        return ()
-    lines = re.split(r"\r\n|\r|\n", source)
+    lines, calls = _upgrade_calls(source)
     found: list[tuple[int, int, OpDdl]] = []
-    for node in upgrade.body:
-        for call in _op_calls(node, {}):
-            method = _method(call.node)
-            if method == "execute":
-                sql = _literal_sql(call.arg(0, "sqltext"))
-                if sql is not None and not _DDL_SQL.match(_LEADING_SQL_COMMENTS.sub("", sql)):
-                    continue
-                item = OpDdl(_one_line(call.node, lines), None, call.node.lineno, certain=sql is not None)
-            elif method in _DDL_TABLES:
-                position, keyword = _DDL_TABLES[method]
-                item = OpDdl(_one_line(call.node, lines), call.table(position, keyword), call.node.lineno)
-            else:
+    for call in calls:
+        method = _method(call.node)
+        if method == "execute":
+            sql = _literal_sql(call.arg(0, "sqltext"))
+            if sql is not None and not _DDL_SQL.match(_LEADING_SQL_COMMENTS.sub("", sql)):
                 continue
-            found.append((call.node.lineno, call.node.col_offset, item))
+            item = OpDdl(_one_line(call.node, lines), None, call.node.lineno, certain=sql is not None)
+        elif method in _DDL_TABLES:
+            position, keyword = _DDL_TABLES[method]
+            item = OpDdl(_one_line(call.node, lines), call.table(position, keyword), call.node.lineno)
+        else:
+            continue
+        found.append((call.node.lineno, call.node.col_offset, item))
     found.sort(key=lambda entry: (entry[0], entry[1]))
     return tuple(item for _, _, item in found)
 

@@ -144,9 +144,9 @@ def pg_params(url: str) -> dict[str, str] | None:
         return None
 
 
-def pg_url(params: Mapping[str, str]) -> str:
-    """The ``postgresql://`` URL of libpq keywords: what libpq, psycopg2 and SQLAlchemy all read."""
-    from urllib.parse import quote, urlencode
+def _authority(params: Mapping[str, str]) -> str:
+    """``user:password@host:port`` of libpq-style keywords, each part quoted (IPv6 in brackets)."""
+    from urllib.parse import quote
 
     user = quote(params.get("user", ""), safe="")
     password = params.get("password")
@@ -155,10 +155,16 @@ def pg_url(params: Mapping[str, str]) -> str:
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
     port = f":{params['port']}" if params.get("port") else ""
+    return f"{credentials}{'@' if credentials else ''}{host}{port}"
+
+
+def pg_url(params: Mapping[str, str]) -> str:
+    """The ``postgresql://`` URL of libpq keywords: what libpq, psycopg2 and SQLAlchemy all read."""
+    from urllib.parse import quote, urlencode
+
     options = {key: value for key, value in params.items() if key not in _ADDRESS_KEYS}
     query = "?" + urlencode(options, quote_via=quote) if options else ""
-    at = "@" if credentials else ""
-    return f"postgresql://{credentials}{at}{host}{port}/{quote(params.get('dbname', ''), safe='')}{query}"
+    return f"postgresql://{_authority(params)}/{quote(params.get('dbname', ''), safe='')}{query}"
 
 
 # SQLAlchemy's own pattern for a URL (sqlalchemy.engine.url._parse_url), so that deployer
@@ -217,16 +223,8 @@ def mysql_url(params: Mapping[str, str]) -> str:
     :func:`mysql_params` read back the same."""
     from urllib.parse import quote
 
-    user = quote(params.get("user", ""), safe="")
-    password = params.get("password")
-    credentials = user + (":" + quote(password, safe="") if password is not None else "")
-    host = params.get("host", "")
-    if ":" in host:  # an IPv6 address
-        host = f"[{host}]"
-    port = f":{params['port']}" if params.get("port") else ""
     query = f"?charset={quote(params['charset'], safe='')}" if params.get("charset") else ""
-    at = "@" if credentials else ""
-    return f"mysql+pymysql://{credentials}{at}{host}{port}/{quote(params.get('database', ''), safe='')}{query}"
+    return f"mysql+pymysql://{_authority(params)}/{quote(params.get('database', ''), safe='')}{query}"
 
 
 def redact_url(url: str) -> str:

@@ -215,8 +215,11 @@ PG_WAIT = ('i=0; until pg_isready -q -h 127.0.0.1 -p 5432; do i=$((i+1)); '
            f'[ "$i" -gt {READY_SECONDS * 4} ] && exit 1; sleep 0.25; done')
 
 
-class PostgresScratch:
-    engine = POSTGRESQL
+class _ServerScratch:
+    """What the database-server engines share: the record their baseline keeps, a scratch of
+    the database service's own image, and starting it until it answers."""
+
+    wait_script = ""
 
     def recorded(self, backup: Backup) -> Recorded:
         baseline = backup.baseline or {}
@@ -226,6 +229,24 @@ class PostgresScratch:
 
     def image(self, target: Target) -> str:
         return _service_image(target, target.config.app.db_service)
+
+    def start(self, scratch: Scratch, run: Sequence[Arg]) -> Steps:
+        """``docker run --detach`` of the scratch (``run``: its environment, image and
+        arguments), then wait until it answers over TCP."""
+        started = yield Command(("docker", "run", "--detach", *scratch.limits(), *run), what="start the scratch database",
+                                check=False, timeout=300)
+        if not started.ok:
+            raise ScratchUnavailable(f"the scratch container did not start: {_tail(started)}")
+        ready = yield Command(("docker", "exec", scratch.name, "sh", "-c", self.wait_script),
+                              what="wait for the scratch database", check=False, timeout=READY_SECONDS + 60)
+        if not ready.ok:
+            logs = yield Command(("docker", "logs", "--tail", "15", scratch.name), check=False, timeout=60)
+            raise ScratchUnavailable(f"the scratch database did not get ready: {_tail(logs) or _tail(ready)}")
+
+
+class PostgresScratch(_ServerScratch):
+    engine = POSTGRESQL
+    wait_script = PG_WAIT
 
     def names(self, target: Target) -> tuple[str, str]:
         """The user and database the scratch is made with: the live database's names."""
@@ -245,16 +266,8 @@ class PostgresScratch:
     def restore(self, target: Target, backup: Backup, scratch: Scratch) -> Steps:
         user, database = self.names(target)
         settings = [word for setting in PG_SETTINGS for word in ("-c", setting)]
-        started = yield Command(("docker", "run", "--detach", *scratch.limits(), "-e", "POSTGRES_HOST_AUTH_METHOD=trust",
-                                 "-e", f"POSTGRES_USER={user}", "-e", f"POSTGRES_DB={database}", scratch.image,
-                                 "postgres", *settings), what="start the scratch database", check=False, timeout=300)
-        if not started.ok:
-            raise ScratchUnavailable(f"the scratch container did not start: {_tail(started)}")
-        ready = yield Command(("docker", "exec", scratch.name, "sh", "-c", PG_WAIT), what="wait for the scratch database",
-                              check=False, timeout=READY_SECONDS + 60)
-        if not ready.ok:
-            logs = yield Command(("docker", "logs", "--tail", "15", scratch.name), check=False, timeout=60)
-            raise ScratchUnavailable(f"the scratch database did not get ready: {_tail(logs) or _tail(ready)}")
+        yield from self.start(scratch, ("-e", "POSTGRES_HOST_AUTH_METHOD=trust", "-e", f"POSTGRES_USER={user}",
+                                        "-e", f"POSTGRES_DB={database}", scratch.image, "postgres", *settings))
         connect = ["-h", "127.0.0.1", "-U", user, "-d", database]
         loaded = yield Command(from_file(("docker", "exec", "-i", scratch.name, "pg_restore", "--no-owner", "--no-privileges",
                                           "--exit-on-error", "--single-transaction", *connect), backup.path),
@@ -318,31 +331,15 @@ def parse_counts(stdout: str) -> Restored:
     return Restored(tuple(sorted(revision)), tables)
 
 
-class MysqlScratch:
+class MysqlScratch(_ServerScratch):
     engine = MYSQL
-
-    def recorded(self, backup: Backup) -> Recorded:
-        baseline = backup.baseline or {}
-        revision = tuple(baseline["revision"]) if "revision" in baseline else tuple(backup.revision)
-        tables = baseline.get("tables")
-        return Recorded(revision, {str(k): int(v) for k, v in tables.items()} if isinstance(tables, dict) else None)
-
-    def image(self, target: Target) -> str:
-        return _service_image(target, target.config.app.db_service)
+    wait_script = MYSQL_WAIT
 
     def restore(self, target: Target, backup: Backup, scratch: Scratch) -> Steps:
         from deployer.server.backups import MYSQL_DROPS
 
         env = [word for setting in MYSQL_ENV for word in ("-e", setting)]
-        started = yield Command(("docker", "run", "--detach", *scratch.limits(), *env, scratch.image, *MYSQL_SETTINGS),
-                                what="start the scratch database", check=False, timeout=300)
-        if not started.ok:
-            raise ScratchUnavailable(f"the scratch container did not start: {_tail(started)}")
-        ready = yield Command(("docker", "exec", scratch.name, "sh", "-c", MYSQL_WAIT), what="wait for the scratch database",
-                              check=False, timeout=READY_SECONDS + 60)
-        if not ready.ok:
-            logs = yield Command(("docker", "logs", "--tail", "15", scratch.name), check=False, timeout=60)
-            raise ScratchUnavailable(f"the scratch database did not get ready: {_tail(logs) or _tail(ready)}")
+        yield from self.start(scratch, (*env, scratch.image, *MYSQL_SETTINGS))
         # root has no password in the scratch: an empty password line.
         loaded = yield Command(after_input(("docker", "exec", "-i", scratch.name, "sh", "-c", MYSQL_RESTORE, "sh", "3306",
                                             "root", MYSQL_DATABASE, MYSQL_DROPS), backup.path),
