@@ -1,5 +1,5 @@
 """``backup``: a checksummed dump of the database before anything migrates (restore-verified
-once the release is recorded: ``verify_backup``)."""
+beside the steps that follow, its verdict kept once the release is recorded: ``verify_backup``)."""
 
 from __future__ import annotations
 

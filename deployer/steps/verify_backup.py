@@ -1,4 +1,5 @@
-"""``verify_backup``: once the release is recorded, prove its backup by restoring it.
+"""``verify_backup``: prove the release's backup by restoring it; its verdict is kept once
+the release is recorded.
 
 The dump this run took is restored into a throwaway database of the same image and what
 comes back is held against what was recorded when it was dumped (see
@@ -75,8 +76,8 @@ def early(ctx: Context, label: str):  # noqa: ANN201
 register(StepKind(
     name="verify_backup",
     scope=PRIMARY,
-    summary="after the release is recorded: restore its backup into a scratch database and compare it with the "
-            "dump-time record (a failure marks the backup, never undoes the release)",
+    summary="restore the backup into a scratch database beside the steps after it, and keep the verdict once the "
+            "release is recorded (a failure marks the backup, never undoes the release)",
     run=verify_backup,
     changes=frozenset({BACKUPS}),
     once=True,
